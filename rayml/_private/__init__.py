@@ -1,0 +1,1 @@
+"""Internals that users never import."""

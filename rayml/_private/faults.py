@@ -1,0 +1,68 @@
+"""Test-only fault injection, driven by ``RAYML_FAULT_INJECT`` on the driver.
+
+Grammar: comma-separated ``kind@key=value`` items, e.g. ``kill_worker@epoch=3`` (SIGKILL the rank-0 worker half-way
+through epoch 3), ``raise@epoch=3`` (raise in the train loop), ``sleep@seconds=0.5`` (sleep after every epoch, to
+give a test time to kill the driver between checkpoints). A kill/raise fires once per driver invocation: a marker
+file makes the restarted worker group run clean, as a real transient failure would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from rayml.errors import ConfigError
+
+_KINDS = {"kill_worker", "raise", "sleep"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    epoch: int = 0
+    seconds: float = 0.0
+
+
+def parse(spec: str | None) -> list[Fault]:
+    if not spec:
+        return []
+    faults = []
+    for item in spec.split(","):
+        item = item.strip()
+        kind, _, params = item.partition("@")
+        if kind not in _KINDS:
+            raise ConfigError(f"RAYML_FAULT_INJECT item {item!r}: unknown kind {kind!r}", hint=f"kinds: {sorted(_KINDS)}")
+        kwargs: dict[str, float] = {}
+        for kv in filter(None, params.split(";")):
+            k, _, v = kv.partition("=")
+            if k not in ("epoch", "seconds"):
+                raise ConfigError(f"RAYML_FAULT_INJECT item {item!r}: unknown key {k!r}", hint="keys: epoch, seconds")
+            kwargs[k] = float(v)
+        faults.append(Fault(kind, epoch=int(kwargs.get("epoch", 0)), seconds=kwargs.get("seconds", 0.0)))
+    return faults
+
+
+def _claim(marker: str) -> bool:
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def mid_epoch(faults: list[Fault], epoch: int, rank: int, marker: str) -> None:
+    """Called half-way through an epoch."""
+    for f in faults:
+        if f.kind in ("kill_worker", "raise") and f.epoch == epoch and rank == 0 and _claim(f"{marker}.{f.kind}"):
+            if f.kind == "kill_worker":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected failure in epoch {epoch} (RAYML_FAULT_INJECT)")
+
+
+def end_of_epoch(faults: list[Fault]) -> None:
+    for f in faults:
+        if f.kind == "sleep":
+            time.sleep(f.seconds)

@@ -1,0 +1,21 @@
+"""Data: synthetic generation, loading (parquet/CSV, local or URI), schema + validation, fingerprints, reference bins."""
+
+from rayml.data.loading import fingerprint, load_table, resolve_files, train_validation_split
+from rayml.data.schema import Feature, Schema, infer_schema, validate
+from rayml.data.stats import reference_stats
+from rayml.data.synthetic import generate_sales, parse_drift, write_dataset
+
+__all__ = [
+    "Feature",
+    "Schema",
+    "fingerprint",
+    "generate_sales",
+    "infer_schema",
+    "load_table",
+    "parse_drift",
+    "reference_stats",
+    "resolve_files",
+    "train_validation_split",
+    "validate",
+    "write_dataset",
+]

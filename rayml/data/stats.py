@@ -1,0 +1,72 @@
+"""Reference statistics of training data: the bins that monitoring compares live traffic against.
+
+Numbers: decile edges (10 bins, open at both ends) with the training share in each bin, plus mean/std/min/max and
+the missing share. Categories: the top-K values with their shares and one ``__other__`` bucket. The result is plain
+JSON so it travels with the model in the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayml.data.schema import UNKNOWN, Schema, as_category_strings
+
+OTHER = "__other__"
+REFERENCE_STATS_VERSION = 1
+
+
+def numeric_reference(values: pd.Series, n_bins: int = 10) -> dict[str, Any]:
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
+    finite = x[np.isfinite(x)]
+    missing = float(np.mean(~np.isfinite(x))) if len(x) else 0.0
+    if len(finite) == 0:
+        return {"kind": "numeric", "edges": [], "shares": [1.0], "missing_share": missing, "count": int(len(x))}
+    qs = np.quantile(finite, np.linspace(0, 1, n_bins + 1)[1:-1])
+    edges = np.unique(qs)  # constant columns collapse to fewer bins
+    counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=len(edges) + 1)
+    return {
+        "kind": "numeric",
+        "edges": [float(e) for e in edges],
+        "shares": [float(c) / len(finite) for c in counts],
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "missing_share": missing,
+        "count": int(len(x)),
+    }
+
+
+def categorical_reference(values: pd.Series, top_k: int = 20) -> dict[str, Any]:
+    s = pd.Series(as_category_strings(values))
+    n = len(s)
+    missing = float((s == UNKNOWN).mean()) if n else 0.0
+    present = s[s != UNKNOWN]
+    counts = present.value_counts()
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ordered[:top_k]
+    other = int(sum(c for _, c in ordered[top_k:]))
+    total = max(len(present), 1)
+    return {
+        "kind": "categorical",
+        "categories": [k for k, _ in top] + [OTHER],
+        "shares": [c / total for _, c in top] + [other / total],
+        "missing_share": missing,
+        "count": int(n),
+    }
+
+
+def reference_stats(df: pd.DataFrame, schema: Schema, predictions: np.ndarray | None = None) -> dict[str, Any]:
+    """Reference bins for every feature (and the target and predictions when given)."""
+    features = {}
+    for f in schema.features:
+        features[f.name] = numeric_reference(df[f.name]) if f.kind == "numeric" else categorical_reference(df[f.name])
+    out: dict[str, Any] = {"version": REFERENCE_STATS_VERSION, "rows": int(len(df)), "features": features}
+    if schema.target in df.columns:
+        out["target"] = numeric_reference(df[schema.target])
+    if predictions is not None:
+        out["prediction"] = numeric_reference(pd.Series(np.asarray(predictions, dtype="float64")))
+    return out

@@ -1,0 +1,77 @@
+"""The RaymlError hierarchy.
+
+Every error a user can cause is a subclass of :class:`UserError`: its message says what was wrong (the value),
+what is allowed, and carries a ``hint`` on how to fix it. The CLI prints these without a traceback and exits 2;
+serving maps them to 4xx. Anything else is a bug or an infrastructure failure.
+"""
+
+from __future__ import annotations
+
+
+class RaymlError(Exception):
+    """Root of every error rayml raises on purpose."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nHint: {self.hint}"
+        return self.message
+
+
+class UserError(RaymlError):
+    """Something the user can fix: bad config, bad data, an unknown model name."""
+
+
+# --- configuration -----------------------------------------------------------------------------------------------
+class ConfigError(UserError):
+    """A config file or a --set override is invalid."""
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+class DataError(UserError):
+    """Data cannot be read or does not fit what is expected."""
+
+
+class DataValidationError(DataError):
+    """Data does not match a schema; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str], hint: str | None = None, source: str | None = None) -> None:
+        self.problems = list(problems)
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} data problem(s){where}:\n{lines}", hint)
+
+
+# --- models --------------------------------------------------------------------------------------------------------
+class ModelError(RaymlError):
+    """A model cannot be built, exported or loaded."""
+
+
+class OnnxParityError(ModelError):
+    """The exported ONNX graph does not reproduce the torch model's outputs."""
+
+
+class PredictionInputError(UserError):
+    """Input rows given to a predictor do not match the model's signature."""
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+class TrainingError(RaymlError):
+    """A training run failed (after its retries)."""
+
+
+# --- registry ------------------------------------------------------------------------------------------------------
+class RegistryError(RaymlError):
+    """The model registry refused or failed an operation."""
+
+
+class InvalidNameError(UserError):
+    """A model name, alias or version does not have an allowed form."""
+
+
+class ModelNotFoundError(UserError):
+    """A model name, alias or version does not exist in the registry."""

@@ -1,0 +1,201 @@
+"""The training loop that runs on every Ray Train worker (also the Tune trainable's body).
+
+Every epoch it reports metrics and a checkpoint with model, optimizer, epoch, early-stopping state and RNG state;
+on start it resumes from ``ray.train.get_checkpoint()`` when there is one, so a restarted worker group or a re-run
+driver continues from the last checkpoint instead of epoch 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from rayml._private import faults as _faults
+from rayml.models.mlp import ModelSpec, TabularMLP, build_model, encode_categorical, encode_numeric, encode_target
+
+logger = logging.getLogger("rayml.train")
+
+STATE_FILE = "state.pt"
+
+
+def _frame(shard: Any) -> pd.DataFrame:
+    frames = list(shard.iter_batches(batch_size=65536, batch_format="pandas"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _tensors(df: pd.DataFrame, spec: ModelSpec, target: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(encode_numeric(df, spec)),
+        torch.from_numpy(encode_categorical(df, spec)),
+        torch.from_numpy(encode_target(df, spec, target)),
+    )
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    pos = y > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(p).rank().to_numpy()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def evaluate(model: TabularMLP, num: torch.Tensor, cat: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Validation metrics: ``val_loss`` (the training objective) plus metrics in the target's terms."""
+    model.eval()
+    with torch.no_grad():
+        raw = torch.cat(
+            [model.forward_raw(num[i : i + 8192].to(device), cat[i : i + 8192].to(device)).float().cpu() for i in range(0, len(y), 8192)]
+        ) if len(y) else torch.zeros(0)
+    spec = model.spec
+    if spec.task == "binary":
+        loss = float(nn.functional.binary_cross_entropy_with_logits(raw, y)) if len(y) else float("nan")
+        prob = torch.sigmoid(raw).numpy()
+        yy = y.numpy()
+        return {"val_loss": loss, "val_accuracy": float(((prob > 0.5) == (yy > 0.5)).mean()), "val_auc": _auc(yy, prob)}
+    loss = float(nn.functional.mse_loss(raw, y)) if len(y) else float("nan")
+    err = (raw - y).numpy() * spec.target_std
+    return {"val_loss": loss, "val_rmse": float(np.sqrt(np.mean(err**2))), "val_mae": float(np.mean(np.abs(err)))}
+
+
+class _MlflowLogger:
+    """Rank 0 logs each epoch's metrics to the driver's MLflow run as it goes (live in the MLflow UI)."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
+        self.client = None
+        self.run_id = run_id
+        if tracking_uri and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)]
+        try:
+            self.client.log_batch(self.run_id, metrics=batch)
+        except Exception as e:  # tracking is best effort: it must never kill training
+            logger.warning("could not log metrics to MLflow: %s", e)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker body. ``config`` is built by :func:`rayml.train.trainer.loop_config`."""
+    spec = ModelSpec.from_dict(config["spec"])
+    target: str = config["target"]
+    epochs: int = config["epochs"]
+    batch_size: int = config["batch_size"]
+    seed: int = config["seed"]
+    patience: int = config["early_stopping_patience"]
+    min_delta: float = config["early_stopping_min_delta"]
+    faults = _faults.parse(config.get("faults"))
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+
+    device = ray.train.torch.get_device()
+    use_amp = bool(config["amp"]) and device.type == "cuda"
+    model = build_model(spec, seed=seed)
+    model = ray.train.torch.prepare_model(model)
+    core: TabularMLP = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best, since_best = 0, float("inf"), 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best, since_best = int(state["epoch"]), float(state["best"]), int(state["since_best"])
+        if rank == 0:
+            logger.info("resuming from the checkpoint of epoch %d", start_epoch)
+    mlflow_log = _MlflowLogger(config.get("tracking_uri"), config.get("mlflow_run_id")) if rank == 0 else _MlflowLogger(None, None)
+    mlflow_log.log({"resumed_from_epoch": start_epoch}, step=start_epoch)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_num, val_cat, val_y = _tensors(_frame(ray.train.get_dataset_shard("validation")), spec, target)
+    cached = _tensors(_frame(train_shard), spec, target) if config["cache_shard_in_memory"] else None
+    loss_fn = nn.BCEWithLogitsLoss() if spec.task == "binary" else nn.MSELoss()
+
+    for epoch in range(start_epoch + 1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        # per-epoch generator: the batch order of an epoch is the same whether or not the run was resumed
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 101 + rank)
+        batches = _cached_batches(cached, batch_size, gen) if cached else _streamed_batches(train_shard, spec, target, batch_size, seed + epoch)
+        half_done = False
+        n_rows = cached[2].shape[0] if cached else None
+        for num, cat, y in batches:
+            num, cat, y = num.to(device), cat.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = loss_fn(model(num, cat, raw=True), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            if faults and not half_done and (n_rows is None or count >= n_rows // 2):
+                half_done = True
+                _faults.mid_epoch(faults, epoch, rank, config["fault_marker"])
+        metrics = {"epoch": epoch, "train_loss": total / max(count, 1), **evaluate(core, val_num, val_cat, val_y, device)}
+        metrics["epoch_time_s"] = time.perf_counter() - t0
+        improved = metrics["val_loss"] < best - min_delta
+        best, since_best = (metrics["val_loss"], 0) if improved else (best, since_best + 1)
+        stop = patience > 0 and since_best >= patience
+        metrics["early_stopped"] = int(stop)
+        mlflow_log.log(metrics, step=epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                torch.save(
+                    {
+                        "model": core.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch,
+                        "best": best,
+                        "since_best": since_best,
+                    },
+                    os.path.join(tmp, STATE_FILE),
+                )
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        _faults.end_of_epoch(faults)
+        if stop:
+            if rank == 0:
+                logger.info("early stopping after epoch %d: no improvement for %d epoch(s)", epoch, patience)
+            break
+
+
+def _cached_batches(cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_size: int, gen: torch.Generator):
+    num, cat, y = cached
+    perm = torch.randperm(len(y), generator=gen)
+    for i in range(0, len(y), batch_size):
+        idx = perm[i : i + batch_size]
+        yield num[idx], cat[idx], y[idx]
+
+
+def _streamed_batches(shard: Any, spec: ModelSpec, target: str, batch_size: int, seed: int):
+    for batch in shard.iter_batches(
+        batch_size=batch_size, batch_format="pandas", local_shuffle_buffer_size=batch_size * 8, local_shuffle_seed=seed
+    ):
+        yield _tensors(batch, spec, target)

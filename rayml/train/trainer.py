@@ -1,0 +1,375 @@
+"""Train a model with Ray Train, export it to ONNX and register it with its lineage.
+
+Crash recovery has two layers:
+- a worker that dies (or raises) is restarted by Ray Train (``FailureConfig(max_failures)``) from the last checkpoint;
+- a driver that dies is recovered by running the same command again: the run name is derived from the config and the
+  data fingerprint, so the second run finds the first one's checkpoints under the same ``RunConfig(name,
+  storage_path)`` and continues from the last one. A run that already registered its model is not trained again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayml._private import constants, fs, lineage
+from rayml.config import DataConfig, TrainJobConfig, dump_config
+from rayml.data import Schema, fingerprint, infer_schema, load_table, reference_stats, train_validation_split, validate
+from rayml.errors import ConfigError, TrainingError
+from rayml.models import ModelSpec, build_model, build_spec, check_parity, export_onnx, torch_predict
+from rayml.registry import META_FILE, MODEL_FILE, REF_STATS_FILE, ModelVersionInfo, Registry
+
+logger = logging.getLogger("rayml.train")
+
+STATE_FILE = "rayml_run.json"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class PreparedData:
+    """Validated, split training data and what was learned about it."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    schema: Schema
+    fingerprint: str
+    source: str
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_name: str
+    storage_path: str
+    mlflow_run_id: str
+    data_fingerprint: str
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs_completed: int
+    epoch_history: list[int] = field(default_factory=list)  # epochs as logged, in order (a resumed run shows no repeats)
+    resumed_from: list[int] = field(default_factory=list)  # start epoch of every attempt (0 = from scratch)
+    model_version: ModelVersionInfo | None = None
+    model_dir: str | None = None
+    already_done: bool = False
+
+    @property
+    def early_stopped(self) -> bool:
+        return bool(self.metrics.get("early_stopped", 0))
+
+
+def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
+    """Load, infer the schema, validate (all problems at once), fingerprint and split the training data."""
+    df = load_table(cfg)
+    schema = infer_schema(df, cfg)
+    validate(df, schema, max_nan_fraction=cfg.max_nan_fraction, require_target=True, source=cfg.source)
+    split = train_validation_split(df, cfg.validation_fraction, seed)
+    if len(split.train) == 0:
+        raise ConfigError(f"the training split is empty ({len(df)} rows)", hint="use more data or a smaller data.validation_fraction")
+    return PreparedData(split.train, split.validation, schema, fingerprint(df), cfg.source)
+
+
+def _config_hash(cfg: TrainJobConfig, data_fingerprint: str) -> str:
+    """What determines the trained model: data, model and training settings (not storage, registry or retries)."""
+    relevant = {
+        "data": cfg.data.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude={"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep"}),
+        "fingerprint": data_fingerprint,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_name_for(cfg: TrainJobConfig, data_fingerprint: str) -> str:
+    return cfg.train.run_name or f"{cfg.model.name}-{_config_hash(cfg, data_fingerprint)}"
+
+
+def storage_path_for(cfg: TrainJobConfig) -> str:
+    path = cfg.train.storage_path or constants.default_storage_path()
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flatten(key, v))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def lineage_tags(data_fingerprint: str, run_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Tags that make every version traceable to its data version, code and libraries."""
+    tags = {
+        "rayml.data_fingerprint": data_fingerprint,
+        "rayml.git_commit": lineage.git_commit(),
+        "rayml.run_id": run_id,
+    }
+    tags.update({f"rayml.{k}_version": v for k, v in lineage.library_versions().items()})
+    tags.update(extra or {})
+    return tags
+
+
+def loop_config(
+    cfg: TrainJobConfig, spec: ModelSpec, target: str, tracking_uri: str | None, mlflow_run_id: str | None
+) -> dict[str, Any]:
+    """The plain dict every worker receives (also what Tune's search space overrides)."""
+    t = cfg.train
+    return {
+        "spec": spec.to_dict(),
+        "target": target,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "learning_rate": t.learning_rate,
+        "weight_decay": t.weight_decay,
+        "seed": t.seed,
+        "amp": t.amp,
+        "early_stopping_patience": t.early_stopping_patience,
+        "early_stopping_min_delta": t.early_stopping_min_delta,
+        "cache_shard_in_memory": t.cache_shard_in_memory,
+        "tracking_uri": tracking_uri,
+        "mlflow_run_id": mlflow_run_id,
+        "faults": constants.fault_injection(),
+        "fault_marker": os.path.join(tempfile.gettempdir(), f"rayml-fault-{uuid.uuid4().hex}"),
+    }
+
+
+def to_ray_datasets(prepared: PreparedData, num_workers: int) -> dict[str, Any]:
+    import ray.data
+
+    def blocks(df: pd.DataFrame) -> list[pd.DataFrame]:
+        n = max(1, min(len(df), num_workers * 2))
+        bounds = np.linspace(0, len(df), n + 1).astype(int)
+        return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a] or [df]
+
+    return {"train": ray.data.from_pandas(blocks(prepared.train)), "validation": ray.data.from_pandas(blocks(prepared.validation))}
+
+
+def _check_gpus(cfg: TrainJobConfig) -> None:
+    import ray
+
+    if not cfg.train.use_gpu:
+        return
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if have < cfg.train.num_workers and not constants.ray_address():
+        raise ConfigError(
+            f"train.use_gpu=true needs {cfg.train.num_workers} GPU(s) but this Ray has {have}",
+            hint="set train.use_gpu=false (--set train.use_gpu=false) or run on a cluster with GPU workers (RAY_ADDRESS)",
+        )
+    if have < cfg.train.num_workers:
+        logger.warning("waiting for %d GPU worker(s); the cluster has %d GPU(s) now", cfg.train.num_workers, have)
+
+
+def fit(
+    cfg: TrainJobConfig, prepared: PreparedData, spec: ModelSpec, run_name: str, storage_path: str,
+    tracking_uri: str | None, mlflow_run_id: str | None,
+):
+    """Run the Ray Train loop; returns the ``ray.train.Result``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig as RayDataConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayml._private.ray_session import ensure_ray
+    from rayml.train._loop import train_loop_per_worker
+
+    ensure_ray()
+    _check_gpus(cfg)
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(cfg, spec, prepared.schema.target, tracking_uri, mlflow_run_id),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.checkpoint_num_to_keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
+        ),
+        datasets=to_ray_datasets(prepared, t.num_workers),
+        # every worker validates on the whole validation set: identical metrics, identical early-stopping decisions
+        dataset_config=RayDataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def load_state_dict_from_checkpoint(checkpoint) -> dict[str, Any]:
+    import torch
+
+    from rayml.train._loop import STATE_FILE as CKPT_FILE
+
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, CKPT_FILE), map_location="cpu", weights_only=True)
+
+
+def export_model_dir(
+    out_dir: str | Path, spec: ModelSpec, state: dict[str, Any], prepared: PreparedData, meta_extra: dict[str, Any]
+) -> Path:
+    """Export the checkpointed model to ONNX (parity-checked) with its metadata and reference statistics."""
+    from rayml.models.predictor import OnnxPredictor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(spec)
+    model.load_state_dict(state["model"])
+    model.eval()
+    onnx_bytes = export_onnx(model)
+    sample = prepared.validation.head(512) if len(prepared.validation) else prepared.train.head(512)
+    parity = check_parity(model, onnx_bytes, sample)
+    (out / MODEL_FILE).write_bytes(onnx_bytes)
+    predictor = OnnxPredictor(onnx_bytes)
+    val_pred = torch_predict(model, prepared.validation) if len(prepared.validation) else None
+    stats = reference_stats(prepared.train, prepared.schema, predictions=val_pred)
+    (out / REF_STATS_FILE).write_text(json.dumps(stats))
+    meta = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "kind": "model",
+        "task": prepared.schema.task,
+        "target": prepared.schema.target,
+        "schema": prepared.schema.to_dict(),
+        "spec": spec.to_dict(),
+        "inputs": [vars(i) for i in predictor.inputs],
+        "outputs": [vars(o) for o in predictor.outputs],
+        "parity_max_abs_diff": parity,
+        "data_fingerprint": prepared.fingerprint,
+        **meta_extra,
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def _history(registry: Registry, run_id: str) -> tuple[list[int], list[int]]:
+    client = registry.client
+    epochs = [int(m.step) for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: (m.timestamp, m.step))]
+    starts = [int(m.value) for m in sorted(client.get_metric_history(run_id, "resumed_from_epoch"), key=lambda m: (m.timestamp, m.step))]
+    return epochs, starts
+
+
+def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
+    """Train, export and register a model as ``cfg`` says. Re-running after a crash resumes; after success, no-op.
+
+    Returns:
+        The :class:`TrainResult`, with ``model_version`` set when the model was registered.
+
+    Raises:
+        ConfigError, DataError: bad config or data (nothing is trained).
+        TrainingError: training failed after its retries; re-running the same command resumes from the last checkpoint.
+    """
+    logger.info("resolved config:\n%s", dump_config(cfg))
+    t0 = time.perf_counter()
+    prepared = prepare_data(cfg.data, cfg.train.seed)
+    run_name = run_name_for(cfg, prepared.fingerprint)
+    storage_path = storage_path_for(cfg)
+    state_path = fs.join(storage_path, run_name, STATE_FILE)
+    state = fs.read_json(state_path) or {}
+    registry = registry or Registry(cfg.registry.tracking_uri)
+
+    if state.get("status") == "registered" and cfg.registry.register_version:
+        info = registry.get_version(state["model_name"], int(state["model_version"]))
+        epochs, starts = _history(registry, state["mlflow_run_id"])
+        logger.info("run %s already finished and registered %s; nothing to do", run_name, info.ref)
+        return TrainResult(
+            run_name=run_name, storage_path=storage_path, mlflow_run_id=state["mlflow_run_id"],
+            data_fingerprint=prepared.fingerprint, metrics=state.get("metrics", {}), best_epoch=state.get("best_epoch", 0),
+            epochs_completed=state.get("epochs_completed", 0), epoch_history=epochs, resumed_from=starts,
+            model_version=info, already_done=True,
+        )
+
+    run_id = state.get("mlflow_run_id")
+    if not run_id or not registry.run_exists(run_id):
+        run_id = registry.create_run(
+            cfg.registry.experiment, run_name,
+            tags=lineage_tags(prepared.fingerprint, "", {"rayml.train_run_name": run_name, "rayml.data_source": prepared.source}),
+        )
+        registry.client.set_tag(run_id, "rayml.run_id", run_id)
+        params = _flatten("", cfg.model_dump(mode="json", exclude={"registry": True}))
+        from mlflow.entities import Param
+
+        registry.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    else:
+        logger.info("resuming run %s (MLflow run %s)", run_name, run_id)
+        registry.client.update_run(run_id, status="RUNNING")
+    fs.write_json(state_path, {"status": "running", "mlflow_run_id": run_id, "run_name": run_name})
+
+    spec = build_spec(prepared.train, prepared.schema, cfg.model.hidden_sizes, cfg.model.dropout, cfg.model.embedding_dim)
+    try:
+        result = fit(cfg, prepared, spec, run_name, storage_path, registry.tracking_uri, run_id)
+    except Exception as e:
+        registry.client.set_terminated(run_id, status="FAILED")
+        fs.write_json(state_path, {"status": "failed", "mlflow_run_id": run_id, "run_name": run_name, "error": str(e)[:2000]})
+        raise TrainingError(
+            f"training run {run_name!r} failed: {e}",
+            hint="re-run the same command to resume from the last checkpoint; raise train.max_failures for flaky workers",
+        ) from e
+
+    best = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
+    if best is None:
+        raise TrainingError(f"training run {run_name!r} produced no checkpoint", hint="check the worker logs above")
+    state_dict = load_state_dict_from_checkpoint(best)
+    best_epoch = int(state_dict["epoch"])
+    last = dict(result.metrics or {})
+    best_metrics = _metrics_at(result, best_epoch) or last
+    metrics = {k: float(v) for k, v in best_metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
+    metrics["early_stopped"] = float(last.get("early_stopped", 0))
+    metrics["train_time_s"] = time.perf_counter() - t0
+    registry.client.log_batch(run_id, metrics=_final_metrics(metrics, best_epoch))
+    epochs, starts = _history(registry, run_id)
+
+    out = TrainResult(
+        run_name=run_name, storage_path=storage_path, mlflow_run_id=run_id, data_fingerprint=prepared.fingerprint,
+        metrics=metrics, best_epoch=best_epoch, epochs_completed=int(last.get("epoch", best_epoch)),
+        epoch_history=epochs, resumed_from=starts,
+    )
+    tags = lineage_tags(prepared.fingerprint, run_id, {"rayml.train_run_name": run_name, "rayml.best_epoch": str(best_epoch)})
+    model_dir = Path(tempfile.mkdtemp(prefix="rayml-model-"))
+    export_model_dir(model_dir, spec, state_dict, prepared, {"name": cfg.model.name, "metrics": metrics, "lineage": tags})
+    out.model_dir = str(model_dir)
+    if cfg.registry.register_version:
+        info = registry.register(cfg.model.name, model_dir, run_id, tags, description=f"trained by run {run_name}")
+        if cfg.registry.alias:
+            registry.set_alias(info.name, info.version, cfg.registry.alias)
+            info = registry.get_version(info.name, info.version)
+        out.model_version = info
+    registry.client.set_terminated(run_id, status="FINISHED")
+    fs.write_json(
+        state_path,
+        {
+            "status": "registered" if out.model_version else "trained",
+            "mlflow_run_id": run_id, "run_name": run_name, "metrics": metrics, "best_epoch": best_epoch,
+            "epochs_completed": out.epochs_completed,
+            "model_name": cfg.model.name, "model_version": out.model_version.version if out.model_version else None,
+        },
+    )
+    return out
+
+
+def _metrics_at(result: Any, epoch: int) -> dict[str, Any] | None:
+    for ckpt, m in getattr(result, "best_checkpoints", None) or []:
+        if int(m.get("epoch", -1)) == epoch:
+            return dict(m)
+    return None
+
+
+def _final_metrics(metrics: dict[str, float], best_epoch: int):
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    out = [Metric(f"best_{k}", v, ts, best_epoch) for k, v in metrics.items() if k.startswith("val_") and np.isfinite(v)]
+    out.append(Metric("best_epoch", float(best_epoch), ts, 0))
+    return out
