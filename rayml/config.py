@@ -218,7 +218,9 @@ C = TypeVar("C", bound=BaseModel)
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"--set {item!r} has no '='", hint="write overrides as --set section.field=value, e.g. --set train.epochs=3")
+        raise ConfigError(
+            f"--set {item!r} has no '='", hint="write overrides as --set section.field=value, e.g. --set train.epochs=3"
+        )
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
@@ -226,7 +228,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})", hint="quote strings with special characters") from e
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML ({e})", hint="quote strings with special characters"
+        ) from e
     return key.split("."), value
 
 
@@ -301,7 +305,9 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         p = Path(path)
         source = str(p)
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist", hint="pass --config with a YAML file; examples are in jobs/configs/")
+            raise ConfigError(
+                f"config file {str(p)!r} does not exist", hint="pass --config with a YAML file; examples are in jobs/configs/"
+            )
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:

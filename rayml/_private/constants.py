@@ -26,7 +26,9 @@ def env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as e:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer", hint=f"unset {name} or give it a whole number") from e
+        raise ConfigError(
+            f"environment variable {name}={raw!r} is not an integer", hint=f"unset {name} or give it a whole number"
+        ) from e
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -46,16 +48,19 @@ def rayml_home() -> Path:
     return Path(env_str("RAYML_HOME", str(Path.home() / ".rayml"))).expanduser().resolve()
 
 
+def set_rayml_home(path: str | Path) -> Path:
+    """Point ``$RAYML_HOME`` at ``path`` for this process (and the Ray workers it starts afterwards)."""
+    resolved = Path(path).expanduser().resolve()
+    os.environ["RAYML_HOME"] = str(resolved)
+    return resolved
+
+
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else MLflow on SQLite under ``$RAYML_HOME``."""
     uri = env_str("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     return f"sqlite:///{rayml_home() / 'mlflow.db'}"
-
-
-def default_artifact_root() -> str:
-    return str(rayml_home() / "mlartifacts")
 
 
 def default_storage_path() -> str:

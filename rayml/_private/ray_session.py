@@ -7,9 +7,9 @@ bound to 127.0.0.1. Code never assumes which of the two it got.
 from __future__ import annotations
 
 import logging
-import os
 
 import ray
+import ray.data
 
 from rayml._private import constants
 
@@ -18,10 +18,9 @@ logger = logging.getLogger("rayml")
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Initialise Ray once per process (a no-op when already initialised, e.g. inside a Ray job or a test session)."""
+    quiet_ray_data()
     if ray.is_initialized():
         return
-    # Quiet the per-task progress noise of Ray Data unless the user asked for it.
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     address = constants.ray_address()
     if address:
         logger.info("joining Ray cluster at %s", address)
@@ -30,3 +29,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     cpus = num_cpus if num_cpus is not None else constants.ray_num_cpus()
     logger.info("starting a local Ray (num_cpus=%s, dashboard on 127.0.0.1)", cpus or "auto")
     ray.init(num_cpus=cpus, dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's per-operator progress bars flood a CLI's output; rayml shows its own progress."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

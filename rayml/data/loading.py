@@ -56,7 +56,8 @@ def resolve_files(source: str, fmt: str = "auto") -> tuple[pafs.FileSystem, list
         if info.type == pafs.FileType.Directory:
             selector = pafs.FileSelector(root, recursive=True)
             files = sorted(
-                i.path for i in fs.get_file_info(selector)
+                i.path
+                for i in fs.get_file_info(selector)
                 if i.type == pafs.FileType.File and not os.path.basename(i.path).startswith((".", "_"))
             )
         else:

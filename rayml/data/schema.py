@@ -103,9 +103,7 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
             problems.append(f"feature column {name!r} is missing (columns: {cols})")
     for name in numeric:
         if name in df.columns and _is_categorical_dtype(df[name]) and not pd.api.types.is_bool_dtype(df[name]):
-            problems.append(
-                f"numeric feature {name!r} has dtype {df[name].dtype} (text); list it under categorical_features"
-            )
+            problems.append(f"numeric feature {name!r} has dtype {df[name].dtype} (text); list it under categorical_features")
     if not numeric and not categorical:
         problems.append(f"no feature columns left after excluding target, segment and ignore_columns {sorted(excluded)}")
     if cfg.target in df.columns:
@@ -177,8 +175,7 @@ def validate(
         nan_share = float(s.isna().sum()) / n
         if nan_share > max_nan_fraction:
             problems.append(
-                f"column {f.name!r} is {nan_share:.1%} missing, over the limit of {max_nan_fraction:.1%} "
-                "(data.max_nan_fraction)"
+                f"column {f.name!r} is {nan_share:.1%} missing, over the limit of {max_nan_fraction:.1%} (data.max_nan_fraction)"
             )
         if f.kind == "categorical" and not allow_unseen_categories:
             values = set(pd.unique(as_category_strings(s))) - {UNKNOWN}

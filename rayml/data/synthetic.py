@@ -39,7 +39,7 @@ def generate_sales(cfg: SyntheticConfig) -> pd.DataFrame:
         raise DataError(f"synthetic.start_date {cfg.start_date!r} is not a date", hint="use YYYY-MM-DD") from e
 
     # Per-store parameters: these differ enough that a per-store model pays off.
-    base = rng.uniform(50, 150, n_stores)
+    base = rng.uniform(150, 260, n_stores)
     elasticity = rng.uniform(-3.0, -0.2, n_stores)
     promo_lift = rng.uniform(0.0, 40.0, n_stores)
     temp_coef = rng.normal(0.0, 1.5, n_stores)
@@ -73,6 +73,7 @@ def generate_sales(cfg: SyntheticConfig) -> pd.DataFrame:
         + 5.0 * (category == 2)
         + rng.normal(0.0, 3.0, n)
     )
+    sales = np.maximum(sales, 0.0)  # a store cannot sell less than nothing
 
     width = max(3, len(str(n_stores - 1)))
     df = pd.DataFrame(
@@ -109,7 +110,10 @@ def apply_drift(df: pd.DataFrame, spec: DriftSpec, rng: np.random.Generator) -> 
     col = out[spec.column]
     if spec.kind == "shift":
         if not pd.api.types.is_numeric_dtype(col):
-            raise DataError(f"drift 'shift' needs a numeric column; {spec.column!r} is {col.dtype}", hint="use new_category for categorical columns")
+            raise DataError(
+                f"drift 'shift' needs a numeric column; {spec.column!r} is {col.dtype}",
+                hint="use new_category for categorical columns",
+            )
         std = float(col.std()) or 1.0
         out[spec.column] = col + spec.value * std
     elif spec.kind == "new_category":
@@ -134,7 +138,8 @@ def parse_drift(items: list[str]) -> list[DriftSpec]:
         except ValueError as e:
             raise DataError(
                 f"--drift {item!r} is not KIND:COLUMN=VALUE",
-                hint="e.g. --drift shift:price=2 (std devs), --drift new_category:category=gadgets, --drift missing:temperature=0.3",
+                hint="e.g. --drift shift:price=2 (std devs), --drift new_category:category=gadgets, "
+                "--drift missing:temperature=0.3",
             ) from e
         kind = kind.strip()
         if kind == "shift":

@@ -39,11 +39,7 @@ class _PerColumn(torch.nn.Module):
     def forward(self, *cols: torch.Tensor) -> torch.Tensor:
         n = cols[0].shape[0]
         num = torch.stack(cols[: self.n_num], dim=1) if self.n_num else torch.zeros((n, 0))
-        cat = (
-            torch.stack(cols[self.n_num :], dim=1)
-            if len(cols) > self.n_num
-            else torch.zeros((n, 0), dtype=torch.int64)
-        )
+        cat = torch.stack(cols[self.n_num :], dim=1) if len(cols) > self.n_num else torch.zeros((n, 0), dtype=torch.int64)
         return self.model(num, cat)
 
 

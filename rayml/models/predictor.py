@@ -74,7 +74,11 @@ class OnnxPredictor:
             if name not in columns:
                 continue
             values = columns[name]
-            series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values)
+            series = (
+                values
+                if isinstance(values, pd.Series)
+                else pd.Series(np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values)
+            )
             lengths.add(len(series))
             if kind == "BYTES":
                 feed[name] = as_category_strings(series)

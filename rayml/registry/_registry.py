@@ -53,7 +53,9 @@ def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
     if ":" in ref:
         name, version = ref.split(":", 1)
         if not version.isdigit() or int(version) < 1:
-            raise InvalidNameError(f"version {version!r} in {ref!r} is not a positive whole number", hint="write NAME:VERSION, e.g. sales-model:3")
+            raise InvalidNameError(
+                f"version {version!r} in {ref!r} is not a positive whole number", hint="write NAME:VERSION, e.g. sales-model:3"
+            )
         return validate_name(name), None, int(version)
     return validate_name(ref), None, None
 
@@ -87,14 +89,14 @@ class LoadedModel:
     _predictor: Any = None
 
     @property
-    def predictor(self):  # noqa: ANN201 - OnnxPredictor, imported lazily
+    def predictor(self):
         if self._predictor is None:
             from rayml.models.predictor import OnnxPredictor
 
             self._predictor = OnnxPredictor(self.path / MODEL_FILE)
         return self._predictor
 
-    def predict(self, rows: Any):  # noqa: ANN201
+    def predict(self, rows: Any):
         return self.predictor.predict(rows)
 
 
@@ -129,7 +131,8 @@ class Registry:
             return exp.experiment_id
         location = None
         if self._embedded:
-            root = Path(constants.default_artifact_root())
+            # artifacts live beside the SQLite file: $RAYML_HOME/mlflow.db -> $RAYML_HOME/mlartifacts
+            root = Path(self.tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
             root.mkdir(parents=True, exist_ok=True)
             location = (root / validate_name(name, "experiment name")).as_uri()
         try:
@@ -297,7 +300,9 @@ class Registry:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".dl-"))
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(tmp), tracking_uri=self.tracking_uri)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=info.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+            )
             if cache.exists():  # another process won the race; its copy is identical
                 return info, cache
             os.replace(local, cache)
@@ -315,7 +320,7 @@ class Registry:
         stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
         return LoadedModel(info=info, path=path, meta=meta, reference_stats=stats)
 
-    def load_predictor(self, ref: str):  # noqa: ANN201 - OnnxPredictor
+    def load_predictor(self, ref: str):
         return self.load(ref).predictor
 
     def run_metrics(self, run_id: str | None) -> dict[str, float]:

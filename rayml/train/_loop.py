@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rayml._private import faults as _faults
+from rayml._private.ray_session import quiet_ray_data
 from rayml.models.mlp import ModelSpec, TabularMLP, build_model, encode_categorical, encode_numeric, encode_target
 
 logger = logging.getLogger("rayml.train")
@@ -54,9 +55,16 @@ def evaluate(model: TabularMLP, num: torch.Tensor, cat: torch.Tensor, y: torch.T
     """Validation metrics: ``val_loss`` (the training objective) plus metrics in the target's terms."""
     model.eval()
     with torch.no_grad():
-        raw = torch.cat(
-            [model.forward_raw(num[i : i + 8192].to(device), cat[i : i + 8192].to(device)).float().cpu() for i in range(0, len(y), 8192)]
-        ) if len(y) else torch.zeros(0)
+        raw = (
+            torch.cat(
+                [
+                    model.forward_raw(num[i : i + 8192].to(device), cat[i : i + 8192].to(device)).float().cpu()
+                    for i in range(0, len(y), 8192)
+                ]
+            )
+            if len(y)
+            else torch.zeros(0)
+        )
     spec = model.spec
     if spec.task == "binary":
         loss = float(nn.functional.binary_cross_entropy_with_logits(raw, y)) if len(y) else float("nan")
@@ -92,8 +100,67 @@ class _MlflowLogger:
             logger.warning("could not log metrics to MLflow: %s", e)
 
 
+class LoopSession:
+    """Where the loop gets its data, checkpoint and rank, and where it reports: Ray Train or Ray Tune.
+
+    The loop body is the same for both (one train loop, two ways to run it); only this adapter differs.
+    """
+
+    rank: int = 0
+
+    def get_checkpoint(self) -> Any: ...
+
+    def report(self, metrics: dict[str, Any], checkpoint: Any) -> None: ...
+
+    def validation_frame(self) -> pd.DataFrame: ...
+
+    def train_frame(self) -> pd.DataFrame: ...
+
+    def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int): ...
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+class RayTrainSession(LoopSession):
+    """Inside a Ray Train worker: dataset shards, ``ray.train.report`` / ``get_checkpoint``, DDP."""
+
+    def __init__(self) -> None:
+        self.rank = ray.train.get_context().get_world_rank()
+
+    def get_checkpoint(self) -> Any:
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint: Any) -> None:
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def validation_frame(self) -> pd.DataFrame:
+        return _frame(ray.train.get_dataset_shard("validation"))
+
+    def train_frame(self) -> pd.DataFrame:
+        return _frame(ray.train.get_dataset_shard("train"))
+
+    def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int):
+        return _streamed_batches(ray.train.get_dataset_shard("train"), spec, target, batch_size, seed)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker body. ``config`` is built by :func:`rayml.train.trainer.loop_config`."""
+    run_loop(config, RayTrainSession())
+
+
+def run_loop(config: dict[str, Any], session: LoopSession) -> None:
+    """The training loop: resume from the session's checkpoint, train, validate, checkpoint and report every epoch."""
+    quiet_ray_data()
     spec = ModelSpec.from_dict(config["spec"])
     target: str = config["target"]
     epochs: int = config["epochs"]
@@ -102,19 +169,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     patience: int = config["early_stopping_patience"]
     min_delta: float = config["early_stopping_min_delta"]
     faults = _faults.parse(config.get("faults"))
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank = session.rank
 
-    device = ray.train.torch.get_device()
+    device = session.device()
     use_amp = bool(config["amp"]) and device.type == "cuda"
     model = build_model(spec, seed=seed)
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     core: TabularMLP = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, best, since_best = 0, float("inf"), 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
@@ -125,12 +191,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_epoch, best, since_best = int(state["epoch"]), float(state["best"]), int(state["since_best"])
         if rank == 0:
             logger.info("resuming from the checkpoint of epoch %d", start_epoch)
-    mlflow_log = _MlflowLogger(config.get("tracking_uri"), config.get("mlflow_run_id")) if rank == 0 else _MlflowLogger(None, None)
+    mlflow_log = (
+        _MlflowLogger(config.get("tracking_uri"), config.get("mlflow_run_id")) if rank == 0 else _MlflowLogger(None, None)
+    )
     mlflow_log.log({"resumed_from_epoch": start_epoch}, step=start_epoch)
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_num, val_cat, val_y = _tensors(_frame(ray.train.get_dataset_shard("validation")), spec, target)
-    cached = _tensors(_frame(train_shard), spec, target) if config["cache_shard_in_memory"] else None
+    val_num, val_cat, val_y = _tensors(session.validation_frame(), spec, target)
+    cached = _tensors(session.train_frame(), spec, target) if config["cache_shard_in_memory"] else None
     loss_fn = nn.BCEWithLogitsLoss() if spec.task == "binary" else nn.MSELoss()
 
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -139,7 +206,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         total, count = 0.0, 0
         # per-epoch generator: the batch order of an epoch is the same whether or not the run was resumed
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 101 + rank)
-        batches = _cached_batches(cached, batch_size, gen) if cached else _streamed_batches(train_shard, spec, target, batch_size, seed + epoch)
+        batches = (
+            _cached_batches(cached, batch_size, gen) if cached else session.train_batches(spec, target, batch_size, seed + epoch)
+        )
         half_done = False
         n_rows = cached[2].shape[0] if cached else None
         for num, cat, y in batches:
@@ -178,7 +247,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     os.path.join(tmp, STATE_FILE),
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+            session.report(metrics, ckpt)
         _faults.end_of_epoch(faults)
         if stop:
             if rank == 0:

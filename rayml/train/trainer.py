@@ -76,7 +76,9 @@ def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
     validate(df, schema, max_nan_fraction=cfg.max_nan_fraction, require_target=True, source=cfg.source)
     split = train_validation_split(df, cfg.validation_fraction, seed)
     if len(split.train) == 0:
-        raise ConfigError(f"the training split is empty ({len(df)} rows)", hint="use more data or a smaller data.validation_fraction")
+        raise ConfigError(
+            f"the training split is empty ({len(df)} rows)", hint="use more data or a smaller data.validation_fraction"
+        )
     return PreparedData(split.train, split.validation, schema, fingerprint(df), cfg.source)
 
 
@@ -85,7 +87,9 @@ def _config_hash(cfg: TrainJobConfig, data_fingerprint: str) -> str:
     relevant = {
         "data": cfg.data.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude={"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep"}),
+        "train": cfg.train.model_dump(
+            mode="json", exclude={"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep"}
+        ),
         "fingerprint": data_fingerprint,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
@@ -155,7 +159,10 @@ def to_ray_datasets(prepared: PreparedData, num_workers: int) -> dict[str, Any]:
         bounds = np.linspace(0, len(df), n + 1).astype(int)
         return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a] or [df]
 
-    return {"train": ray.data.from_pandas(blocks(prepared.train)), "validation": ray.data.from_pandas(blocks(prepared.validation))}
+    return {
+        "train": ray.data.from_pandas(blocks(prepared.train)),
+        "validation": ray.data.from_pandas(blocks(prepared.validation)),
+    }
 
 
 def _check_gpus(cfg: TrainJobConfig) -> None:
@@ -174,8 +181,13 @@ def _check_gpus(cfg: TrainJobConfig) -> None:
 
 
 def fit(
-    cfg: TrainJobConfig, prepared: PreparedData, spec: ModelSpec, run_name: str, storage_path: str,
-    tracking_uri: str | None, mlflow_run_id: str | None,
+    cfg: TrainJobConfig,
+    prepared: PreparedData,
+    spec: ModelSpec,
+    run_name: str,
+    storage_path: str,
+    tracking_uri: str | None,
+    mlflow_run_id: str | None,
 ):
     """Run the Ray Train loop; returns the ``ray.train.Result``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -257,7 +269,9 @@ def export_model_dir(
 def _history(registry: Registry, run_id: str) -> tuple[list[int], list[int]]:
     client = registry.client
     epochs = [int(m.step) for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: (m.timestamp, m.step))]
-    starts = [int(m.value) for m in sorted(client.get_metric_history(run_id, "resumed_from_epoch"), key=lambda m: (m.timestamp, m.step))]
+    starts = [
+        int(m.value) for m in sorted(client.get_metric_history(run_id, "resumed_from_epoch"), key=lambda m: (m.timestamp, m.step))
+    ]
     return epochs, starts
 
 
@@ -285,16 +299,24 @@ def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
         epochs, starts = _history(registry, state["mlflow_run_id"])
         logger.info("run %s already finished and registered %s; nothing to do", run_name, info.ref)
         return TrainResult(
-            run_name=run_name, storage_path=storage_path, mlflow_run_id=state["mlflow_run_id"],
-            data_fingerprint=prepared.fingerprint, metrics=state.get("metrics", {}), best_epoch=state.get("best_epoch", 0),
-            epochs_completed=state.get("epochs_completed", 0), epoch_history=epochs, resumed_from=starts,
-            model_version=info, already_done=True,
+            run_name=run_name,
+            storage_path=storage_path,
+            mlflow_run_id=state["mlflow_run_id"],
+            data_fingerprint=prepared.fingerprint,
+            metrics=state.get("metrics", {}),
+            best_epoch=state.get("best_epoch", 0),
+            epochs_completed=state.get("epochs_completed", 0),
+            epoch_history=epochs,
+            resumed_from=starts,
+            model_version=info,
+            already_done=True,
         )
 
     run_id = state.get("mlflow_run_id")
     if not run_id or not registry.run_exists(run_id):
         run_id = registry.create_run(
-            cfg.registry.experiment, run_name,
+            cfg.registry.experiment,
+            run_name,
             tags=lineage_tags(prepared.fingerprint, "", {"rayml.train_run_name": run_name, "rayml.data_source": prepared.source}),
         )
         registry.client.set_tag(run_id, "rayml.run_id", run_id)
@@ -332,9 +354,15 @@ def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
     epochs, starts = _history(registry, run_id)
 
     out = TrainResult(
-        run_name=run_name, storage_path=storage_path, mlflow_run_id=run_id, data_fingerprint=prepared.fingerprint,
-        metrics=metrics, best_epoch=best_epoch, epochs_completed=int(last.get("epoch", best_epoch)),
-        epoch_history=epochs, resumed_from=starts,
+        run_name=run_name,
+        storage_path=storage_path,
+        mlflow_run_id=run_id,
+        data_fingerprint=prepared.fingerprint,
+        metrics=metrics,
+        best_epoch=best_epoch,
+        epochs_completed=int(last.get("epoch", best_epoch)),
+        epoch_history=epochs,
+        resumed_from=starts,
     )
     tags = lineage_tags(prepared.fingerprint, run_id, {"rayml.train_run_name": run_name, "rayml.best_epoch": str(best_epoch)})
     model_dir = Path(tempfile.mkdtemp(prefix="rayml-model-"))
@@ -351,16 +379,20 @@ def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
         state_path,
         {
             "status": "registered" if out.model_version else "trained",
-            "mlflow_run_id": run_id, "run_name": run_name, "metrics": metrics, "best_epoch": best_epoch,
+            "mlflow_run_id": run_id,
+            "run_name": run_name,
+            "metrics": metrics,
+            "best_epoch": best_epoch,
             "epochs_completed": out.epochs_completed,
-            "model_name": cfg.model.name, "model_version": out.model_version.version if out.model_version else None,
+            "model_name": cfg.model.name,
+            "model_version": out.model_version.version if out.model_version else None,
         },
     )
     return out
 
 
 def _metrics_at(result: Any, epoch: int) -> dict[str, Any] | None:
-    for ckpt, m in getattr(result, "best_checkpoints", None) or []:
+    for _ckpt, m in getattr(result, "best_checkpoints", None) or []:
         if int(m.get("epoch", -1)) == epoch:
             return dict(m)
     return None

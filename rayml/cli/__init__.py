@@ -1,0 +1,1 @@
+"""The `rayml` command (nothing imports this package)."""
