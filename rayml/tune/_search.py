@@ -1,0 +1,549 @@
+"""`rayml tune`: a hyperparameter search on Ray Tune whose best model is exported and registered like `rayml train`'s.
+
+Where things go (``S`` = ``train.storage_path``, default ``$RAYML_HOME/runs``):
+
+- ``S/tune/<name>/``: the Tune experiment (one ``trial_<id>/`` per trial with its checkpoints and result rows),
+  ``rayml_tune.json`` (rayml's own state: parent run, status, registered version), ``results.csv`` and
+  ``learning_curves.png``;
+- ``S/tune/<name>/_train/``: checkpoints of distributed trials' TorchTrainer runs.
+
+Resuming: the experiment state is saved every second while the search runs, so after the driver dies
+``tune(cfg, resume=True)`` restores it with ``Tuner.restore``: finished trials are kept as they are, unfinished and
+errored ones continue from their latest checkpoint, and the searcher and ASHA continue from their saved state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayml._private import constants, fs
+from rayml.config import TrainJobConfig, TuneJobConfig, dump_config
+from rayml.errors import ConfigError, TrainingError
+from rayml.models import build_spec
+from rayml.registry import ModelVersionInfo, Registry
+from rayml.train import PreparedData, export_model_dir, lineage_tags, prepare_data, storage_path_for
+from rayml.tune._mlflow import SEARCH_TAG, MlflowTrialCallback, child_runs
+from rayml.tune._report import (
+    CURVES_FILE,
+    RESULTS_FILE,
+    TrialSummary,
+    learning_curves_png,
+    rank,
+    results_csv,
+    summarize,
+)
+from rayml.tune._space import identity_changes, param_space, search_identity, search_name_for, trial_config
+from rayml.tune._trainables import TrialSetup, distributed_trial, single_worker_trial
+
+logger = logging.getLogger("rayml.tune")
+
+STATE_FILE = "rayml_tune.json"
+# Tune saves its experiment state every >= 10 s by default; a driver killed in that window forgets which trials had
+# finished and re-runs them from their last checkpoint. Saving every second keeps that window (and the cost) small.
+_EXPERIMENT_STATE_INTERVAL_S = "1"
+
+
+@dataclass
+class TuneResult:
+    """What a search produced.
+
+    Attributes:
+        name: the search name (experiment directory, MLflow parent run name, ``rayml.tune_search_id`` tag).
+        trials: every trial, best first.
+        best: the best trial; ``best_config`` is its full training config.
+        model_version: the registered version of the best model (None when ``registry.register_version`` is false).
+        already_done: the search had finished and registered its model before; nothing ran.
+    """
+
+    name: str
+    experiment_path: str
+    parent_run_id: str
+    metric: str
+    mode: str
+    trials: list[TrialSummary]
+    best: TrialSummary
+    best_config: TrainJobConfig
+    results_path: str
+    plot_path: str
+    total_epochs: int
+    wall_time_s: float
+    model_version: ModelVersionInfo | None = None
+    model_dir: str | None = None
+    resumed: bool = False
+    already_done: bool = False
+    data_fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return self.best.params
+
+    @property
+    def best_metric(self) -> float | None:
+        return self.best.best_metric
+
+    @property
+    def stopped_early(self) -> int:
+        return sum(1 for t in self.trials if t.stopped_by == "asha")
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+@contextlib.contextmanager
+def _tune_env():
+    old = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", _EXPERIMENT_STATE_INTERVAL_S)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
+
+
+def _write(path: str, data: bytes) -> None:
+    filesystem, p = fs.filesystem(path)
+    filesystem.create_dir(os.path.dirname(p), recursive=True)
+    with filesystem.open_output_stream(p) as f:
+        f.write(data)
+
+
+def _existing_searches(root: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    filesystem, p = fs.filesystem(root)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    except OSError:
+        return []
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def _resources(cfg: TuneJobConfig) -> tuple[int, float, float]:
+    t = cfg.tune
+    workers = t.workers_per_trial or cfg.train.num_workers
+    cpus = t.cpus_per_worker if t.cpus_per_worker is not None else cfg.train.cpus_per_worker
+    gpus = t.gpus_per_worker if t.gpus_per_worker is not None else (1.0 if cfg.train.use_gpu else 0.0)
+    return workers, cpus, gpus
+
+
+def _check_cluster(workers: int, cpus: float, gpus: float) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    need_gpu = workers * gpus
+    if need_gpu > 0 and have.get("GPU", 0) < need_gpu and not constants.ray_address():
+        raise ConfigError(
+            f"a trial needs {need_gpu:g} GPU(s) ({workers} worker(s) x {gpus:g}) but this Ray has {have.get('GPU', 0):g}",
+            hint="set tune.gpus_per_worker=0 / train.use_gpu=false, or run on a cluster with GPUs (RAY_ADDRESS)",
+        )
+    need_cpu = workers * cpus
+    if have.get("CPU", 0) < need_cpu and not constants.ray_address():
+        raise ConfigError(
+            f"a trial needs {need_cpu:g} CPU(s) ({workers} worker(s) x {cpus:g}) but this Ray has {have.get('CPU', 0):g}",
+            hint="lower tune.workers_per_trial or tune.cpus_per_worker",
+        )
+
+
+def _default_concurrency(workers: int, cpus: float, gpus: float) -> int:
+    """Trials whose worker groups fit the cluster at once (a distributed trial's driver reserves nothing)."""
+    import ray
+
+    have = ray.cluster_resources()
+    fits = int(have.get("CPU", 0) // (workers * cpus)) if cpus > 0 else 1
+    if gpus > 0:
+        fits = min(fits, int(have.get("GPU", 0) // (workers * gpus)))
+    return max(1, fits)
+
+
+def _build_tuner(
+    cfg: TuneJobConfig, name: str, root: str, trainable: Any, callback: MlflowTrialCallback, max_concurrent: int | None
+):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    t = cfg.tune
+    if t.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=t.seed)
+    else:
+        searcher = BasicVariantGenerator(random_state=t.seed)
+    if t.scheduler == "asha":
+        # the loop's own `epoch` (not Tune's training_iteration) is the time axis: it survives a resume unchanged
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=cfg.max_epochs, grace_period=t.asha.grace_period, reduction_factor=t.asha.reduction_factor
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=cfg.resolved_mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.resolved_num_samples,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # a trial process (torch imported, data deserialised) serves the next trial
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=root,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=cfg.train.checkpoint_num_to_keep,
+                checkpoint_score_attribute=t.metric,
+                checkpoint_score_order=cfg.resolved_mode,
+            ),
+        ),
+    )
+
+
+def _flat_params(cfg: TuneJobConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, d: Any) -> None:
+        if isinstance(d, dict) and not (prefix.startswith("tune.space.") and prefix.count(".") >= 3):
+            for k, v in d.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = json.dumps(d) if isinstance(d, (list, dict)) else str(d)
+
+    walk("", cfg.model_dump(mode="json", exclude={"registry": True}))
+    return out
+
+
+def _open_parent_run(registry: Registry, cfg: TuneJobConfig, name: str, prepared: PreparedData, state: dict) -> str:
+    run_id = state.get("parent_run_id")
+    if run_id and registry.run_exists(run_id):
+        registry.client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = lineage_tags(prepared.fingerprint, "", {SEARCH_TAG: name, "rayml.data_source": prepared.source})
+    run_id = registry.create_run(cfg.registry.experiment, name, tags=tags)
+    registry.client.set_tag(run_id, "rayml.run_id", run_id)
+    from mlflow.entities import Param
+
+    params = [Param(k, v[:6000]) for k, v in _flat_params(cfg).items()]
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        registry.client.log_batch(run_id, params=params[i : i + 100])
+    return run_id
+
+
+def _check_existing(name: str, root: str, exp_path: str, state: dict | None, resume: bool, identity: dict) -> None:
+    from ray.tune import Tuner
+
+    exists = state is not None or Tuner.can_restore(exp_path)
+    if exists and not resume:
+        status = (state or {}).get("status", "interrupted")
+        raise ConfigError(
+            f"a search named {name!r} already exists at {exp_path} (status: {status})",
+            hint="pass --resume to continue it (finished trials are kept; unfinished ones continue from their "
+            "checkpoints), or choose another name with --set tune.name=NEW_NAME",
+        )
+    if resume and not exists:
+        others = _existing_searches(root)
+        raise ConfigError(
+            f"nothing to resume: there is no search named {name!r} under {root}",
+            hint="run without --resume to start it. The default name derives from the config, so a changed config "
+            "names a new search; set tune.name to the old one to resume it"
+            + (f" (searches there: {', '.join(others)})" if others else ""),
+        )
+    if resume and state and state.get("identity") and state["identity"] != identity:
+        changed = identity_changes(state["identity"], identity)
+        raise ConfigError(
+            f"search {name!r} was started with a different config; changed: {', '.join(changed[:12])}",
+            hint="resume with the original config, or start a new search with --set tune.name=NEW_NAME",
+        )
+
+
+def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None = None) -> TuneResult:
+    """Run (or resume) the hyperparameter search ``cfg`` describes, then export and register its best model.
+
+    Every trial runs the same training loop as ``rayml train``; the best trial (by ``tune.metric`` at its best epoch)
+    is exported to ONNX from that epoch's checkpoint and registered as a new version of ``model.name``, with lineage
+    tags plus ``rayml.tune_search_id`` and ``rayml.tune_trial_id``.
+
+    Args:
+        cfg: the search config (training config + ``tune`` section).
+        resume: continue an interrupted search of the same name instead of refusing to reuse its directory.
+        registry: MLflow registry to use; None = ``registry.tracking_uri`` from the config.
+
+    Returns:
+        The :class:`TuneResult`: every trial (best first), the best config and metric, the registered version.
+
+    Raises:
+        ConfigError: bad config, a search of that name exists (without ``resume``), or nothing to resume.
+        DataError: the training data is invalid.
+        TrainingError: every trial failed.
+
+    Example:
+        >>> cfg = load_config(TuneJobConfig, "jobs/configs/tune.yaml", ["tune.num_samples=4"])
+        >>> result = tune(cfg)
+        >>> result.best_params, result.best_metric, result.model_version.ref
+        ({'train.learning_rate': 0.0042, ...}, 41.7, 'sales-model:3')
+    """
+    from ray import tune as ray_tune
+    from ray.tune import Tuner
+
+    from rayml._private.ray_session import ensure_ray
+
+    logger.info("resolved config:\n%s", dump_config(cfg))
+    t0 = time.perf_counter()
+    prepared = prepare_data(cfg.data, cfg.train.seed)
+    name = search_name_for(cfg, prepared.fingerprint)
+    root = fs.join(storage_path_for(cfg), "tune")
+    exp_path = fs.join(root, name)
+    state_path = fs.join(exp_path, STATE_FILE)
+    state = fs.read_json(state_path)
+    identity = search_identity(cfg, prepared.fingerprint)
+    _check_existing(name, root, exp_path, state, resume, identity)
+    registry = registry or Registry(cfg.registry.tracking_uri)
+
+    if state and state.get("status") == "registered" and cfg.registry.register_version:
+        ref = f"{state['model_name']}:{state['model_version']}"
+        logger.info("search %s already finished and registered %s; nothing to do", name, ref)
+        return _already_done(cfg, registry, name, exp_path, state, prepared.fingerprint, time.perf_counter() - t0)
+
+    parent_run_id = _open_parent_run(registry, cfg, name, prepared, state or {})
+    experiment_id = registry.experiment_id(cfg.registry.experiment)
+    state = {**(state or {}), "status": "running", "name": name, "parent_run_id": parent_run_id, "identity": identity}
+    fs.write_json(state_path, state)
+
+    ensure_ray()
+    workers, cpus, gpus = _resources(cfg)
+    _check_cluster(workers, cpus, gpus)
+    setup = TrialSetup(
+        cfg=cfg,
+        target=prepared.schema.target,
+        workers=workers,
+        cpus_per_worker=cpus,
+        gpus_per_worker=gpus,
+        faults=constants.fault_injection(),
+        train_storage=fs.join(exp_path, "_train"),
+    )
+    if workers == 1:
+        fn, resources = single_worker_trial, {"CPU": cpus, "GPU": gpus}
+        max_concurrent = cfg.tune.max_concurrent_trials
+    else:
+        fn, resources = distributed_trial, {"CPU": 0}
+        max_concurrent = cfg.tune.max_concurrent_trials or _default_concurrency(workers, cpus, gpus)
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(fn, setup=setup, prepared=prepared), resources)
+    restoring = resume and Tuner.can_restore(exp_path)
+    logger.info(
+        "%s search %s: %s search, %s scheduler, %d sample(s), %d worker(s) per trial, experiment at %s",
+        "resuming" if restoring else "starting",
+        name,
+        cfg.tune.search,
+        cfg.tune.scheduler,
+        cfg.resolved_num_samples,
+        workers,
+        exp_path,
+    )
+    if restoring:
+        tuner = Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        callback = MlflowTrialCallback(cfg, registry.tracking_uri, experiment_id, parent_run_id, name)
+        tuner = _build_tuner(cfg, name, root, trainable, callback, max_concurrent)
+    try:
+        with _tune_env():
+            grid = tuner.fit()
+    except Exception as e:
+        registry.client.set_terminated(parent_run_id, status="FAILED")
+        fs.write_json(state_path, {**state, "status": "failed", "error": str(e)[:2000]})
+        raise TrainingError(
+            f"search {name!r} failed: {e}", hint="fix the cause above, then run the same command with --resume"
+        ) from e
+
+    trials = summarize(grid, cfg, child_runs(registry, experiment_id, parent_run_id))
+    wall = time.perf_counter() - t0
+    results_path, plot_path = _write_outputs(registry, cfg, name, exp_path, parent_run_id, trials)
+    best = trials[0] if trials else None
+    if best is None or best.best_metric is None:
+        registry.client.set_terminated(parent_run_id, status="FAILED")
+        fs.write_json(state_path, {**state, "status": "failed", "trials": [t.to_dict() for t in trials]})
+        first = next((t.error for t in trials if t.error), "no trial reported a finite metric")
+        raise TrainingError(
+            f"search {name!r}: none of its {len(trials)} trial(s) produced a usable {cfg.tune.metric}: {first}",
+            hint=f"see the trial errors under {exp_path}; fix the cause and run the same command with --resume",
+        )
+    result = TuneResult(
+        name=name,
+        experiment_path=exp_path,
+        parent_run_id=parent_run_id,
+        metric=cfg.tune.metric,
+        mode=cfg.resolved_mode,
+        trials=trials,
+        best=best,
+        best_config=trial_config(cfg, best.params),
+        results_path=results_path,
+        plot_path=plot_path,
+        total_epochs=sum(t.epochs_run for t in trials),
+        wall_time_s=wall,
+        resumed=restoring,
+        data_fingerprint=prepared.fingerprint,
+    )
+    _register_best(registry, cfg, result, grid, prepared)
+    _log_summary(registry, result)
+    registry.client.set_terminated(parent_run_id, status="FINISHED")
+    fs.write_json(
+        state_path,
+        {
+            **state,
+            "status": "registered" if result.model_version else "finished",
+            "trials": [t.to_dict() for t in trials],
+            "best_trial_id": best.trial_id,
+            "total_epochs": result.total_epochs,
+            "wall_time_s": wall,
+            "results_path": results_path,
+            "plot_path": plot_path,
+            "model_name": result.model_version.name if result.model_version else None,
+            "model_version": result.model_version.version if result.model_version else None,
+        },
+    )
+    return result
+
+
+def _write_outputs(
+    registry: Registry, cfg: TuneJobConfig, name: str, exp_path: str, parent_run_id: str, trials: list[TrialSummary]
+) -> tuple[str, str]:
+    """results.csv and learning_curves.png next to the experiment, and as artifacts of the parent run."""
+    title = f"{name}: {cfg.tune.metric} per epoch ({cfg.tune.scheduler}, {len(trials)} trials)"
+    files = {RESULTS_FILE: results_csv(trials, cfg), CURVES_FILE: learning_curves_png(trials, cfg, title)}
+    with tempfile.TemporaryDirectory(prefix="rayml-tune-") as tmp:
+        for fname, data in files.items():
+            _write(fs.join(exp_path, fname), data)
+            (Path(tmp) / fname).write_bytes(data)
+        try:
+            registry.client.log_artifacts(parent_run_id, tmp)
+        except Exception as e:  # the files are next to the experiment either way
+            logger.warning("could not log the results to MLflow run %s: %s", parent_run_id, e)
+    return fs.join(exp_path, RESULTS_FILE), fs.join(exp_path, CURVES_FILE)
+
+
+def _best_state_dict(cfg: TuneJobConfig, grid: Any, best: TrialSummary) -> dict[str, Any]:
+    """The best trial's model at its best epoch, from a Tune checkpoint (single worker) or its trainer run (DDP)."""
+    import ray.train
+
+    from rayml.train.trainer import load_state_dict_from_checkpoint
+
+    result = next(r for r in grid if r.path.rstrip("/").endswith(f"trial_{best.trial_id}"))
+    checkpoint = None
+    if result.best_checkpoints:
+        checkpoint = result.get_best_checkpoint(cfg.tune.metric, cfg.resolved_mode)
+    else:  # distributed trial: the metrics rows name the trainer's checkpoints
+        df = result.metrics_dataframe
+        if df is not None and "checkpoint_path" in df.columns:
+            rows = df[df["epoch"] == best.best_epoch].dropna(subset=["checkpoint_path"])
+            if len(rows):
+                checkpoint = ray.train.Checkpoint(rows["checkpoint_path"].iloc[-1])
+    if checkpoint is None:
+        raise TrainingError(
+            f"the best trial {best.trial_id} has no checkpoint to export",
+            hint=f"check {result.path}; raise train.checkpoint_num_to_keep if checkpoints were deleted",
+        )
+    state = load_state_dict_from_checkpoint(checkpoint)
+    if int(state["epoch"]) != best.best_epoch:
+        logger.warning(
+            "best trial %s: best %s at epoch %s but the kept checkpoint is from epoch %s",
+            best.trial_id,
+            cfg.tune.metric,
+            best.best_epoch,
+            state["epoch"],
+        )
+    return state
+
+
+def _register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, grid: Any, prepared: PreparedData) -> None:
+    best, bc = result.best, result.best_config
+    state = _best_state_dict(cfg, grid, best)
+    spec = build_spec(prepared.train, prepared.schema, bc.model.hidden_sizes, bc.model.dropout, bc.model.embedding_dim)
+    run_id = best.mlflow_run_id or result.parent_run_id
+    tags = lineage_tags(
+        prepared.fingerprint,
+        run_id,
+        {
+            SEARCH_TAG: result.name,
+            "rayml.tune_trial_id": best.trial_id,
+            "rayml.tune_parent_run_id": result.parent_run_id,
+            "rayml.best_epoch": str(int(state["epoch"])),
+        },
+    )
+    metrics = {f"best_{cfg.tune.metric}": float(best.best_metric or math.nan), "best_epoch": float(state["epoch"])}
+    model_dir = Path(tempfile.mkdtemp(prefix="rayml-model-"))
+    meta = {
+        "name": cfg.model.name,
+        "metrics": metrics,
+        "lineage": tags,
+        "tune": {"search": result.name, "trial_id": best.trial_id, "params": best.params},
+    }
+    export_model_dir(model_dir, spec, state, prepared, meta)
+    result.model_dir = str(model_dir)
+    if not cfg.registry.register_version:
+        return
+    info = registry.register(
+        cfg.model.name, model_dir, run_id, tags, description=f"best trial {best.trial_id} of search {result.name}"
+    )
+    if cfg.registry.alias:
+        registry.set_alias(info.name, info.version, cfg.registry.alias)
+        info = registry.get_version(info.name, info.version)
+    result.model_version = info
+
+
+def _log_summary(registry: Registry, result: TuneResult) -> None:
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    values = {
+        f"best_{result.metric}": result.best_metric,
+        "num_trials": len(result.trials),
+        "trials_stopped_early": result.stopped_early,
+        "total_epochs": result.total_epochs,
+        "search_wall_time_s": result.wall_time_s,
+    }
+    client = registry.client
+    client.log_batch(
+        result.parent_run_id,
+        metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if v is not None and math.isfinite(float(v))],
+    )
+    client.set_tag(result.parent_run_id, "rayml.best_trial_id", result.best.trial_id)
+    if result.model_version:
+        client.set_tag(result.parent_run_id, "rayml.model_version", result.model_version.ref)
+
+
+def _already_done(
+    cfg: TuneJobConfig, registry: Registry, name: str, exp_path: str, state: dict, fingerprint: str, wall: float
+) -> TuneResult:
+    trials = rank([TrialSummary.from_dict(t) for t in state.get("trials", [])], cfg.resolved_mode)
+    best = next(t for t in trials if t.trial_id == state["best_trial_id"])
+    return TuneResult(
+        name=name,
+        experiment_path=exp_path,
+        parent_run_id=state["parent_run_id"],
+        metric=cfg.tune.metric,
+        mode=cfg.resolved_mode,
+        trials=trials,
+        best=best,
+        best_config=trial_config(cfg, best.params),
+        results_path=state.get("results_path", fs.join(exp_path, RESULTS_FILE)),
+        plot_path=state.get("plot_path", fs.join(exp_path, CURVES_FILE)),
+        total_epochs=int(state.get("total_epochs", sum(t.epochs_run for t in trials))),
+        wall_time_s=float(state.get("wall_time_s", wall)),
+        model_version=registry.get_version(state["model_name"], int(state["model_version"])),
+        already_done=True,
+        data_fingerprint=fingerprint,
+    )

@@ -1,0 +1,162 @@
+"""What one trial runs: the same training loop as ``rayml train``, in one of two shapes.
+
+- **Single worker** (``workers_per_trial == 1``, the default): a Tune *function trainable* runs
+  :func:`rayml.train._loop.run_loop` in the trial's own process through :class:`TuneSession`. No Ray Train worker
+  group is started, so a trial costs one process and starts in about a second; the data comes from the object store
+  (``tune.with_parameters`` puts it there once for all trials) and every epoch's checkpoint is a Tune checkpoint, which
+  is what ASHA's stop decisions and ``Tuner.restore`` act on.
+- **Distributed** (``workers_per_trial > 1``): the trial is a small driver that builds a ``TorchTrainer`` (DDP over
+  that many workers, as ``rayml train`` does) and calls ``fit()``. Metrics reach Tune through Ray Train's
+  ``TuneReportCallback``; checkpoints stay in the trainer's own run directory, named after the trial, so a restarted
+  trial resumes from them. The driver reserves no CPU of its own, so ``max_concurrent_trials`` is what bounds how
+  many worker groups compete for the cluster (rayml sets it from the cluster size when the config leaves it null).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from rayml._private import fs
+from rayml.config import TrainJobConfig, TuneJobConfig
+from rayml.models import ModelSpec, build_spec
+from rayml.models.mlp import encode_categorical, encode_numeric, encode_target
+from rayml.train import PreparedData, loop_config
+from rayml.train._loop import LoopSession, run_loop, train_loop_per_worker
+from rayml.tune._space import decode, trial_config
+
+logger = logging.getLogger("rayml.tune")
+
+RESUMED_FROM_EPOCH = "resumed_from_epoch"
+
+
+@dataclass
+class TrialSetup:
+    """Everything a trial needs besides the data; shipped once through ``tune.with_parameters``."""
+
+    cfg: TuneJobConfig
+    target: str
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    faults: str | None
+    train_storage: str  # distributed trials: where each trial's TorchTrainer run keeps its checkpoints
+
+
+def build_trial(setup: TrialSetup, prepared: PreparedData, config: dict[str, Any]) -> tuple[TrainJobConfig, ModelSpec]:
+    """The trial's training config and model spec (preprocessing statistics from the shared training split)."""
+    cfg = trial_config(setup.cfg, decode(setup.cfg, config))
+    m = cfg.model
+    spec = build_spec(prepared.train, prepared.schema, m.hidden_sizes, m.dropout, m.embedding_dim)
+    return cfg, spec
+
+
+class TuneSession(LoopSession):
+    """The loop inside a single-worker Tune trial: in-memory frames, ``ray.tune.report`` / ``ray.tune.get_checkpoint``.
+
+    Each report also carries ``resumed_from_epoch`` (the epoch this attempt started after; 0 = from scratch), so a
+    trial's results show where a resumed search picked it up.
+    """
+
+    def __init__(self, train: pd.DataFrame, validation: pd.DataFrame, use_gpu: bool) -> None:
+        self.rank = 0
+        self._train = train
+        self._validation = validation
+        self._device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        self._start_epoch: int | None = None
+
+    def get_checkpoint(self) -> Any:
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint: Any) -> None:
+        import ray.tune
+
+        if self._start_epoch is None:
+            self._start_epoch = int(metrics["epoch"]) - 1
+        # the loop builds a ray.train.Checkpoint; Tune wants its own class (same directory, persisted during report)
+        ckpt = ray.tune.Checkpoint.from_directory(checkpoint.path) if checkpoint is not None else None
+        ray.tune.report({**metrics, RESUMED_FROM_EPOCH: self._start_epoch}, checkpoint=ckpt)
+
+    def validation_frame(self) -> pd.DataFrame:
+        return self._validation
+
+    def train_frame(self) -> pd.DataFrame:
+        return self._train
+
+    def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int):
+        order = np.random.default_rng(seed).permutation(len(self._train))
+        for i in range(0, len(order), batch_size):
+            part = self._train.iloc[order[i : i + batch_size]]
+            yield (
+                torch.from_numpy(encode_numeric(part, spec)),
+                torch.from_numpy(encode_categorical(part, spec)),
+                torch.from_numpy(encode_target(part, spec, target)),
+            )
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self._device)
+
+    def device(self) -> torch.device:
+        return self._device
+
+
+def single_worker_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: PreparedData) -> None:
+    """Tune function trainable: one trial = :func:`run_loop` in this process."""
+    cfg, spec = build_trial(setup, prepared, config)
+    lc = loop_config(cfg, spec, setup.target, None, None)  # per-epoch MLflow logging is the driver callback's job
+    lc["faults"] = setup.faults
+    run_loop(lc, TuneSession(prepared.train, prepared.validation, use_gpu=setup.gpus_per_worker > 0))
+
+
+def trainer_run_name(trial_id: str) -> str:
+    return f"trial_{trial_id}"
+
+
+def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: PreparedData) -> None:
+    """Tune function trainable: one trial = a ``TorchTrainer`` with ``setup.workers`` DDP workers."""
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig as RayDataConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayml.train.trainer import to_ray_datasets
+
+    cfg, spec = build_trial(setup, prepared, config)
+    run_name = trainer_run_name(ray.tune.get_context().get_trial_id())
+    lc = loop_config(cfg, spec, setup.target, None, None)
+    lc["faults"] = setup.faults
+    lc["run_dir"] = fs.join(setup.train_storage, run_name)
+    resources = {"CPU": setup.cpus_per_worker}
+    if setup.gpus_per_worker > 0:
+        resources["GPU"] = setup.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=lc,
+        scaling_config=ScalingConfig(
+            num_workers=setup.workers, use_gpu=setup.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            # the same name on a restarted trial: Ray Train resumes from this run's latest checkpoint
+            name=run_name,
+            storage_path=setup.train_storage,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.checkpoint_num_to_keep,
+                checkpoint_score_attribute=setup.cfg.tune.metric,
+                checkpoint_score_order=setup.cfg.resolved_mode,
+            ),
+            callbacks=[TuneReportCallback()],
+        ),
+        datasets=to_ray_datasets(prepared, setup.workers),
+        dataset_config=RayDataConfig(datasets_to_split=["train"]),
+    )
+    trainer.fit()
