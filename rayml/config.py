@@ -330,3 +330,324 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
 def dump_config(cfg: BaseModel) -> str:
     """The resolved config as YAML (logged once by every job)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# --- tune ----------------------------------------------------------------------------------------------------------
+SpaceType = Literal["uniform", "loguniform", "randint", "choice", "grid"]
+_RANGE_TYPES = ("uniform", "loguniform", "randint")
+_VALUE_TYPES = ("choice", "grid")
+_DIMENSION_KEYS = {"type", "low", "high", "values"}
+
+# What a search may vary: the fields that determine the trained model. Resources, storage and names are how a trial
+# runs (set by the tune section), and data.* stays fixed so every trial is scored on the same validation split.
+TUNABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": ("dropout", "embedding_dim", "hidden_sizes"),
+    "train": (
+        "batch_size",
+        "early_stopping_min_delta",
+        "early_stopping_patience",
+        "epochs",
+        "learning_rate",
+        "seed",
+        "weight_decay",
+    ),
+}
+
+# Validation metrics the training loop reports, per task, and which direction is better.
+TUNE_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("val_loss", "val_rmse", "val_mae"),
+    "binary": ("val_loss", "val_accuracy", "val_auc"),
+}
+_MAXIMISED_METRICS = ("val_accuracy", "val_auc")
+
+
+class SearchDimension(_Section):
+    """One searched field: a range (``uniform``, ``loguniform``, ``randint``) or a list (``choice``, ``grid``).
+
+    YAML: ``{type: loguniform, low: 1.0e-4, high: 0.1}`` or the shorthand ``{loguniform: [1.0e-4, 0.1]}``;
+    ``{type: choice, values: [[32], [64, 32]]}`` or ``{choice: [[32], [64, 32]]}``.
+    """
+
+    type: SpaceType = Field(
+        description="uniform: floats in [low, high); loguniform: floats in [low, high), log-spaced (low > 0); randint: "
+        "integers in [low, high], both ends included; choice: one of `values`, sampled; grid: every one of `values` "
+        "(crossed with the other grid dimensions)."
+    )
+    low: float | None = Field(default=None, description="Lower bound (uniform, loguniform, randint).")
+    high: float | None = Field(default=None, description="Upper bound (uniform, loguniform, randint).")
+    values: list[Any] | None = Field(default=None, description="Candidate values (choice, grid).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # {loguniform: [1e-4, 0.1]} / {choice: [...]}: the compact form most search-space YAML uses
+        if not isinstance(v, dict) or len(v) != 1:
+            return v
+        ((kind, arg),) = v.items()
+        if kind in _VALUE_TYPES:
+            return {"type": kind, "values": arg}
+        if kind in _RANGE_TYPES:
+            if not isinstance(arg, (list, tuple)) or len(arg) != 2:
+                raise ValueError(f"shorthand {{{kind}: [low, high]}} needs a [low, high] pair, got {arg!r}")
+            return {"type": kind, "low": arg[0], "high": arg[1]}
+        return v
+
+
+class AshaConfig(_Section):
+    """ASHA (asynchronous successive halving): stop trials that trail the others at each rung."""
+
+    grace_period: int = Field(default=1, ge=1, description="Epochs every trial runs before it can be stopped.")
+    reduction_factor: float = Field(
+        default=2.0,
+        gt=1.0,
+        description="Rungs sit at grace_period * reduction_factor^k epochs; a trial continues past a rung only if it "
+        "is in the best 1/reduction_factor of the trials that reached it.",
+    )
+
+
+class TuneConfig(_Section):
+    """How Ray Tune searches: the space, the searcher, the scheduler and the resources of a trial."""
+
+    name: str | None = Field(
+        default=None,
+        description="Search name (the experiment directory and MLflow parent run); null = derived from the config "
+        "and the data fingerprint, so `--resume` with the same config finds the interrupted search.",
+    )
+    space: dict[str, SearchDimension] = Field(
+        default_factory=dict,
+        description="Searched fields by dotted path (`train.learning_rate`) or nested (`train: {learning_rate: ...}`). "
+        f"Tunable: {', '.join(f'{s}.{f}' for s, fs in TUNABLE_FIELDS.items() for f in fs)}.",
+    )
+    metric: Literal["val_loss", "val_rmse", "val_mae", "val_accuracy", "val_auc"] = Field(
+        default="val_loss",
+        description="Validation metric that ranks trials (and drives ASHA): val_loss/val_rmse/val_mae for regression, "
+        "val_loss/val_accuracy/val_auc for binary.",
+    )
+    mode: Literal["min", "max"] | None = Field(
+        default=None, description="min or max; null = from the metric (max for val_accuracy/val_auc, else min)."
+    )
+    search: Literal["random", "grid", "optuna"] = Field(
+        default="random",
+        description="random: sample the space (grid dimensions are crossed with the samples); grid: every dimension "
+        "is `grid`, try every combination; optuna: Optuna TPE, which learns from finished trials (no grid dimensions).",
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        default="asha", description="asha: stop trailing trials early (see `asha`); fifo: every trial runs all its epochs."
+    )
+    asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA settings; max epochs = train.epochs.")
+    num_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Trials to sample; null = 8, or 1 when every dimension is `grid` (with grid dimensions, every grid "
+        "point is tried num_samples times).",
+    )
+    max_concurrent_trials: int | None = Field(
+        default=None, ge=1, description="Trials running at once; null = as many as the cluster's resources fit."
+    )
+    seed: int = Field(default=0, description="Searcher seed: the same seed and space sample the same configurations.")
+    workers_per_trial: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ray Train workers per trial; null = train.num_workers. 1 runs the training loop in the trial's own "
+        "process; more runs a TorchTrainer (DDP) per trial.",
+    )
+    cpus_per_worker: float | None = Field(default=None, gt=0.0, description="CPUs per worker; null = train.cpus_per_worker.")
+    gpus_per_worker: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="GPUs per worker, fractions allowed (0.25 packs four single-worker trials on one GPU); "
+        "null = 1 if train.use_gpu else 0.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str | None) -> str | None:
+        if v is not None and (not _NAME_RE.match(v) or v in (".", "..")):
+            raise ValueError(f"tune.name {v!r} may only contain letters, digits, '_', '.' and '-'")
+        return v
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _flatten_space(cls, v: Any) -> Any:
+        # Accept `train: {learning_rate: {...}}` as well as `train.learning_rate: {...}`: --set tune.space.train.x.high=1
+        # arrives nested even when the YAML used dotted keys, and the nested parts (applied later) win.
+        if not isinstance(v, dict):
+            return v
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: dict[str, Any]) -> None:
+            for key, value in node.items():
+                path = f"{prefix}.{key}" if prefix else str(key)
+                if isinstance(value, dict) and value and not _looks_like_dimension(value):
+                    walk(path, value)
+                elif isinstance(value, dict) and isinstance(flat.get(path), dict):
+                    flat[path] = {**flat[path], **value}
+                else:
+                    flat[path] = value
+
+        walk("", v)
+        return flat
+
+
+def _looks_like_dimension(node: dict[str, Any]) -> bool:
+    keys = set(node)
+    return bool(keys & _DIMENSION_KEYS) or (len(keys) == 1 and next(iter(keys)) in _RANGE_TYPES + _VALUE_TYPES)
+
+
+class TuneJobConfig(TrainJobConfig):
+    """`rayml tune --config FILE` / `jobs/tune.py`: a training config plus the search (`tune:`).
+
+    Every trial trains with the training config, with the searched fields replaced by the trial's values.
+    """
+
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="The hyperparameter search.")
+
+    @model_validator(mode="after")
+    def _valid_search(self) -> TuneJobConfig:
+        problems = search_space_problems(self)
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            # a ConfigError (not a ValueError) passes through pydantic untouched: one message listing every problem
+            raise ConfigError(
+                f"invalid search (tune section): {len(problems)} problem(s):\n{lines}",
+                hint="fix the tune section in the YAML or the --set overrides; search space entries look like "
+                "`train.learning_rate: {type: loguniform, low: 1.0e-4, high: 0.1}`",
+            )
+        return self
+
+    @property
+    def resolved_mode(self) -> str:
+        """``tune.mode``, or the direction the metric improves in."""
+        return self.tune.mode or ("max" if self.tune.metric in _MAXIMISED_METRICS else "min")
+
+    @property
+    def resolved_num_samples(self) -> int:
+        """``tune.num_samples``, or 1 for an all-grid space and 8 otherwise."""
+        if self.tune.num_samples is not None:
+            return self.tune.num_samples
+        all_grid = bool(self.tune.space) and all(d.type == "grid" for d in self.tune.space.values())
+        return 1 if all_grid else 8
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial can run (ASHA's max_t): the largest searched train.epochs, else train.epochs."""
+        dim = self.tune.space.get("train.epochs")
+        if dim is None:
+            return self.train.epochs
+        if dim.type in _VALUE_TYPES:
+            return max(int(v) for v in dim.values or [self.train.epochs])
+        return int(dim.high if dim.high is not None else self.train.epochs)
+
+
+def search_space_problems(cfg: TuneJobConfig) -> list[str]:
+    """Every problem with ``cfg.tune`` (unknown fields, bad ranges, values a field rejects, conflicting settings).
+
+    Choice/grid values are normalised in place to the field's type (e.g. YAML's string ``"1e-3"`` becomes ``0.001``).
+    """
+    t = cfg.tune
+    problems: list[str] = []
+    tunable = [f"{s}.{f}" for s, fields in TUNABLE_FIELDS.items() for f in fields]
+    if not t.space:
+        problems.append(f"tune.space is empty; add at least one searched field (tunable: {', '.join(tunable)})")
+    for path, dim in t.space.items():
+        where = f"tune.space.{path}"
+        section, _, field = path.partition(".")
+        if path not in tunable:
+            section_cls = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "registry": RegistryConfig}.get(
+                section
+            )
+            exists = section_cls is not None and field in section_cls.model_fields
+            why = "is not tunable (it sets how or where a run happens, not the model)" if exists else "is not a config field"
+            problems.append(f"{where}: {path!r} {why}; tunable fields: {', '.join(tunable)}")
+            continue
+        section_cls = ModelConfig if section == "model" else TrainConfig
+        base = getattr(cfg, section)
+        annotation = section_cls.model_fields[field].annotation
+        shape_problems = _dimension_problems(where, dim)
+        problems.extend(shape_problems)
+        if shape_problems:
+            continue
+        if dim.type in _RANGE_TYPES:
+            if getattr(annotation, "__origin__", None) is list:
+                problems.append(f"{where}: {path} is a list; search it with `choice` or `grid` values, not {dim.type}")
+                continue
+            if annotation is int and dim.type != "randint":
+                problems.append(f"{where}: {path} is an integer; use randint, choice or grid, not {dim.type}")
+                continue
+            for bound in ("low", "high"):
+                value = getattr(dim, bound)
+                if value is not None:
+                    err = _field_value_error(section_cls, base, field, int(value) if annotation is int else value)[1]
+                    if err:
+                        problems.append(f"{where}: {bound}={value!r} is not a valid {path}: {err}")
+        elif dim.values:
+            normalised = []
+            for value in dim.values:
+                coerced, err = _field_value_error(section_cls, base, field, value)
+                if err:
+                    problems.append(f"{where}: value {value!r} is not a valid {path}: {err}")
+                normalised.append(coerced if err is None else value)
+            if normalised != dim.values:
+                dim.values = normalised
+    grid_paths = [p for p, d in t.space.items() if d.type == "grid"]
+    if t.search == "optuna" and grid_paths:
+        problems.append(
+            f"tune.search is optuna but {', '.join(grid_paths)} use grid; Optuna samples, it cannot enumerate a grid: "
+            "use `choice` there, or tune.search=random/grid"
+        )
+    if t.search == "grid":
+        sampled = [f"{p} ({d.type})" for p, d in t.space.items() if d.type != "grid"]
+        if sampled:
+            problems.append(f"tune.search is grid but {', '.join(sampled)} are not grid; make them grid or use search=random")
+    allowed_metrics = TUNE_METRICS[cfg.data.task]
+    if t.metric not in allowed_metrics:
+        problems.append(
+            f"tune.metric {t.metric!r} is not reported for data.task={cfg.data.task!r}; "
+            f"choose one of {', '.join(allowed_metrics)}"
+        )
+    natural = "max" if t.metric in _MAXIMISED_METRICS else "min"
+    if t.mode is not None and t.mode != natural:
+        problems.append(f"tune.mode {t.mode!r} contradicts tune.metric {t.metric!r} (better is {natural}); leave mode unset")
+    if t.scheduler == "asha":
+        try:
+            max_epochs = cfg.max_epochs
+        except (TypeError, ValueError):  # a bad epochs dimension is reported above
+            max_epochs = None
+        if max_epochs is not None and t.asha.grace_period > max_epochs:
+            problems.append(
+                f"tune.asha.grace_period ({t.asha.grace_period}) is more than the most epochs a trial runs ({max_epochs}); "
+                "lower grace_period or raise train.epochs"
+            )
+    return problems
+
+
+def _dimension_problems(where: str, dim: SearchDimension) -> list[str]:
+    problems = []
+    if dim.type in _RANGE_TYPES:
+        if dim.values is not None:
+            problems.append(f"{where}: {dim.type} takes low and high, not values (values are for choice/grid)")
+        if dim.low is None or dim.high is None:
+            missing = [b for b in ("low", "high") if getattr(dim, b) is None]
+            problems.append(f"{where}: {dim.type} needs {' and '.join(missing)}")
+            return problems
+        if dim.low >= dim.high:
+            problems.append(f"{where}: low ({dim.low:g}) must be less than high ({dim.high:g})")
+        if dim.type == "loguniform" and dim.low <= 0:
+            problems.append(f"{where}: loguniform needs low > 0 (got low={dim.low:g}); use uniform for ranges that include 0")
+        if dim.type == "randint" and not (float(dim.low).is_integer() and float(dim.high).is_integer()):
+            problems.append(f"{where}: randint bounds must be whole numbers (got low={dim.low:g}, high={dim.high:g})")
+    else:
+        if dim.low is not None or dim.high is not None:
+            problems.append(f"{where}: {dim.type} takes values, not low/high (low/high are for uniform/loguniform/randint)")
+        if not dim.values:
+            problems.append(f"{where}: {dim.type} needs a non-empty list of values")
+    return problems
+
+
+def _field_value_error(section_cls: type[BaseModel], base: BaseModel, field: str, value: Any) -> tuple[Any, str | None]:
+    """Validate ``value`` as ``section.field`` (with the section's other fields as configured): (coerced, error)."""
+    try:
+        section = section_cls.model_validate({**base.model_dump(), field: value})
+    except ValidationError as e:
+        return value, "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+    return getattr(section, field), None

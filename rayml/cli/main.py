@@ -14,6 +14,7 @@ from rayml.cli import data as data_cmd
 from rayml.cli import models as models_cmd
 from rayml.cli import quickstart as quickstart_cmd
 from rayml.cli import train as train_cmd
+from rayml.cli import tune as tune_cmd
 from rayml.cli._common import err_console
 from rayml.errors import RaymlError, UserError
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
 app.command("train")(train_cmd.train)
+app.command("tune")(tune_cmd.tune)
 app.command("quickstart")(quickstart_cmd.quickstart)
 
 
