@@ -104,13 +104,18 @@ def load_table(cfg: DataConfig) -> pd.DataFrame:
 def fingerprint(df: pd.DataFrame) -> str:
     """A content hash of a frame: its data version.
 
-    It depends on column names, dtypes and every value in row order; it does not depend on the file format or on
-    how the rows were split into files.
+    It depends on column names, dtypes and every value in row order; it does not depend on how the rows were split
+    into files (a CSV copy may differ: CSV parsing can change dtypes).
     """
     h = hashlib.sha256()
     for name in df.columns:
         col = df[name]
-        h.update(f"{name}\x00{col.dtype}\x00".encode())
+        # text columns hash the same whatever their pandas dtype (object, str, category after a parquet round trip)
+        if pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
+            kind, col = "text", col.astype(object).where(col.notna(), None)
+        else:
+            kind = str(col.dtype)
+        h.update(f"{name}\x00{kind}\x00".encode())
         h.update(pd.util.hash_pandas_object(col, index=False).to_numpy().tobytes())
     h.update(str(len(df)).encode())
     return h.hexdigest()[:16]

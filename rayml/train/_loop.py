@@ -7,6 +7,7 @@ driver continues from the last checkpoint instead of epoch 0.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -23,10 +24,9 @@ from torch import nn
 from rayml._private import faults as _faults
 from rayml._private.ray_session import quiet_ray_data
 from rayml.models.mlp import ModelSpec, TabularMLP, build_model, encode_categorical, encode_numeric, encode_target
+from rayml.train._checkpoints import META_FILE, STATE_FILE, newest_checkpoint
 
 logger = logging.getLogger("rayml.train")
-
-STATE_FILE = "state.pt"
 
 
 def _frame(shard: Any) -> pd.DataFrame:
@@ -128,11 +128,12 @@ class LoopSession:
 class RayTrainSession(LoopSession):
     """Inside a Ray Train worker: dataset shards, ``ray.train.report`` / ``get_checkpoint``, DDP."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | None = None) -> None:
         self.rank = ray.train.get_context().get_world_rank()
+        self.run_dir = run_dir
 
     def get_checkpoint(self) -> Any:
-        return ray.train.get_checkpoint()
+        return newest_checkpoint(ray.train.get_checkpoint(), self.run_dir)
 
     def report(self, metrics: dict[str, Any], checkpoint: Any) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
@@ -155,7 +156,7 @@ class RayTrainSession(LoopSession):
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker body. ``config`` is built by :func:`rayml.train.trainer.loop_config`."""
-    run_loop(config, RayTrainSession())
+    run_loop(config, RayTrainSession(config.get("run_dir")))
 
 
 def run_loop(config: dict[str, Any], session: LoopSession) -> None:
@@ -246,6 +247,8 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
                     },
                     os.path.join(tmp, STATE_FILE),
                 )
+                with open(os.path.join(tmp, META_FILE), "w") as f:
+                    json.dump({"epoch": epoch, "val_loss": metrics["val_loss"]}, f)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             session.report(metrics, ckpt)
         _faults.end_of_epoch(faults)

@@ -128,7 +128,12 @@ def lineage_tags(data_fingerprint: str, run_id: str, extra: dict[str, str] | Non
 
 
 def loop_config(
-    cfg: TrainJobConfig, spec: ModelSpec, target: str, tracking_uri: str | None, mlflow_run_id: str | None
+    cfg: TrainJobConfig,
+    spec: ModelSpec,
+    target: str,
+    tracking_uri: str | None,
+    mlflow_run_id: str | None,
+    run_dir: str | None = None,
 ) -> dict[str, Any]:
     """The plain dict every worker receives (also what Tune's search space overrides)."""
     t = cfg.train
@@ -146,6 +151,7 @@ def loop_config(
         "cache_shard_in_memory": t.cache_shard_in_memory,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
+        "run_dir": run_dir,  # where this run's checkpoints are stored (see rayml.train._checkpoints)
         "faults": constants.fault_injection(),
         "fault_marker": os.path.join(tempfile.gettempdir(), f"rayml-fault-{uuid.uuid4().hex}"),
     }
@@ -202,7 +208,9 @@ def fit(
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg, spec, prepared.schema.target, tracking_uri, mlflow_run_id),
+        train_loop_config=loop_config(
+            cfg, spec, prepared.schema.target, tracking_uri, mlflow_run_id, run_dir=fs.join(storage_path, run_name)
+        ),
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -224,7 +232,7 @@ def fit(
 def load_state_dict_from_checkpoint(checkpoint) -> dict[str, Any]:
     import torch
 
-    from rayml.train._loop import STATE_FILE as CKPT_FILE
+    from rayml.train._checkpoints import STATE_FILE as CKPT_FILE
 
     with checkpoint.as_directory() as d:
         return torch.load(os.path.join(d, CKPT_FILE), map_location="cpu", weights_only=True)

@@ -1,0 +1,128 @@
+"""Ray Train on the shared local Ray: learning, checkpoint recovery, reproducibility, early stopping, DDP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rayml.config import TrainJobConfig, load_config
+from rayml.errors import DataValidationError
+from rayml.registry import Registry
+from rayml.train import train
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def small_cfg(tmp_path: Path, tracking_uri: str, *extra: str) -> TrainJobConfig:
+    return load_config(
+        TrainJobConfig,
+        None,
+        [
+            "data.synthetic.segments=4",
+            "data.synthetic.rows_per_segment=100",
+            "train.epochs=3",
+            "train.batch_size=32",
+            "train.learning_rate=0.01",
+            "model.hidden_sizes=[16]",
+            f"train.storage_path={tmp_path / 'runs'}",
+            f"registry.tracking_uri={tracking_uri}",
+            *extra,
+        ],
+    )
+
+
+def val_losses(registry: Registry, run_id: str) -> list[float]:
+    history = sorted(registry.client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)
+    return [m.value for m in history]
+
+
+def test_loss_falls_model_is_registered_with_lineage_and_rerun_is_a_noop(tmp_path: Path, tracking_uri: str) -> None:
+    cfg = small_cfg(tmp_path, tracking_uri)
+    result = train(cfg)
+    reg = Registry(tracking_uri)
+
+    losses = val_losses(reg, result.mlflow_run_id)
+    assert len(losses) == 3 and losses[2] < losses[0]  # it learns
+    assert result.epoch_history == [1, 2, 3] and result.resumed_from == [0]
+
+    v = result.model_version
+    assert v is not None and (v.name, v.version) == ("sales-model", 1)
+    for tag in ("rayml.data_fingerprint", "rayml.git_commit", "rayml.run_id", "rayml.ray_version", "rayml.torch_version"):
+        assert v.tags[tag], tag
+    assert v.tags["rayml.data_fingerprint"] == result.data_fingerprint
+    assert v.tags["rayml.run_id"] == result.mlflow_run_id == v.run_id
+    params = reg.client.get_run(result.mlflow_run_id).data.params
+    assert params["train.learning_rate"] == "0.01" and params["model.hidden_sizes"] == "[16]"
+
+    loaded = reg.load("sales-model:1")
+    meta = json.loads((loaded.path / "rayml_model.json").read_text())
+    assert meta["parity_max_abs_diff"] <= 1e-4
+    assert set(loaded.reference_stats["features"]) == {i["name"] for i in meta["inputs"]}
+    from rayml.config import DataConfig
+    from rayml.data import load_table
+
+    rows = load_table(DataConfig(synthetic=cfg.data.synthetic)).head(50)
+    preds = loaded.predict(rows)
+    assert preds.shape == (50,) and np.isfinite(preds).all()
+
+    again = train(cfg)  # the same command after success: nothing retrained, nothing registered twice
+    assert again.already_done and again.model_version.version == 1
+    assert [v.version for v in reg.versions("sales-model")] == [1]
+
+
+@pytest.mark.parametrize("fault", ["kill_worker@epoch=3", "raise@epoch=3"])
+def test_worker_failure_in_epoch_3_resumes_from_epoch_2_checkpoint(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    monkeypatch.setenv("RAYML_FAULT_INJECT", fault)
+    result = train(small_cfg(tmp_path, tracking_uri, "train.epochs=4", "train.max_failures=2"))
+    # the first attempt ran epochs 1-2 and died inside 3; the restarted worker group started from epoch 2's checkpoint
+    assert result.resumed_from == [0, 2]
+    assert result.epoch_history == [1, 2, 3, 4]  # no epoch trained twice to completion, none skipped
+    assert result.epochs_completed == 4 and result.model_version is not None
+
+
+def test_seeded_runs_match(tmp_path: Path, tracking_uri: str) -> None:
+    a = train(small_cfg(tmp_path, tracking_uri, "train.run_name=seeded-a", "train.epochs=2", "model.dropout=0.2"))
+    b = train(small_cfg(tmp_path, tracking_uri, "train.run_name=seeded-b", "train.epochs=2", "model.dropout=0.2"))
+    reg = Registry(tracking_uri)
+    assert val_losses(reg, a.mlflow_run_id) == val_losses(reg, b.mlflow_run_id)
+    assert a.metrics["val_rmse"] == b.metrics["val_rmse"]
+    assert a.model_version.version != b.model_version.version  # two runs, two versions
+
+
+def test_early_stopping_registers_the_best_checkpoint(tmp_path: Path, tracking_uri: str, registry: Registry) -> None:
+    # min_delta so large that nothing after epoch 1 counts as an improvement: stop after patience=2 more epochs
+    result = train(
+        small_cfg(
+            tmp_path, tracking_uri, "train.epochs=6", "train.early_stopping_patience=2", "train.early_stopping_min_delta=100"
+        )
+    )
+    assert result.epochs_completed == 3 and result.early_stopped
+    losses = val_losses(registry, result.mlflow_run_id)
+    assert len(losses) == 3
+    best = int(np.argmin(losses)) + 1
+    assert result.best_epoch == best  # the registered model is the lowest-val_loss checkpoint
+    assert result.model_version.tags["rayml.best_epoch"] == str(best)
+
+
+def test_ddp_with_two_workers(tmp_path: Path, tracking_uri: str) -> None:
+    result = train(small_cfg(tmp_path, tracking_uri, "train.num_workers=2", "train.epochs=2", "model.name=ddp-model"))
+    assert result.epochs_completed == 2
+    assert result.model_version is not None and result.model_version.name == "ddp-model"
+    assert np.isfinite(result.metrics["val_rmse"])
+
+
+def test_bad_data_fails_before_any_run_is_created(tmp_path: Path, tracking_uri: str) -> None:
+    import pandas as pd
+
+    (tmp_path / "d").mkdir()
+    pd.DataFrame({"price": [1.0, 2.0], "store_id": ["a", "b"]}).to_parquet(tmp_path / "d" / "x.parquet")
+    with pytest.raises(DataValidationError) as e:
+        train(small_cfg(tmp_path, tracking_uri, f"data.source={tmp_path / 'd'}"))
+    assert "target column 'sales' is missing" in str(e.value)
+    reg = Registry(tracking_uri)
+    assert reg.client.search_runs([reg.experiment_id("rayml")]) == []
