@@ -201,8 +201,12 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     cached = _tensors(session.train_frame(), spec, target) if config["cache_shard_in_memory"] else None
     loss_fn = nn.BCEWithLogitsLoss() if spec.task == "binary" else nn.MSELoss()
 
+    previous_start = None
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
+        # start-to-start time of the previous epoch: its training plus checkpointing, reporting and logging
+        wall = {"previous_epoch_wall_s": t0 - previous_start} if previous_start is not None else {}
+        previous_start = t0
         model.train()
         total, count = 0.0, 0
         # per-epoch generator: the batch order of an epoch is the same whether or not the run was resumed
@@ -227,6 +231,7 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
                 _faults.mid_epoch(faults, epoch, rank, config["fault_marker"])
         metrics = {"epoch": epoch, "train_loss": total / max(count, 1), **evaluate(core, val_num, val_cat, val_y, device)}
         metrics["epoch_time_s"] = time.perf_counter() - t0
+        metrics.update(wall)
         improved = metrics["val_loss"] < best - min_delta
         best, since_best = (metrics["val_loss"], 0) if improved else (best, since_best + 1)
         stop = patience > 0 and since_best >= patience

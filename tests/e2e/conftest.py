@@ -1,0 +1,23 @@
+"""E2E fixtures: every CLI subprocess gets its own $RAYML_HOME and a small local Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYML_", "MLFLOW_", "RAY_ADDRESS"))}
+    env.update(
+        {
+            "RAYML_HOME": str(tmp_path / "home"),
+            "RAYML_RAY_NUM_CPUS": "2",
+            "PYTHONUNBUFFERED": "1",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "COLUMNS": "200",
+        }
+    )
+    return env

@@ -1,0 +1,40 @@
+"""`rayml quickstart` finishes and tells the story it promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.helpers import run_cli
+
+
+def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> None:
+    work = tmp_path / "qs"
+    out = run_cli(["quickstart", "--workdir", str(work), "--stores", "4", "--days", "60", "--epochs", "2"], cli_env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Done in"):
+        assert step in text, step
+    assert "sales-model version 1" in text and "data fingerprint" in text
+    assert "predicted" in text and "ONNX inputs: price:FP32" in text
+    assert "rayml models list" in text  # the next command to try
+    assert (work / "mlflow.db").is_file() and any((work / "runs").iterdir())
+
+
+def test_train_job_entrypoint_exit_code_for_bad_config(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.e2e.helpers import ROOT
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: 'has spaces'\n")
+    out = subprocess.run(
+        [sys.executable, "jobs/train.py", "--config", str(bad)],
+        cwd=ROOT,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "model.name" in out.stderr and "Hint:" in out.stderr
