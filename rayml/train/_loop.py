@@ -25,6 +25,7 @@ from rayml._private import faults as _faults
 from rayml._private.ray_session import quiet_ray_data
 from rayml.models.mlp import ModelSpec, TabularMLP, build_model, encode_categorical, encode_numeric, encode_target
 from rayml.train._checkpoints import META_FILE, STATE_FILE, newest_checkpoint
+from rayml.train._tracking import EpochMetricsLogger, worker_can_log
 
 logger = logging.getLogger("rayml.train")
 
@@ -74,30 +75,6 @@ def evaluate(model: TabularMLP, num: torch.Tensor, cat: torch.Tensor, y: torch.T
     loss = float(nn.functional.mse_loss(raw, y)) if len(y) else float("nan")
     err = (raw - y).numpy() * spec.target_std
     return {"val_loss": loss, "val_rmse": float(np.sqrt(np.mean(err**2))), "val_mae": float(np.mean(np.abs(err)))}
-
-
-class _MlflowLogger:
-    """Rank 0 logs each epoch's metrics to the driver's MLflow run as it goes (live in the MLflow UI)."""
-
-    def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
-        self.client = None
-        self.run_id = run_id
-        if tracking_uri and run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(tracking_uri)
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)]
-        try:
-            self.client.log_batch(self.run_id, metrics=batch)
-        except Exception as e:  # tracking is best effort: it must never kill training
-            logger.warning("could not log metrics to MLflow: %s", e)
 
 
 class LoopSession:
@@ -192,9 +169,10 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
         start_epoch, best, since_best = int(state["epoch"]), float(state["best"]), int(state["since_best"])
         if rank == 0:
             logger.info("resuming from the checkpoint of epoch %d", start_epoch)
-    mlflow_log = (
-        _MlflowLogger(config.get("tracking_uri"), config.get("mlflow_run_id")) if rank == 0 else _MlflowLogger(None, None)
-    )
+    # rank 0 logs to MLflow itself when it can reach the store; otherwise the controller callback does (_tracking.py)
+    tracking_uri = config.get("tracking_uri")
+    can_log = rank == 0 and worker_can_log(tracking_uri, config.get("driver_node_id"))
+    mlflow_log = EpochMetricsLogger(tracking_uri if can_log else None, config.get("mlflow_run_id"))
     mlflow_log.log({"resumed_from_epoch": start_epoch}, step=start_epoch)
 
     val_num, val_cat, val_y = _tensors(session.validation_frame(), spec, target)
@@ -237,6 +215,8 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
         stop = patience > 0 and since_best >= patience
         metrics["early_stopped"] = int(stop)
         mlflow_log.log(metrics, step=epoch)
+        # for the controller callback: each attempt's start, and whether this report is already in MLflow
+        metrics.update(resumed_from_epoch=start_epoch, logged_by_worker=int(mlflow_log.enabled))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:

@@ -196,21 +196,26 @@ def fit(
     mlflow_run_id: str | None,
 ):
     """Run the Ray Train loop; returns the ``ray.train.Result``."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as RayDataConfig
     from ray.train.torch import TorchTrainer
 
     from rayml._private.ray_session import ensure_ray
     from rayml.train._loop import train_loop_per_worker
+    from rayml.train._tracking import MlflowReportCallback
 
     ensure_ray()
     _check_gpus(cfg)
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(
-            cfg, spec, prepared.schema.target, tracking_uri, mlflow_run_id, run_dir=fs.join(storage_path, run_name)
-        ),
+        train_loop_config={
+            **loop_config(
+                cfg, spec, prepared.schema.target, tracking_uri, mlflow_run_id, run_dir=fs.join(storage_path, run_name)
+            ),
+            "driver_node_id": ray.get_runtime_context().get_node_id(),  # see rayml.train._tracking
+        },
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -218,6 +223,7 @@ def fit(
             name=run_name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=t.max_failures),
+            callbacks=[MlflowReportCallback(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else [],
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.checkpoint_num_to_keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
