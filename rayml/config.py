@@ -168,6 +168,14 @@ class TrainConfig(_Section):
         description="Run name; null = derived from the config and the data fingerprint, so re-running the same command "
         "resumes a crashed run instead of starting over.",
     )
+    controller_poll_interval_s: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=60.0,
+        description="How often the Ray Train controller collects worker reports. A worker holds one unconsumed report "
+        "at a time, so epochs shorter than this interval wait for it (Ray's default is 2 s); it also bounds how long a "
+        "just-written checkpoint is unknown to Ray.",
+    )
     cache_shard_in_memory: bool = Field(
         default=True,
         description="Read each worker's Ray Data shard once and iterate it from memory (fast for tabular data that "

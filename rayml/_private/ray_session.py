@@ -7,6 +7,7 @@ bound to 127.0.0.1. Code never assumes which of the two it got.
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 import ray.data
@@ -36,3 +37,8 @@ def quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+def set_train_poll_interval(seconds: float) -> None:
+    """Set how often Ray Train's controller polls workers for reports (propagated from the driver to the controller)."""
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(seconds)

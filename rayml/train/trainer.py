@@ -88,7 +88,8 @@ def _config_hash(cfg: TrainJobConfig, data_fingerprint: str) -> str:
         "data": cfg.data.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
         "train": cfg.train.model_dump(
-            mode="json", exclude={"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep"}
+            mode="json",
+            exclude={"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"},
         ),
         "fingerprint": data_fingerprint,
     }
@@ -201,12 +202,13 @@ def fit(
     from ray.train import DataConfig as RayDataConfig
     from ray.train.torch import TorchTrainer
 
-    from rayml._private.ray_session import ensure_ray
+    from rayml._private.ray_session import ensure_ray, set_train_poll_interval
     from rayml.train._loop import train_loop_per_worker
     from rayml.train._tracking import MlflowReportCallback
 
     ensure_ray()
     _check_gpus(cfg)
+    set_train_poll_interval(cfg.train.controller_poll_interval_s)
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
