@@ -16,6 +16,7 @@ from rayml.data.schema import UNKNOWN, Schema, as_category_strings
 
 OTHER = "__other__"
 REFERENCE_STATS_VERSION = 1
+MAX_SEEN = 10_000
 
 
 def numeric_reference(values: pd.Series, n_bins: int = 10) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def categorical_reference(values: pd.Series, top_k: int = 20) -> dict[str, Any]:
     total = max(len(present), 1)
     return {
         "kind": "categorical",
+        "seen": [k for k, _ in ordered[:MAX_SEEN]],  # every training category (capped): "unseen" means not in here
         "categories": [k for k, _ in top] + [OTHER],
         "shares": [c / total for _, c in top] + [other / total],
         "missing_share": missing,

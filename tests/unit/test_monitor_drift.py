@@ -1,0 +1,111 @@
+"""Drift math against hand-computed values and scipy; merging replica counts; clean vs drifted data; the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+from rayml.config import DataConfig, DriftSpec, SyntheticConfig
+from rayml.data import generate_sales, infer_schema, reference_stats
+from rayml.data.synthetic import apply_drift
+from rayml.monitor import DriftCounter, Thresholds, drift_of_frame, drift_report, js_distance, linf, psi, write_report
+
+
+def test_psi_by_hand() -> None:
+    ref, cur = np.array([0.5, 0.5]), np.array([0.25, 0.75])
+    expected = (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.75 - 0.5) * math.log(0.75 / 0.5)
+    assert psi(ref, cur) == pytest.approx(expected)
+    assert psi(ref, ref) == 0.0
+    assert math.isfinite(psi(np.array([1.0, 0.0]), np.array([0.0, 1.0])))  # empty bins are floored, not infinite
+
+
+@pytest.mark.parametrize(
+    "p, q", [([0.1, 0.2, 0.7], [0.3, 0.3, 0.4]), ([0.5, 0.5, 0.0], [0.0, 0.5, 0.5]), ([1, 0], [0, 1]), ([0.2, 0.8], [0.2, 0.8])]
+)
+def test_js_matches_scipy(p: list[float], q: list[float]) -> None:
+    assert js_distance(np.array(p), np.array(q)) == pytest.approx(jensenshannon(p, q, base=2), abs=1e-12)
+
+
+def test_linf_by_hand() -> None:
+    assert linf(np.array([0.2, 0.3, 0.5]), np.array([0.1, 0.6, 0.3])) == pytest.approx(0.3)
+
+
+@pytest.fixture(scope="module")
+def population() -> pd.DataFrame:
+    return generate_sales(SyntheticConfig(segments=10, rows_per_segment=400, seed=0))
+
+
+@pytest.fixture(scope="module")
+def reference(population: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    df = population.iloc[::2].reset_index(drop=True)  # "training" half; the other half is fresh traffic of the same stores
+    schema = infer_schema(df, DataConfig())
+    return df, reference_stats(df, schema, predictions=df["sales"].to_numpy() * 0.9)
+
+
+def test_counts_from_replicas_merge_to_the_counts_of_all_rows(reference) -> None:
+    df, ref = reference
+    whole = DriftCounter(ref)
+    whole.update(df, predictions=df["sales"])
+    parts = [DriftCounter(ref) for _ in range(3)]
+    for part, chunk in zip(parts, np.array_split(np.arange(len(df)), 3), strict=True):
+        part.update(df.iloc[chunk], predictions=df["sales"].iloc[chunk])
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged.to_dict() == whole.to_dict()
+    # and round-trips through JSON (how replicas ship counts)
+    again = DriftCounter.from_dict(ref, json.loads(json.dumps(merged.to_dict())))
+    assert again.to_dict() == whole.to_dict()
+
+
+def test_clean_data_is_ok_and_drifted_data_alerts(reference, population: pd.DataFrame) -> None:
+    df, ref = reference
+    clean = population.iloc[1::2].reset_index(drop=True)
+    c = DriftCounter(ref)
+    c.update(clean)
+    clean_report = drift_report(c)
+    assert clean_report["status"] == "ok", {n: f["metrics"] for n, f in clean_report["features"].items()}
+
+    rng = np.random.default_rng(0)
+    drifted = apply_drift(clean, DriftSpec(kind="shift", column="price", value=1.5), rng)
+    drifted = apply_drift(drifted, DriftSpec(kind="new_category", column="category", fraction=0.4), rng)
+    d = DriftCounter(ref)
+    d.update(drifted)
+    report = drift_report(d)
+    assert report["status"] == "alert"
+    assert set(report["drifted_features"]) == {"price", "category"}
+    assert report["features"]["price"]["metrics"]["psi"] > 0.25
+    assert report["features"]["category"]["quality"]["unseen"] > 0.3 * len(drifted)
+    assert report["features"]["temperature"]["status"] == "ok"
+
+
+def test_data_quality_counters(reference) -> None:
+    _, ref = reference
+    c = DriftCounter(ref)
+    c.update(
+        pd.DataFrame({"price": [10.0, None, "cheap", 1e9], "category": ["grocery", None, "rockets", "toys"], "promo": ["no"] * 4})
+    )
+    price, cat = c.features["price"], c.features["category"]
+    assert (price.missing, price.wrong_type, price.out_of_range) == (1, 1, 1)
+    assert (cat.missing, cat.unseen) == (1, 1)
+    report = drift_report(c)
+    assert report["features"]["price"]["status"] == "insufficient_data"  # 2 rows never raise an alert
+
+
+def test_offline_report_files_and_label_drift(reference, tmp_path: Path) -> None:
+    df, ref = reference
+    drifted = df.assign(price=df["price"] * 2, sales=df["sales"] + 100)
+    report = drift_of_frame(ref, drifted, predictions=drifted["sales"].to_numpy(), target="sales", thresholds=Thresholds())
+    assert report["features"]["price"]["status"] == "alert"
+    assert report["label"]["status"] == "alert" and "prediction" in report
+    paths = write_report(report, ref, tmp_path / "r", title="sales-model@production")
+    page = paths["html"].read_text()
+    assert "Overall status: <b>alert</b>" in page and "price" in page
+    pngs = sorted((tmp_path / "r" / "plots").glob("*.png"))
+    assert len(pngs) == len(report["features"]) + 2  # + prediction + label
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(paths["json"].read_text())["status"] == "alert"
