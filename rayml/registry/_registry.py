@@ -89,6 +89,11 @@ class LoadedModel:
     _predictor: Any = None
 
     @property
+    def kind(self) -> str:
+        """``"model"`` for a single model, ``"model_set"`` for a family of segment models (see ``ModelSet``)."""
+        return str(self.meta.get("kind", "model"))
+
+    @property
     def predictor(self):
         if self._predictor is None:
             from rayml.models.predictor import OnnxPredictor
