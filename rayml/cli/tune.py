@@ -38,14 +38,17 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = Fals
     elif result.resumed:
         console.print(f"Search {result.name} resumed: finished trials were kept, unfinished ones continued.")
     columns, rows = table_rows(result.trials, cfg)
-    console.print(table(f"Search {result.name}: {len(result.trials)} trials, best first", columns, rows))
+    # piped output (CI logs, `| tee`) would wrap the table at 80 columns; a results table is read whole
+    width = None if console.is_terminal else 200
+    console.print(table(f"Search {result.name}: {len(result.trials)} trials, best first", columns, rows), width=width)
     best = result.best
+    early = f"; {result.stopped_early} stopped early by ASHA" if cfg.tune.scheduler == "asha" else ""
     console.print(
-        f"Best trial {best.trial_id}: {result.metric}={best.best_metric:.5g} at epoch {best.best_epoch}; "
-        f"{result.stopped_early} trial(s) stopped early by ASHA; {result.total_epochs} epochs trained in "
-        f"{result.wall_time_s:.0f} s"
+        f"Best trial {best.trial_id}: {result.metric}={best.best_metric:.5g} at epoch {best.best_epoch}{early}; "
+        f"{result.total_epochs} epochs trained over {len(result.trials)} trials",
+        width=width,
     )
-    console.print(f"Results: {result.results_path}\nLearning curves: {result.plot_path}")
+    console.print(f"Results: {result.results_path}\nLearning curves: {result.plot_path}", width=width, soft_wrap=True)
     console.print(f"MLflow parent run {result.parent_run_id} (one child run per trial)")
     if result.model_version:
         v = result.model_version

@@ -50,6 +50,9 @@ STATE_FILE = "rayml_tune.json"
 # Tune saves its experiment state every >= 10 s by default; a driver killed in that window forgets which trials had
 # finished and re-runs them from their last checkpoint. Saving every second keeps that window (and the cost) small.
 _EXPERIMENT_STATE_INTERVAL_S = "1"
+# A distributed trial is a driver that waits on its TorchTrainer, whose workers reserve their own resources. Tune
+# refuses an empty request, so the driver asks for a token share of a CPU.
+_DRIVER_TRIAL_CPU = 0.01
 
 
 @dataclass
@@ -177,9 +180,12 @@ def _build_tuner(
     if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(seed=t.seed)
+        searcher = OptunaSearch(seed=t.seed)  # Tune wraps it in a ConcurrencyLimiter(max_concurrent_trials)
+        tuner_max_concurrent = max_concurrent
     else:
-        searcher = BasicVariantGenerator(random_state=t.seed)
+        # Tune ignores max_concurrent_trials for a BasicVariantGenerator passed in: the generator limits itself
+        searcher = BasicVariantGenerator(random_state=t.seed, max_concurrent=max_concurrent or 0)
+        tuner_max_concurrent = None
     if t.scheduler == "asha":
         # the loop's own `epoch` (not Tune's training_iteration) is the time axis: it survives a resume unchanged
         scheduler = ASHAScheduler(
@@ -196,7 +202,7 @@ def _build_tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=cfg.resolved_num_samples,
-            max_concurrent_trials=max_concurrent,
+            max_concurrent_trials=tuner_max_concurrent,
             reuse_actors=True,  # a trial process (torch imported, data deserialised) serves the next trial
             trial_dirname_creator=_trial_dirname,
         ),
@@ -340,7 +346,7 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
         fn, resources = single_worker_trial, {"CPU": cpus, "GPU": gpus}
         max_concurrent = cfg.tune.max_concurrent_trials
     else:
-        fn, resources = distributed_trial, {"CPU": 0}
+        fn, resources = distributed_trial, {"CPU": _DRIVER_TRIAL_CPU}
         max_concurrent = cfg.tune.max_concurrent_trials or _default_concurrency(workers, cpus, gpus)
     trainable = ray_tune.with_resources(ray_tune.with_parameters(fn, setup=setup, prepared=prepared), resources)
     restoring = resume and Tuner.can_restore(exp_path)

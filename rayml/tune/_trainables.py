@@ -8,7 +8,7 @@
 - **Distributed** (``workers_per_trial > 1``): the trial is a small driver that builds a ``TorchTrainer`` (DDP over
   that many workers, as ``rayml train`` does) and calls ``fit()``. Metrics reach Tune through Ray Train's
   ``TuneReportCallback``; checkpoints stay in the trainer's own run directory, named after the trial, so a restarted
-  trial resumes from them. The driver reserves no CPU of its own, so ``max_concurrent_trials`` is what bounds how
+  trial resumes from them. The driver reserves only a token CPU share, so ``max_concurrent_trials`` is what bounds how
   many worker groups compete for the cluster (rayml sets it from the cluster size when the config leaves it null).
 """
 

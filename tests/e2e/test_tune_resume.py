@@ -1,0 +1,172 @@
+"""`rayml tune` survives its driver being killed: `--resume` keeps finished trials and continues unfinished ones.
+
+The search runs as a real subprocess with its own RAYML_HOME (its own local Ray and MLflow). It is SIGKILLed once the
+experiment state on disk shows a finished trial while another trial has checkpoints but has not finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+NAME = "resume-e2e"
+EPOCHS = 4
+CONFIG = f"""\
+# rayml tune --config tune.yaml
+data:
+  source: synthetic
+  synthetic: {{segments: 4, rows_per_segment: 100, seed: 0}}
+model:
+  name: resume-model
+  hidden_sizes: [16]
+train:
+  epochs: {EPOCHS}
+  batch_size: 32
+tune:
+  name: {NAME}
+  metric: val_rmse
+  scheduler: fifo
+  search: grid
+  max_concurrent_trials: 1
+  space:
+    train.learning_rate: {{grid: [0.02, 0.01, 0.005]}}
+"""
+
+
+def _trial_statuses(exp: Path) -> dict[str, str]:
+    """Trial id -> status as Tune last saved it (what a restore will see)."""
+    # the newest session by its name (a timestamp): the end-of-run sync rewrites old files too, so mtime misleads
+    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    if not files:
+        return {}
+    try:
+        data = json.loads(Path(files[-1]).read_text())  # a resumed search writes a new file next to the old one
+    except (OSError, ValueError):  # being rewritten right now
+        return {}
+    return {t["trial_id"]: t["status"] for t in (json.loads(entry[0]) for entry in data.get("trial_data", []))}
+
+
+def _rows(result_json: Path) -> list[dict]:
+    return [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
+
+
+def _checkpoints(trial_dir: Path) -> int:
+    return len(list(trial_dir.glob("checkpoint_*")))
+
+
+def _run(args: list[str], env: dict[str, str], log: Path, timeout: float) -> subprocess.CompletedProcess:
+    with log.open("w") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "rayml.cli.main", "tune", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = tmp_path / "tune.yaml"
+    config.write_text(CONFIG)
+    env = {
+        **os.environ,
+        "RAYML_HOME": str(home),
+        "RAYML_RAY_NUM_CPUS": "2",
+        # half a second after every epoch: a window to kill the driver between two checkpoints
+        "RAYML_FAULT_INJECT": "sleep@seconds=0.5",
+    }
+    exp = home / "runs" / "tune" / NAME
+    log1 = tmp_path / "first.log"
+
+    with log1.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rayml.cli.main", "tune", "--config", str(config)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: we clean up every process it started, and only those
+        )
+    finished: dict[str, bytes] = {}
+    unfinished: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 100
+        while time.monotonic() < deadline and proc.poll() is None:
+            statuses = _trial_statuses(exp)
+            done = [t for t, s in statuses.items() if s == "TERMINATED"]
+            running = [t for t, s in statuses.items() if s != "TERMINATED" and _checkpoints(exp / f"trial_{t}") >= 1]
+            if done and running:
+                os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a crash would
+                proc.wait(timeout=30)
+                finished = {t: (exp / f"trial_{t}" / "result.json").read_bytes() for t in done}
+                unfinished = {t: _checkpoints(exp / f"trial_{t}") for t in running}
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # Ray processes the killed driver left behind (our group only)
+    assert finished and unfinished, f"never saw a finished and an unfinished trial; log:\n{log1.read_text()[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+
+    # without --resume the existing search is refused, with a hint
+    refused = _run(["--config", str(config)], env, tmp_path / "refused.log", timeout=60)
+    text = (tmp_path / "refused.log").read_text()
+    assert refused.returncode == 2, text
+    assert "already exists" in text and "--resume" in text and "tune.name" in text
+
+    log2 = tmp_path / "resumed.log"
+    resumed = _run(["--config", str(config), "--resume"], env, log2, timeout=120)
+    text = log2.read_text()
+    assert resumed.returncode == 0, text[-4000:]
+    assert "resumed" in text and "Registered model: resume-model version 1" in text
+
+    # finished trials were not re-run: their result rows are byte-for-byte what they were at the kill
+    for trial_id, before in finished.items():
+        assert (exp / f"trial_{trial_id}" / "result.json").read_bytes() == before, trial_id
+    # unfinished trials continued from a checkpoint (not from epoch 1) and completed
+    for trial_id in unfinished:
+        rows = _rows(exp / f"trial_{trial_id}" / "result.json")
+        after = [r for r in rows if r["resumed_from_epoch"] > 0]
+        assert after, f"trial {trial_id} did not resume from a checkpoint: {[r['epoch'] for r in rows]}"
+        assert after[0]["epoch"] == after[0]["resumed_from_epoch"] + 1
+        assert sorted({r["epoch"] for r in rows}) == list(range(1, EPOCHS + 1))
+    # all three grid points ran to the end, each exactly once
+    statuses = _trial_statuses(exp)
+    assert len(statuses) == 3 and set(statuses.values()) == {"TERMINATED"}
+    for trial_id in statuses:
+        epochs = [r["epoch"] for r in _rows(exp / f"trial_{trial_id}" / "result.json")]
+        assert max(epochs) == EPOCHS
+
+    # MLflow: one child run per trial (the resumed search reused them), all closed; the parent finished
+    from rayml.registry import Registry
+
+    reg = Registry(f"sqlite:///{home / 'mlflow.db'}")
+    state = json.loads((exp / "rayml_tune.json").read_text())
+    parent = reg.client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = reg.client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["rayml.tune_trial_id"] for c in children) == sorted(statuses)
+    assert {c.info.status for c in children} == {"FINISHED"}
+    version = reg.get_version("resume-model", 1)
+    assert version.tags["rayml.tune_search_id"] == NAME
+    assert version.tags["rayml.tune_trial_id"] in statuses
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the subprocess must start its own local Ray, never join one from the environment
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
