@@ -341,7 +341,6 @@ def dump_config(cfg: BaseModel) -> str:
 
 
 # --- tune ----------------------------------------------------------------------------------------------------------
-SpaceType = Literal["uniform", "loguniform", "randint", "choice", "grid"]
 _RANGE_TYPES = ("uniform", "loguniform", "randint")
 _VALUE_TYPES = ("choice", "grid")
 _DIMENSION_KEYS = {"type", "low", "high", "values"}
@@ -376,10 +375,12 @@ class SearchDimension(_Section):
     ``{type: choice, values: [[32], [64, 32]]}`` or ``{choice: [[32], [64, 32]]}``.
     """
 
-    type: SpaceType = Field(
-        description="uniform: floats in [low, high); loguniform: floats in [low, high), log-spaced (low > 0); randint: "
-        "integers in [low, high], both ends included; choice: one of `values`, sampled; grid: every one of `values` "
-        "(crossed with the other grid dimensions)."
+    # a plain string (checked with every other search problem, so one error lists them all): see search_space_problems
+    type: str | None = Field(
+        default=None,
+        description="One of uniform, loguniform, randint, choice, grid. uniform: floats in [low, high); loguniform: "
+        "floats in [low, high), log-spaced (low > 0); randint: integers in [low, high], both ends included; choice: one "
+        "of `values`, sampled; grid: every one of `values` (crossed with the other grid dimensions).",
     )
     low: float | None = Field(default=None, description="Lower bound (uniform, loguniform, randint).")
     high: float | None = Field(default=None, description="Upper bound (uniform, loguniform, randint).")
@@ -540,7 +541,7 @@ class TuneJobConfig(TrainJobConfig):
     def max_epochs(self) -> int:
         """The most epochs any trial can run (ASHA's max_t): the largest searched train.epochs, else train.epochs."""
         dim = self.tune.space.get("train.epochs")
-        if dim is None:
+        if dim is None or dim.type not in _RANGE_TYPES + _VALUE_TYPES:
             return self.train.epochs
         if dim.type in _VALUE_TYPES:
             return max(int(v) for v in dim.values or [self.train.epochs])
@@ -597,14 +598,15 @@ def search_space_problems(cfg: TuneJobConfig) -> list[str]:
                 normalised.append(coerced if err is None else value)
             if normalised != dim.values:
                 dim.values = normalised
-    grid_paths = [p for p, d in t.space.items() if d.type == "grid"]
+    known = {p: d for p, d in t.space.items() if p in tunable and d.type in _RANGE_TYPES + _VALUE_TYPES}
+    grid_paths = [p for p, d in known.items() if d.type == "grid"]
     if t.search == "optuna" and grid_paths:
         problems.append(
             f"tune.search is optuna but {', '.join(grid_paths)} use grid; Optuna samples, it cannot enumerate a grid: "
             "use `choice` there, or tune.search=random/grid"
         )
     if t.search == "grid":
-        sampled = [f"{p} ({d.type})" for p, d in t.space.items() if d.type != "grid"]
+        sampled = [f"{p} ({d.type})" for p, d in known.items() if d.type != "grid"]
         if sampled:
             problems.append(f"tune.search is grid but {', '.join(sampled)} are not grid; make them grid or use search=random")
     allowed_metrics = TUNE_METRICS[cfg.data.task]
@@ -631,6 +633,11 @@ def search_space_problems(cfg: TuneJobConfig) -> list[str]:
 
 def _dimension_problems(where: str, dim: SearchDimension) -> list[str]:
     problems = []
+    kinds = ", ".join(_RANGE_TYPES + _VALUE_TYPES)
+    if dim.type is None:
+        return [f"{where}: needs a type, one of {kinds} (or the shorthand {{loguniform: [low, high]}})"]
+    if dim.type not in _RANGE_TYPES + _VALUE_TYPES:
+        return [f"{where}: type {dim.type!r} is not one of {kinds}"]
     if dim.type in _RANGE_TYPES:
         if dim.values is not None:
             problems.append(f"{where}: {dim.type} takes low and high, not values (values are for choice/grid)")

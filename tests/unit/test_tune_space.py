@@ -177,18 +177,31 @@ def test_every_problem_is_reported_in_one_error() -> None:
     assert "Hint:" in msg
 
 
-def test_pydantic_level_mistakes_also_fail_with_allowed_names(tmp_path: Path) -> None:
-    path = tmp_path / "t.yaml"
-    path.write_text(
-        "tune:\n  serach: optuna\n  space:\n    model.dropout: {type: normal, low: 0, high: 1}\n"
-        "    train.learning_rate: {uniform: [0.1]}\n"
+def test_a_missing_or_unknown_type_is_reported_with_the_other_problems() -> None:
+    # `--set tune.space.train.lr.low=3` creates an entry with no type: the unknown path is what the user needs to hear
+    msg = _problems(
+        {
+            "train.lr": {"low": 3},
+            "model.dropout": {"type": "normal", "low": 0, "high": 1},
+            "train.learning_rate": {"high": 0.1},
+        },
+        search="optuna",
+        metric="val_auc",
     )
+    assert "4 problem(s)" in msg
+    assert "'train.lr' is not a config field" in msg
+    assert "tune.space.model.dropout: type 'normal' is not one of uniform, loguniform, randint, choice, grid" in msg
+    assert "tune.space.train.learning_rate: needs a type, one of uniform" in msg
+
+
+def test_structural_mistakes_fail_with_allowed_names(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("tune:\n  serach: optuna\n  space:\n    train.learning_rate: {uniform: [0.1]}\n")
     with pytest.raises(ConfigError) as e:
         load_config(TuneJobConfig, path)
     msg = str(e.value)
     assert "tune.serach: unknown field; allowed here:" in msg and "search" in msg
-    assert "'uniform', 'loguniform', 'randint', 'choice' or 'grid'" in msg
-    assert "needs a [low, high] pair" in msg
+    assert "needs a [low, high] pair, got [0.1]" in msg
 
 
 # --- what trials receive -----------------------------------------------------------------------------------------------
