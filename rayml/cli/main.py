@@ -12,9 +12,11 @@ import typer
 
 from rayml.cli import data as data_cmd
 from rayml.cli import models as models_cmd
+from rayml.cli import monitor as monitor_cmd
 from rayml.cli import quickstart as quickstart_cmd
 from rayml.cli import train as train_cmd
 from rayml.cli import tune as tune_cmd
+from rayml.cli import validate as validate_cmd
 from rayml.cli._common import err_console
 from rayml.errors import RaymlError, UserError
 
@@ -27,8 +29,10 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(monitor_cmd.app, name="monitor")
 app.command("train")(train_cmd.train)
 app.command("tune")(tune_cmd.tune)
+app.command("validate")(validate_cmd.validate)
 app.command("quickstart")(quickstart_cmd.quickstart)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rayml.config import DriftConfig
 from rayml.data.schema import UNKNOWN, as_category_strings
 from rayml.data.stats import OTHER
 
@@ -179,20 +180,7 @@ class DriftCounter:
 
 
 # --- scoring -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Thresholds:
-    """Drift thresholds (defaults: PSI 0.1 warn / 0.25 alert; JS and L-inf 0.1 alert, half of that warn)."""
-
-    psi_warn: float = 0.1
-    psi_alert: float = 0.25
-    js_warn: float = 0.05
-    js_alert: float = 0.1
-    linf_warn: float = 0.05
-    linf_alert: float = 0.1
-    min_rows: int = 50  # fewer rows than this: status "insufficient_data", never an alert
-
-
-def _status(values: dict[str, float], t: Thresholds) -> str:
+def _status(values: dict[str, float], t: DriftConfig) -> str:
     alert = warn = False
     for metric, v in values.items():
         a, w = {"psi": (t.psi_alert, t.psi_warn), "js": (t.js_alert, t.js_warn), "linf": (t.linf_alert, t.linf_warn)}[metric]
@@ -201,7 +189,7 @@ def _status(values: dict[str, float], t: Thresholds) -> str:
     return "alert" if alert else "warn" if warn else "ok"
 
 
-def score(kind: str, ref_shares: list[float], counts: FeatureCounts, t: Thresholds) -> dict[str, Any]:
+def score(kind: str, ref_shares: list[float], counts: FeatureCounts, t: DriftConfig) -> dict[str, Any]:
     ref = np.asarray(ref_shares, dtype="float64")
     cur = _shares(counts.bins.astype("float64"))
     n = int(counts.bins.sum())
@@ -233,9 +221,9 @@ def score(kind: str, ref_shares: list[float], counts: FeatureCounts, t: Threshol
     }
 
 
-def drift_report(counter: DriftCounter, thresholds: Thresholds | None = None) -> dict[str, Any]:
+def drift_report(counter: DriftCounter, thresholds: DriftConfig | None = None) -> dict[str, Any]:
     """Score a (merged) counter against its reference: per-feature metrics and status, prediction drift, overall."""
-    t = thresholds or Thresholds()
+    t = thresholds or DriftConfig()
     ref = counter.reference
     features = {
         name: score(ref["features"][name]["kind"], ref["features"][name]["shares"], fc, t)

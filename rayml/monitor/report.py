@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rayml.monitor.drift import DriftCounter, FeatureCounts, Thresholds, count_numeric, drift_report, score
+from rayml.config import DriftConfig
+from rayml.monitor.drift import DriftCounter, FeatureCounts, count_numeric, drift_report, score
 
 logger = logging.getLogger("rayml.monitor")
 
 
 def drift_of_frame(
-    reference: dict[str, Any], df: pd.DataFrame, predictions: np.ndarray | None, target: str | None, thresholds: Thresholds
+    reference: dict[str, Any], df: pd.DataFrame, predictions: np.ndarray | None, target: str | None, thresholds: DriftConfig
 ) -> dict[str, Any]:
     """Drift of ``df`` against ``reference`` (features, predictions, and labels when the target column is present)."""
     counter = DriftCounter(reference)

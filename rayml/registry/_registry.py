@@ -9,6 +9,7 @@ Refs: ``name@alias`` (e.g. ``sales-model@production``) or ``name:version`` (e.g.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -295,9 +296,11 @@ class Registry:
 
     # --- artifacts ------------------------------------------------------------------------------------------------
     def download(self, ref: str) -> tuple[ModelVersionInfo, Path]:
-        """Download a version's model directory (cached under ``$RAYML_HOME/cache``; versions are immutable)."""
+        """Download a version's model directory (cached under ``$RAYML_HOME/cache``; a version's artifacts never change)."""
         info = self.resolve(ref)
-        cache = constants.rayml_home() / "cache" / "models" / info.name / str(info.version)
+        # keyed by the artifact source too: the same name:version in another registry is another model
+        source_key = hashlib.sha256(info.source.encode()).hexdigest()[:12]
+        cache = constants.rayml_home() / "cache" / "models" / info.name / f"{info.version}-{source_key}"
         if (cache / META_FILE).is_file():
             return info, cache
         import mlflow.artifacts

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from rayml.config import DataConfig, DriftSpec, SyntheticConfig
+from rayml.config import DataConfig, DriftConfig, DriftSpec, SyntheticConfig
 from rayml.data import generate_sales, infer_schema, reference_stats
 from rayml.data.synthetic import apply_drift
-from rayml.monitor import DriftCounter, Thresholds, drift_of_frame, drift_report, js_distance, linf, psi, write_report
+from rayml.monitor import DriftCounter, drift_of_frame, drift_report, js_distance, linf, psi, write_report
 
 
 def test_psi_by_hand() -> None:
@@ -99,7 +99,7 @@ def test_data_quality_counters(reference) -> None:
 def test_offline_report_files_and_label_drift(reference, tmp_path: Path) -> None:
     df, ref = reference
     drifted = df.assign(price=df["price"] * 2, sales=df["sales"] + 100)
-    report = drift_of_frame(ref, drifted, predictions=drifted["sales"].to_numpy(), target="sales", thresholds=Thresholds())
+    report = drift_of_frame(ref, drifted, predictions=drifted["sales"].to_numpy(), target="sales", thresholds=DriftConfig())
     assert report["features"]["price"]["status"] == "alert"
     assert report["label"]["status"] == "alert" and "prediction" in report
     paths = write_report(report, ref, tmp_path / "r", title="sales-model@production")
