@@ -728,3 +728,132 @@ class GateJobConfig(_Section):
 
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
     gate: GateConfig = Field(default_factory=GateConfig, description="Gate thresholds.")
+
+
+# --- many models & batch ---------------------------------------------------------------------------------------------
+class CandidateConfig(_Section):
+    """One candidate of a per-segment search; an unset field keeps the value of the `model:` / `train:` section."""
+
+    hidden_sizes: list[int] | None = Field(default=None, description="Widths of the hidden layers (model.hidden_sizes).")
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0, description="Dropout (model.dropout).")
+    learning_rate: float | None = Field(default=None, gt=0.0, description="Adam learning rate (train.learning_rate).")
+    weight_decay: float | None = Field(default=None, ge=0.0, description="AdamW weight decay (train.weight_decay).")
+    epochs: int | None = Field(default=None, ge=1, description="Epochs (train.epochs).")
+    batch_size: int | None = Field(default=None, ge=1, description="Mini-batch size (train.batch_size).")
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive_widths(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(w < 1 for w in v)):
+            raise ValueError(f"hidden_sizes must be a non-empty list of positive widths, got {v}")
+        return v
+
+
+class ManyModelsConfig(_Section):
+    """One small model per segment (`data.segment`), trained in parallel Ray tasks, registered as one model set."""
+
+    min_rows: int = Field(
+        default=50,
+        ge=2,
+        description="Segments with fewer rows are not trained; the global fallback model serves them (recorded in "
+        "the set's index as fallback).",
+    )
+    max_retries: int = Field(
+        default=1,
+        ge=0,
+        description="Retries of a segment whose training failed (a new seed each time), and of a task whose worker "
+        "died (its segments are then retried one per task, so one bad segment cannot take others down).",
+    )
+    max_failed_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="The run fails (exit 1, nothing registered) when more than this share of the segments failed "
+        "after their retries; below it, failed segments are served by the fallback model and reported.",
+    )
+    segments_per_task: int | None = Field(
+        default=None,
+        ge=1,
+        description="Segments trained one after another in one Ray task, to amortise task overhead; null = enough "
+        "tasks for about 4 per CPU, at most 32 segments each.",
+    )
+    cpus_per_task: float = Field(default=1.0, gt=0.0, description="CPUs reserved per training task (torch uses one thread).")
+    candidates: list[CandidateConfig] = Field(
+        default_factory=list,
+        description="Per-segment search: every segment trains each candidate and keeps the one with the lowest loss "
+        "on its own validation split; [] = just the `model:` / `train:` settings.",
+    )
+    fallback: bool = Field(
+        default=True,
+        description="The global model (trained on all rows) serves segments without their own model: too few rows, "
+        "failed, or unknown at scoring time. false = those rows get no prediction (an error column in batch output).",
+    )
+    global_max_rows: int = Field(
+        default=1_000_000, ge=1, description="Most training rows (a seeded sample) the global model trains on."
+    )
+    max_segments: int = Field(
+        default=100_000,
+        ge=1,
+        description="More segments than this is an error: usually a segment column that is really a row id.",
+    )
+
+
+class ManyModelsJobConfig(TrainJobConfig):
+    """`rayml manymodels train --config FILE` / `jobs/manymodels_train.py`: a training config plus `manymodels:`.
+
+    ``model.name`` is the registered model-set name; ``train:`` gives each segment's epochs, batch size, learning rate,
+    seed and early stopping (the Ray Train fields num_workers, use_gpu, amp and max_failures do not apply).
+    """
+
+    manymodels: ManyModelsConfig = Field(default_factory=ManyModelsConfig, description="Per-segment training.")
+
+    @model_validator(mode="after")
+    def _has_segments(self) -> ManyModelsJobConfig:
+        if not self.data.segment:
+            raise ValueError("data.segment is empty; many models needs the segment column(s), e.g. data.segment=[store_id]")
+        return self
+
+
+class BatchConfig(_Section):
+    """Batch scoring of files with a registered model or model set (`rayml batch`)."""
+
+    model: str | None = Field(
+        default=None, description="NAME@ALIAS or NAME:VERSION (a bare NAME means NAME@production); --model sets it."
+    )
+    input: str | None = Field(
+        default=None, description="Parquet/CSV file, directory, glob or URI (s3://, gs://) to score; --input sets it."
+    )
+    output: str | None = Field(
+        default=None,
+        description="Output directory or URI: one parquet file per input file, plus `_rayml_batch/` (ledger, staging); "
+        "--output sets it.",
+    )
+    format: Literal["auto", "parquet", "csv"] = Field(default="auto", description="Input format; auto = by extension.")
+    batch_size: int = Field(
+        default=65_536, ge=1, description="Rows read and scored at a time by an actor (bounds its memory per file)."
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, description="Scoring actors; null = the cluster's CPUs / cpus_per_actor, at most one per file."
+    )
+    cpus_per_actor: float = Field(default=1.0, gt=0.0, description="CPUs reserved per scoring actor.")
+    max_cached_models: int = Field(
+        default=1024, ge=1, description="ONNX sessions an actor keeps (least recently used dropped first)."
+    )
+    id_columns: list[str] | None = Field(
+        default=None,
+        description="Input columns copied to the output besides the segment columns (ids, timestamps, labels); "
+        "null = every input column that is not a model input; [] = none.",
+    )
+    prediction_column: str = Field(default="prediction", description="Name of the prediction column in the output.")
+    overwrite: bool = Field(
+        default=False,
+        description="Start over: delete the output's ledger and committed files first. Without it, a rerun skips files "
+        "already committed and finishes the rest.",
+    )
+
+
+class BatchJobConfig(_Section):
+    """`rayml batch` / `jobs/batch_infer.py`."""
+
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="What to score, with which model, where to.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
