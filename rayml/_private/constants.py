@@ -95,3 +95,58 @@ def ray_num_cpus() -> int | None:
     """``RAYML_RAY_NUM_CPUS``: CPUs of a local Ray started by rayml (default: Ray's own detection)."""
     value = env_int("RAYML_RAY_NUM_CPUS", 0)
     return value or None
+
+
+def fail_segments() -> dict[str, int]:
+    """``RAYML_FAIL_SEGMENTS``: test-only; many-models training raises for these segments.
+
+    Comma-separated segment keys; ``KEY@N`` fails only the first N attempts (a transient failure that a retry cures),
+    a bare ``KEY`` fails every attempt. Example: ``store_003,store_005@1``. Read on the driver and passed to the
+    training tasks, so it works with a Ray cluster that was started before the variable was set.
+    """
+    raw = env_str("RAYML_FAIL_SEGMENTS")
+    out: dict[str, int] = {}
+    for item in filter(None, (i.strip() for i in (raw or "").split(","))):
+        key, sep, attempts = item.rpartition("@")
+        if not sep:
+            out[item] = -1
+            continue
+        if not attempts.isdigit():
+            raise ConfigError(
+                f"RAYML_FAIL_SEGMENTS item {item!r}: {attempts!r} is not a number of attempts",
+                hint="write KEY or KEY@N, e.g. store_003,store_005@1",
+            )
+        out[key] = int(attempts)
+    return out
+
+
+def serve_api_keys() -> list[tuple[str, list[str] | None]]:
+    """``RAYML_SERVE_API_KEYS``: serving API keys, so secrets need not sit in config files.
+
+    Comma-separated entries, each ``KEY`` (every model) or ``KEY:MODEL|MODEL`` (only those models), e.g.
+    ``s3cr3t-key-for-all-models,k3y-for-sales-only:sales-model``. Unset or empty = no keys from the environment.
+    """
+    raw = env_str("RAYML_SERVE_API_KEYS")
+    out: list[tuple[str, list[str] | None]] = []
+    for item in filter(None, (i.strip() for i in (raw or "").split(","))):
+        key, sep, models = item.partition(":")
+        scope = [m.strip() for m in models.split("|") if m.strip()] if sep else None
+        if len(key) < 16 or (sep and not scope):
+            raise ConfigError(
+                "RAYML_SERVE_API_KEYS has an entry that is too short (keys need 16+ characters) or has an empty model list",
+                hint="write KEY or KEY:MODEL|MODEL, comma-separated, e.g. k3y-with-16-chars-or-more:sales-model",
+            )
+        out.append((key, scope))
+    return out
+
+
+def serve_head_dir() -> Path:
+    """Temp dir of the local Ray that `rayml serve up` starts when no cluster is given (one per ``$RAYML_HOME``).
+
+    Kept short (Unix socket paths under it must fit in 107 bytes) and out of /tmp/ray, so a plain ``ray.init()``
+    elsewhere on the machine never attaches to it by accident.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(str(rayml_home()).encode()).hexdigest()[:10]
+    return Path(env_str("RAYML_SERVE_RAY_DIR", f"/tmp/rayml-serve-{digest}"))

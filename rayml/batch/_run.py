@@ -1,0 +1,304 @@
+"""`rayml batch`: score files with a registered model or model set on Ray Data, exactly once per input file.
+
+The driver resolves and pins the model version, lists the input files, skips those the ledger says are committed,
+and runs a Ray Data ``map_batches`` over the rest with a pool of :class:`FileScorer` actors (one file per call;
+biggest files first). Each actor loads the model set once, keeps per-segment ONNX sessions in an LRU cache, and
+reads, scores, stages and commits its files itself, so no rows pass through the driver. The driver only streams
+back one small result row per file, for the progress bar and the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rayml._private import constants
+from rayml.batch._ledger import InputFile, OutputDir, list_inputs, new_attempt_id
+from rayml.batch._score import FileScorer, ScoreSpec
+from rayml.config import BatchConfig, BatchJobConfig, dump_config
+from rayml.data import resolve_files
+from rayml.errors import ConfigError, RaymlError
+from rayml.registry import KIND_MODEL_SET, ModelSet, Registry, parse_ref
+
+logger = logging.getLogger("rayml.batch")
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file. ``status``: committed | skipped (committed earlier) | failed."""
+
+    path: str
+    status: str
+    rows: int = 0
+    output: str = ""
+    error: str = ""
+    hint: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchSummary:
+    """The end of a batch run. ``ok`` is False when any input file failed."""
+
+    model_name: str
+    model_version: int
+    batch_run_id: str
+    attempt: str
+    output: str
+    files: int
+    committed: int
+    skipped: int
+    failed: dict[str, str] = field(default_factory=dict)  # input path -> error
+    rows: int = 0  # rows scored and committed by this invocation
+    rows_skipped: int = 0  # rows of files committed by earlier invocations
+    wall_s: float = 0.0
+    actors: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def model_ref(self) -> str:
+        return f"{self.model_name}:{self.model_version}"
+
+
+def _resolve_cfg(cfg: BatchJobConfig | None, **overrides: object) -> BatchJobConfig:
+    cfg = cfg.model_copy(deep=True) if cfg is not None else BatchJobConfig()
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg.batch, key, value)
+    missing = [f"batch.{k}" for k in ("model", "input", "output") if getattr(cfg.batch, k) in (None, "")]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} not set",
+            hint="pass --model NAME@ALIAS|NAME:VERSION --input PATH --output PATH (or set them in the batch: section)",
+        )
+    return cfg
+
+
+def _check_manifest(out: OutputDir, b: BatchConfig, name: str, version: int, pinned_explicitly: bool) -> dict | None:
+    """The existing run's manifest, after checking that this invocation continues the same run."""
+    manifest = out.read_manifest()
+    if manifest is None:
+        return None
+    problems = []
+    if manifest["model_name"] != name:
+        problems.append(f"it was started with model {manifest['model_name']!r}, not {name!r}")
+    elif manifest["model_version"] != version and pinned_explicitly:
+        problems.append(f"it was started with {name}:{manifest['model_version']}, not {name}:{version}")
+    for key in ("prediction_column", "id_columns"):
+        current = list(getattr(b, key)) if key == "id_columns" and b.id_columns is not None else getattr(b, key)
+        if manifest.get(key) != current:
+            problems.append(f"its batch.{key} was {manifest.get(key)!r}, now {current!r}")
+    if problems:
+        raise ConfigError(
+            f"output {out.uri} holds an unfinished or finished run that this command cannot continue: {'; '.join(problems)}",
+            hint="rerun with the original settings to finish it, pass --overwrite to start over, or use another --output",
+        )
+    if manifest["model_version"] != version:
+        logger.warning(
+            "%s now resolves to version %s, but this output was started with version %s: finishing with version %s "
+            "(use --overwrite to rescore everything with the new version)",
+            b.model,
+            version,
+            manifest["model_version"],
+            manifest["model_version"],
+        )
+    return manifest
+
+
+def run_batch(
+    cfg: BatchJobConfig | None = None,
+    *,
+    model: str | None = None,
+    input: str | None = None,
+    output: str | None = None,
+    overwrite: bool | None = None,
+    registry: Registry | None = None,
+    progress: Callable[[FileResult], None] | None = None,
+) -> BatchSummary:
+    """Score every input file with a model or model set; restartable, exactly once per input file.
+
+    Keyword arguments override the config's ``batch:`` fields. Running the same command again after a crash skips
+    the committed files and finishes the rest; ``overwrite=True`` starts over.
+
+    Args:
+        cfg: the job config; None = defaults plus the keyword arguments.
+        model: ``NAME@ALIAS`` or ``NAME:VERSION``.
+        input: parquet/CSV file, directory, glob or URI.
+        output: output directory or URI.
+        overwrite: delete this tool's earlier outputs and ledger first.
+        registry: the registry to use (default: ``cfg.registry.tracking_uri``).
+        progress: called once per input file (committed, skipped or failed) as results arrive.
+
+    Returns:
+        The :class:`BatchSummary`; ``ok`` is False when any file failed (the others are committed).
+
+    Raises:
+        ConfigError, DataError, ModelNotFoundError: nothing to score, or a bad model ref or input path.
+
+    Example:
+        >>> s = run_batch(model="sales-stores@production", input="data/sales", output="out/scores")
+        >>> s.committed, s.rows, s.rows_per_s
+    """
+    t0 = time.perf_counter()
+    cfg = _resolve_cfg(cfg, model=model, input=input, output=output, overwrite=overwrite)
+    b = cfg.batch
+    logger.info("resolved config:\n%s", dump_config(cfg))
+    registry = registry or Registry(cfg.registry.tracking_uri)
+    _, _, explicit_version = parse_ref(b.model)
+    info = registry.resolve(b.model)
+    in_fs, files, fmt = resolve_files(b.input, b.format)
+    out = OutputDir(b.output)
+    inputs = list_inputs(in_fs, files)
+    inside = [f.path for f in inputs if f.path.startswith(out.root.rstrip("/") + "/")]
+    if inside:
+        raise ConfigError(
+            f"the output directory {out.uri} is inside the input {b.input} ({len(inside)} input file(s) under it)",
+            hint="write the output somewhere that is not read as input, e.g. a sibling directory",
+        )
+    if b.overwrite:
+        deleted = out.reset(inputs)
+        logger.info("--overwrite: deleted %d earlier output file(s) and the ledger of %s", deleted, out.uri)
+    manifest = _check_manifest(out, b, info.name, info.version, explicit_version is not None)
+    if manifest is not None and manifest["model_version"] != info.version:
+        info = registry.get_version(info.name, int(manifest["model_version"]))
+    loaded = registry.load(info.ref)
+    if loaded.kind == KIND_MODEL_SET:
+        ModelSet.from_loaded(loaded)  # fail here, once, rather than in every actor
+    if manifest is None:
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "batch_run_id": uuid.uuid4().hex,
+            "model_name": info.name,
+            "model_version": info.version,
+            "model_ref": b.model,
+            "kind": loaded.kind,
+            "run_id": info.run_id,
+            "input": b.input,
+            "prediction_column": b.prediction_column,
+            "id_columns": list(b.id_columns) if b.id_columns is not None else None,
+            "created_at": time.time(),
+        }
+        out.fs.create_dir(out.root, recursive=True)
+        out.write_manifest(manifest)
+    out.discard_staging()  # staged files of an interrupted attempt can never commit
+    todo, done = out.pending(inputs)
+    ledger = out.ledger() if done else {}
+    attempt = new_attempt_id()
+    summary = BatchSummary(
+        model_name=info.name,
+        model_version=info.version,
+        batch_run_id=manifest["batch_run_id"],
+        attempt=attempt,
+        output=out.uri,
+        files=len(inputs),
+        committed=0,
+        skipped=len(done),
+        rows_skipped=sum(ledger[f.path].rows for f in done),
+    )
+    for f in done:
+        if progress is not None:
+            progress(FileResult(f.path, "skipped", rows=ledger[f.path].rows, output=ledger[f.path].output))
+    logger.info(
+        "%s: %d input file(s), %d already committed, %d to score with %s (%s)",
+        out.uri,
+        len(inputs),
+        len(done),
+        len(todo),
+        info.ref,
+        loaded.kind,
+    )
+    if todo:
+        spec = ScoreSpec(
+            model_name=info.name,
+            model_version=info.version,
+            model_path=str(loaded.path),
+            tracking_uri=registry.tracking_uri,
+            kind=loaded.kind,
+            output_uri=out.uri,
+            input_fs=in_fs,
+            fmt=fmt,
+            attempt=attempt,
+            batch_run_id=manifest["batch_run_id"],
+            batch_size=b.batch_size,
+            id_columns=tuple(b.id_columns) if b.id_columns is not None else None,
+            prediction_column=b.prediction_column,
+            max_cached_models=b.max_cached_models,
+            faults=constants.fault_injection(),
+        )
+        try:
+            for r in _score_on_ray(todo, spec, b, summary):
+                if r.status == "committed":
+                    summary.committed += 1
+                    summary.rows += r.rows
+                else:
+                    summary.failed[r.path] = r.error
+                if progress is not None:
+                    progress(r)
+        finally:
+            out.discard_staging(attempt)
+    summary.wall_s = time.perf_counter() - t0
+    logger.info(
+        "%d committed, %d skipped, %d failed; %d rows in %.1fs (%.0f rows/s)",
+        summary.committed,
+        summary.skipped,
+        len(summary.failed),
+        summary.rows,
+        summary.wall_s,
+        summary.rows_per_s,
+    )
+    return summary
+
+
+def _score_on_ray(todo: list[InputFile], spec: ScoreSpec, b: BatchConfig, summary: BatchSummary):
+    import ray
+    import ray.data
+
+    from rayml._private.ray_session import ensure_ray
+
+    ensure_ray()
+    slots = int(float(ray.cluster_resources().get("CPU", 1.0)) / b.cpus_per_actor) or 1
+    actors = max(1, min(b.concurrency or slots, len(todo)))
+    summary.actors = actors
+    # biggest files first: the last file to start is a small one, so actors finish at about the same time
+    ordered = sorted(todo, key=lambda f: (-f.size, f.path))
+    items = [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in ordered]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    scored = ds.map_batches(
+        FileScorer,
+        fn_constructor_kwargs={"spec": spec},
+        batch_size=1,
+        batch_format="pandas",
+        # one file in flight per actor: a queue behind a busy actor would leave another actor idle at the end
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+        num_cpus=b.cpus_per_actor,
+    )
+    try:
+        for row in scored.iter_rows():
+            yield FileResult(
+                path=row["path"],
+                status=row["status"],
+                rows=int(row["rows"]),
+                output=row["output"] or "",
+                error=row["error"] or "",
+                hint=row["hint"] or "",
+                seconds=float(row["seconds"]),
+            )
+    except RaymlError:
+        raise
+    except Exception as e:  # an actor could not start (model unreadable) or Ray failed under us
+        raise RaymlError(
+            f"batch scoring failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            hint="committed files are kept: run the same command again to finish the rest",
+        ) from e

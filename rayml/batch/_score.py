@@ -1,0 +1,246 @@
+"""The scoring actor: loads the model (or model set) once, then scores whole input files and commits each one.
+
+An actor takes one input file at a time (a Ray Data ``map_batches`` batch is one file descriptor), reads it in
+chunks of ``batch_size`` rows (parquet row batches, only the needed columns; a CSV is read whole), predicts each
+chunk with rows split by segment inside the chunk (no shuffle), writes the chunk to the file's staged output and,
+when the file is done, commits it (``rayml.batch._ledger``). Rows never travel through the object store or the
+driver: each actor reads its inputs and writes its outputs on shared storage, so scoring scales with actors.
+
+A file that cannot be scored (corrupt, a missing column, text in a numeric column) is reported with its error and
+its staged output deleted; the actor goes on with the next file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayml._private import faults as _faults
+from rayml.batch._ledger import InputFile, OutputDir
+from rayml.errors import DataError, DataValidationError, RaymlError
+
+logger = logging.getLogger("rayml.batch")
+
+LINEAGE_COLUMNS = ("model_name", "model_version", "segment_model", "batch_run_id", "error")
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Everything an actor needs, as plain values (pickled once per actor)."""
+
+    model_name: str
+    model_version: int
+    model_path: str  # the downloaded version on the driver's node (actors on other nodes download their own)
+    tracking_uri: str
+    kind: str  # "model" | "model_set"
+    output_uri: str
+    input_fs: Any  # the pyarrow filesystem of the input paths (picklable)
+    fmt: str  # parquet | csv
+    attempt: str
+    batch_run_id: str
+    batch_size: int
+    id_columns: tuple[str, ...] | None
+    prediction_column: str
+    max_cached_models: int
+    faults: str | None = None
+
+
+def output_columns(prediction_column: str) -> tuple[str, ...]:
+    """The columns rayml adds to every output row."""
+    return (prediction_column, *LINEAGE_COLUMNS)
+
+
+def key_columns(
+    present: list[str], inputs: list[str], segment_columns: list[str], id_columns: tuple[str, ...] | None, prediction: str
+) -> list[str]:
+    """The input columns copied to the output: segment columns, then id columns (null = every non-input column).
+
+    Raises:
+        DataValidationError: an explicit id column clashes with a column rayml adds.
+    """
+    added = set(output_columns(prediction))
+    if id_columns is None:
+        ids = [c for c in present if c not in inputs and c not in segment_columns and c not in added]
+    else:
+        clash = [c for c in id_columns if c in added]
+        if clash:
+            raise DataValidationError(
+                [f"id column(s) {clash} clash with the columns batch adds {sorted(added)}"],
+                hint="rename them in the input, or set batch.prediction_column to another name",
+            )
+        ids = [c for c in id_columns if c not in segment_columns]
+    return [*segment_columns, *ids]
+
+
+class FileScorer:
+    """Ray Data actor: ``__call__`` gets a batch of input-file descriptors and returns one result row per file."""
+
+    def __init__(self, spec: ScoreSpec) -> None:
+        self.spec = spec
+        self.out = OutputDir(spec.output_uri)
+        self.faults = _faults.parse(spec.faults)
+        path = spec.model_path
+        if not os.path.isfile(os.path.join(path, "rayml_model.json")):
+            # a node other than the driver's: download the pinned version into this node's cache
+            from rayml.registry import Registry
+
+            _, cached = Registry(spec.tracking_uri).download(f"{spec.model_name}:{spec.model_version}")
+            path = str(cached)
+        if spec.kind == "model_set":
+            from rayml.registry import ModelSet
+
+            self.model_set = ModelSet(path, max_cached=spec.max_cached_models)
+            self.predictor = None
+            self.inputs = self.model_set.input_names
+            self.segment_columns = self.model_set.segment_columns
+        else:
+            from rayml.models import OnnxPredictor
+
+            self.model_set = None
+            self.predictor = OnnxPredictor(os.path.join(path, "model.onnx"))
+            self.inputs = self.predictor.input_names
+            self.segment_columns = []
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = [
+            self.score_file(InputFile(str(p), int(s), int(m)))
+            for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"], strict=True)
+        ]
+        return pd.DataFrame(rows)
+
+    # --- one file ----------------------------------------------------------------------------------------------------
+    def score_file(self, f: InputFile) -> dict[str, Any]:
+        """Score and commit one input file; never raises (a failure is the returned row's ``error``)."""
+        t0 = time.perf_counter()
+        try:
+            rows = self._score_to_staging(f)
+            self.out.commit(self.spec.attempt, f, rows)
+        except Exception as e:  # one bad file must not stop the others: report it, drop its staged output
+            self._drop_staged(f)
+            message = e.message if isinstance(e, RaymlError) else f"{type(e).__name__}: {e}"
+            hint = e.hint if isinstance(e, RaymlError) else None
+            logger.warning("input %s failed: %s", f.path, message)
+            return {
+                "path": f.path,
+                "status": "failed",
+                "rows": 0,
+                "output": "",
+                "error": message,
+                "hint": hint or "",
+                "seconds": time.perf_counter() - t0,
+            }
+        _faults.end_of_epoch(self.faults)  # test-only: `sleep@seconds=S` pauses after each committed file
+        return {
+            "path": f.path,
+            "status": "committed",
+            "rows": rows,
+            "output": f.output_name,
+            "error": "",
+            "hint": "",
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def _drop_staged(self, f: InputFile) -> None:
+        with contextlib.suppress(OSError):  # nothing was staged
+            self.out.fs.delete_file(self.out.staging_path(self.spec.attempt, f))
+
+    def _chunks(self, f: InputFile):
+        """(columns present, iterator of DataFrames of at most batch_size rows)."""
+        size = self.spec.batch_size
+        try:
+            if self.spec.fmt == "csv":
+                from rayml.data.loading import read_file
+
+                df = read_file(self.spec.input_fs, f.path, "csv")
+                return list(df.columns), (df.iloc[i : i + size] for i in range(0, max(len(df), 1), size))
+            pf = pq.ParquetFile(self.spec.input_fs.open_input_file(f.path))
+        except DataError:
+            raise
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(
+                f"cannot read {self.spec.fmt} file {f.path!r}: {e}", hint="the file is corrupt or not in that format"
+            ) from e
+        present = list(pf.schema_arrow.names)
+        wanted = None
+        if self.spec.id_columns is not None:  # read only what the output needs
+            keep = {*self.inputs, *self.segment_columns, *self.spec.id_columns}
+            wanted = [c for c in present if c in keep]
+
+        def gen():
+            try:
+                for rb in pf.iter_batches(batch_size=size, columns=wanted):
+                    yield rb.to_pandas()
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"cannot read parquet file {f.path!r}: {e}", hint="the file is corrupt") from e
+
+        return present, gen()
+
+    def _score_to_staging(self, f: InputFile) -> int:
+        present, chunks = self._chunks(f)
+        required = [*self.inputs, *self.segment_columns, *(self.spec.id_columns or ())]
+        missing = [c for c in dict.fromkeys(required) if c not in present]
+        if missing:
+            raise DataValidationError(
+                [f"missing column(s) {missing}; it has {present}"],
+                hint=f"the model takes {self.inputs}"
+                + (f" and segment column(s) {self.segment_columns}" if self.segment_columns else ""),
+                source=f.path,
+            )
+        keys = key_columns(present, self.inputs, self.segment_columns, self.spec.id_columns, self.spec.prediction_column)
+        rows = 0
+        writer = None
+        with self.out.open_staging(self.spec.attempt, f) as stream:
+            try:
+                for df in chunks:
+                    table = self._score_chunk(df, keys, f)
+                    if writer is None:
+                        writer = pq.ParquetWriter(stream, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+                    rows += len(df)
+                if writer is None:  # an empty input still commits (an empty output says "done, 0 rows")
+                    empty = self._score_chunk(pd.DataFrame({c: pd.Series(dtype="float64") for c in present}), keys, f)
+                    writer = pq.ParquetWriter(stream, empty.schema)
+                    writer.write_table(empty)
+            finally:
+                if writer is not None:
+                    writer.close()
+        return rows
+
+    def _score_chunk(self, df: pd.DataFrame, keys: list[str], f: InputFile) -> pa.Table:
+        n = len(df)
+        error = np.full(n, None, dtype=object)
+        if self.model_set is not None:
+            preds, served = self.model_set.predict(df, unknown="nan")
+            unknown = served == ""
+            if unknown.any():
+                from rayml.registry import segment_groups
+
+                codes, seg_keys = segment_groups(df.loc[unknown], self.segment_columns)
+                error[unknown] = [f"segment {seg_keys[c]!r} has no model and the model set has no fallback" for c in codes]
+            served_by = np.where(unknown, None, served)
+        else:
+            preds = self.predictor.predict(df) if n else np.zeros(0, dtype=np.float32)
+            served_by = np.full(n, None, dtype=object)
+        out: dict[str, Any] = {c: df[c].reset_index(drop=True) for c in keys}  # keeps nullable dtypes
+        out[self.spec.prediction_column] = np.asarray(preds, dtype=np.float32)
+        out["model_name"] = np.full(n, self.spec.model_name, dtype=object)
+        out["model_version"] = np.full(n, self.spec.model_version, dtype=np.int64)
+        out["segment_model"] = served_by
+        out["batch_run_id"] = np.full(n, self.spec.batch_run_id, dtype=object)
+        out["error"] = error
+        table = pa.Table.from_pandas(pd.DataFrame(out, index=None), preserve_index=False)
+        # fixed types for the columns rayml adds, so every chunk and every file has the same output schema
+        fixed = {"model_name": pa.string(), "segment_model": pa.string(), "batch_run_id": pa.string(), "error": pa.string()}
+        for name, typ in fixed.items():
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, table.column(name).cast(typ))
+        return table

@@ -1,0 +1,23 @@
+"""Many models: one small model per segment (store, region, SKU family), trained in parallel Ray tasks and registered
+as ONE model set (see :class:`rayml.registry.ModelSet` for loading it)."""
+
+from rayml.manymodels._fit import FitSettings, SegmentOutcome, fit_segment, fit_settings, fit_with_retries
+from rayml.manymodels._plan import Accounting, account, auto_segments_per_task, segment_table, split_trainable
+from rayml.manymodels._run import GLOBAL_KEY, ModelSetResult, cleanup, train_model_set
+
+__all__ = [
+    "GLOBAL_KEY",
+    "Accounting",
+    "FitSettings",
+    "ModelSetResult",
+    "SegmentOutcome",
+    "account",
+    "auto_segments_per_task",
+    "cleanup",
+    "fit_segment",
+    "fit_settings",
+    "fit_with_retries",
+    "segment_table",
+    "split_trainable",
+    "train_model_set",
+]

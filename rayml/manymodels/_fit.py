@@ -1,0 +1,255 @@
+"""Train one segment's small MLP in a plain torch loop: no Ray here, so a task, a benchmark or a test can call it.
+
+Ray Train is built for one big model (a worker group, DDP, checkpoints to storage); starting one per segment costs
+seconds per model. A segment's model trains in tens of milliseconds, so the loop below runs in the calling process,
+one thread, and the caller (a Ray task in ``_run.py``) trains several segments one after another.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayml.config import CandidateConfig, ManyModelsJobConfig
+from rayml.data import Schema, reference_stats
+from rayml.errors import TrainingError
+
+logger = logging.getLogger("rayml.manymodels")
+
+PARITY_ROWS = 64
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything one segment's training needs, as plain values (sent to Ray tasks)."""
+
+    hidden_sizes: tuple[int, ...]
+    dropout: float
+    embedding_dim: int
+    learning_rate: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    seed: int
+    patience: int
+    min_delta: float
+
+    def with_candidate(self, c: CandidateConfig) -> FitSettings:
+        """These settings with a candidate's fields (those it sets) replacing them."""
+        changes = {k: v for k, v in c.model_dump().items() if v is not None}
+        if "hidden_sizes" in changes:
+            changes["hidden_sizes"] = tuple(changes["hidden_sizes"])
+        return FitSettings(**{**self.__dict__, **changes})
+
+
+def fit_settings(cfg: ManyModelsJobConfig) -> list[FitSettings]:
+    """The settings of every candidate (one when ``manymodels.candidates`` is empty)."""
+    base = FitSettings(
+        hidden_sizes=tuple(cfg.model.hidden_sizes),
+        dropout=cfg.model.dropout,
+        embedding_dim=cfg.model.embedding_dim,
+        learning_rate=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay,
+        epochs=cfg.train.epochs,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        patience=cfg.train.early_stopping_patience,
+        min_delta=cfg.train.early_stopping_min_delta,
+    )
+    return [base.with_candidate(c) for c in cfg.manymodels.candidates] or [base]
+
+
+@dataclass
+class SegmentOutcome:
+    """What training one segment produced (or why it did not).
+
+    ``status``: ``trained`` (its own model), ``fallback`` (too few rows: served by the global model) or ``failed``.
+    """
+
+    key: str
+    index: int
+    rows: int
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    onnx: bytes | None = None
+    stats: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 0
+    candidate: int = 0
+    epochs: int = 0
+    train_s: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-able summary (no model bytes)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("onnx", "stats")}
+        return out
+
+
+def segment_seed(seed: int, key: str, attempt: int = 0) -> int:
+    """A seed per segment that does not depend on which task or in which order the segment is trained."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode()) + attempt * 7919) % (2**31 - 1)
+
+
+def _tensors(df: pd.DataFrame, spec: Any, target: str):
+    import torch
+
+    from rayml.models.mlp import encode_categorical, encode_numeric, encode_target
+
+    return (
+        torch.from_numpy(encode_numeric(df, spec)),
+        torch.from_numpy(encode_categorical(df, spec)),
+        torch.from_numpy(encode_target(df, spec, target)),
+    )
+
+
+def _fit_candidate(train_df: pd.DataFrame, val_df: pd.DataFrame, schema: Schema, s: FitSettings, seed: int):
+    """Train one candidate; returns (model with its best epoch's weights, best validation loss, epochs run)."""
+    import torch
+    from torch import nn
+
+    from rayml.models import build_model, build_spec
+
+    spec = build_spec(train_df, schema, list(s.hidden_sizes), s.dropout, s.embedding_dim)
+    model = build_model(spec, seed=seed)
+    num, cat, y = _tensors(train_df, spec, schema.target)
+    vnum, vcat, vy = _tensors(val_df, spec, schema.target) if len(val_df) else (num, cat, y)
+    loss_fn = nn.BCEWithLogitsLoss() if schema.task == "binary" else nn.MSELoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, since_best, epochs_run = float("inf"), None, 0, 0
+    for _epoch in range(s.epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), s.batch_size):
+            idx = perm[i : i + s.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(num[idx], cat[idx], raw=True), y[idx])
+            loss.backward()
+            opt.step()
+        epochs_run += 1
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(model(vnum, vcat, raw=True), vy))
+        if not np.isfinite(val_loss):
+            raise TrainingError(f"validation loss is {val_loss} after epoch {epochs_run} (training diverged)")
+        if val_loss < best - s.min_delta or best_state is None:
+            best, since_best = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+            if s.patience and since_best >= s.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, best, epochs_run
+
+
+def prediction_metrics(task: str, y: np.ndarray, pred: np.ndarray, prefix: str = "val_") -> dict[str, float]:
+    """Metrics in the target's terms (comparable across segments and with the global model)."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    if len(y) == 0:
+        return {}
+    if task == "binary":
+        pc = np.clip(p, 1e-7, 1 - 1e-7)
+        out = {
+            "logloss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+            "accuracy": float(np.mean((p > 0.5) == (y > 0.5))),
+        }
+    else:
+        err = p - y
+        out = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+    return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def fit_segment(
+    key: str,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    schema: Schema,
+    candidates: list[FitSettings],
+    attempt: int = 0,
+    with_stats: bool = True,
+) -> SegmentOutcome:
+    """Train every candidate on one segment, keep the best on its validation split, export it to ONNX.
+
+    The export is parity-checked against torch on validation rows, like a single model's.
+
+    Returns:
+        A ``trained`` outcome with the ONNX bytes, metrics and reference statistics of the segment's training rows.
+
+    Raises:
+        Exception: whatever training raised (the caller retries and records it).
+    """
+    from rayml.models import check_parity, export_onnx, torch_predict
+
+    if not candidates:
+        raise ValueError("fit_segment needs at least one candidate's settings")
+    t0 = time.perf_counter()
+    best = None
+    for i, s in enumerate(candidates):
+        model, loss, epochs = _fit_candidate(train_df, val_df, schema, s, segment_seed(s.seed, key, attempt) + i)
+        if best is None or loss < best[1]:
+            best = (model, loss, epochs, i)
+    model, loss, epochs, chosen = best
+    onnx_bytes = export_onnx(model)
+    sample = val_df.head(PARITY_ROWS) if len(val_df) else train_df.head(PARITY_ROWS)
+    check_parity(model, onnx_bytes, sample)
+    eval_df = val_df if len(val_df) else train_df
+    pred = torch_predict(model, eval_df)
+    metrics = {"val_loss": loss, **prediction_metrics(schema.task, eval_df[schema.target].to_numpy(), pred)}
+    stats = reference_stats(train_df, schema, predictions=pred) if with_stats else None
+    return SegmentOutcome(
+        key=key,
+        index=-1,
+        rows=len(train_df) + len(val_df),
+        status="trained",
+        metrics=metrics,
+        onnx=onnx_bytes,
+        stats=stats,
+        attempts=attempt + 1,
+        candidate=chosen,
+        epochs=epochs,
+        train_s=time.perf_counter() - t0,
+    )
+
+
+def _short_error(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def fit_with_retries(
+    key: str,
+    index: int,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    schema: Schema,
+    candidates: list[FitSettings],
+    max_retries: int,
+    fail_attempts: int = 0,
+) -> SegmentOutcome:
+    """:func:`fit_segment` with up to ``max_retries`` retries (new seed each); never raises.
+
+    Args:
+        fail_attempts: test-only failure injection: fail this many attempts (-1 = all) before training for real.
+    """
+    rows = len(train_df) + len(val_df)
+    error = None
+    for attempt in range(max_retries + 1):
+        try:
+            if fail_attempts < 0 or attempt < fail_attempts:
+                raise TrainingError(f"injected failure of segment {key!r} (RAYML_FAIL_SEGMENTS), attempt {attempt + 1}")
+            out = fit_segment(key, train_df, val_df, schema, candidates, attempt=attempt)
+            out.index = index
+            return out
+        except Exception as e:  # a segment's failure is data, not a crash: record it, retry, move on
+            error = _short_error(e)
+            logger.warning("segment %r attempt %d/%d failed: %s", key, attempt + 1, max_retries + 1, error)
+    return SegmentOutcome(key=key, index=index, rows=rows, status="failed", error=error, attempts=max_retries + 1)
