@@ -125,7 +125,7 @@ def run_batch(
     output: str | None = None,
     overwrite: bool | None = None,
     registry: Registry | None = None,
-    progress: Callable[[FileResult], None] | None = None,
+    progress: Callable[[FileResult, int, int], None] | None = None,
 ) -> BatchSummary:
     """Score every input file with a model or model set; restartable, exactly once per input file.
 
@@ -139,7 +139,8 @@ def run_batch(
         output: output directory or URI.
         overwrite: delete this tool's earlier outputs and ledger first.
         registry: the registry to use (default: ``cfg.registry.tracking_uri``).
-        progress: called once per input file (committed, skipped or failed) as results arrive.
+        progress: called as ``progress(result, files_done, files_total)`` once per input file (committed, skipped
+            or failed) as results arrive.
 
     Returns:
         The :class:`BatchSummary`; ``ok`` is False when any file failed (the others are committed).
@@ -207,9 +208,11 @@ def run_batch(
         skipped=len(done),
         rows_skipped=sum(ledger[f.path].rows for f in done),
     )
+    finished = 0
     for f in done:
+        finished += 1
         if progress is not None:
-            progress(FileResult(f.path, "skipped", rows=ledger[f.path].rows, output=ledger[f.path].output))
+            progress(FileResult(f.path, "skipped", rows=ledger[f.path].rows, output=ledger[f.path].output), finished, len(inputs))
     logger.info(
         "%s: %d input file(s), %d already committed, %d to score with %s (%s)",
         out.uri,
@@ -244,8 +247,9 @@ def run_batch(
                     summary.rows += r.rows
                 else:
                     summary.failed[r.path] = r.error
+                finished += 1
                 if progress is not None:
-                    progress(r)
+                    progress(r, finished, len(inputs))
         finally:
             out.discard_staging(attempt)
     summary.wall_s = time.perf_counter() - t0

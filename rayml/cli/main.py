@@ -10,7 +10,9 @@ import sys
 
 import typer
 
+from rayml.cli import batch as batch_cmd
 from rayml.cli import data as data_cmd
+from rayml.cli import manymodels as manymodels_cmd
 from rayml.cli import models as models_cmd
 from rayml.cli import monitor as monitor_cmd
 from rayml.cli import quickstart as quickstart_cmd
@@ -29,9 +31,11 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(manymodels_cmd.app, name="manymodels")
 app.add_typer(monitor_cmd.app, name="monitor")
 app.command("train")(train_cmd.train)
 app.command("tune")(tune_cmd.tune)
+app.command("batch")(batch_cmd.batch)
 app.command("validate")(validate_cmd.validate)
 app.command("quickstart")(quickstart_cmd.quickstart)
 

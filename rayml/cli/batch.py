@@ -1,0 +1,79 @@
+"""`rayml batch`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load, setup_logging
+from rayml.config import BatchJobConfig
+
+
+def batch(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="NAME@ALIAS or NAME:VERSION (model or model set).", show_default=False)
+    ] = None,
+    input_: Annotated[
+        str | None, typer.Option("--input", "-i", help="Parquet/CSV file, directory, glob or URI.", show_default=False)
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Output directory or URI (one parquet per input).", show_default=False)
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over: delete earlier outputs and the ledger.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score files with a registered model or model set on Ray Data; exactly once per input file.
+
+    Each input file's output is staged and committed atomically, and recorded in a ledger under
+    OUTPUT/_rayml_batch/. If the job is killed, run the same command again: committed files are skipped and the rest
+    are scored, with no duplicated and no missing rows. Model sets route each row to its segment's model (or the
+    fallback model). Exit code 1 when any input file failed (the others are committed).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rayml.batch import run_batch
+
+    setup_logging(verbose)
+    cfg = load(BatchJobConfig, config, set_)
+    counts = {"rows": 0}
+    with Progress(
+        TextColumn("scoring files"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rows]:,} rows"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("files", total=None, rows=0)
+
+        def on_file(r, done: int, total: int) -> None:
+            counts["rows"] += r.rows
+            bar.update(task, completed=done, total=total, rows=counts["rows"])
+            if r.status == "failed":
+                bar.console.print(f"[red]failed[/] {r.path}: {r.error}")
+
+        summary = run_batch(cfg, model=model, input=input_, output=output, overwrite=overwrite or None, progress=on_file)
+    console.print(
+        f"Scored with {summary.model_ref} (batch_run_id {summary.batch_run_id}): {summary.files} input file(s): "
+        f"{summary.committed} committed, {summary.skipped} skipped (committed earlier), {len(summary.failed)} failed"
+    )
+    console.print(
+        f"{summary.rows:,} rows in {summary.wall_s:.1f}s ({summary.rows_per_s:,.0f} rows/s, {summary.actors} actor(s))"
+        + (f"; {summary.rows_skipped:,} rows were committed earlier" if summary.skipped else "")
+    )
+    console.print(f"Output: {summary.output}")
+    if summary.failed:
+        for path, error in sorted(summary.failed.items()):
+            err_console.print(f"[bold red]failed:[/] {path}: {error}")
+        err_console.print(
+            "[yellow]Hint:[/] fix or remove those files and run the same command again; committed files are skipped"
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"Next: python -c \"import pandas as pd; print(pd.read_parquet('{summary.output}'))\"   |   "
+        f"rayml monitor drift --model {summary.model_ref} --data {input_ or cfg.batch.input}"
+    )
