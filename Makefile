@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint unit integration e2e bench clean
+PROMTOOL ?= promtool
+
+.PHONY: install demo test lint alerts unit integration e2e bench clean
 
 $(BIN)/rayml: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +28,18 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: install lint
+# Prometheus alert rules: promtool's syntax check and unit tests (Debian's prometheus package provides promtool).
+alerts:
+	@command -v $(PROMTOOL) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus package for promtool"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null; \
+	  else echo "promtool not found: install Prometheus (Debian/Ubuntu: sudo apt-get install prometheus)" >&2; exit 1; fi; }
+	$(PROMTOOL) check rules clusters/prometheus/rules/*.yml
+	$(PROMTOOL) test rules clusters/prometheus/tests/*.yml
+	$(PROMTOOL) check config clusters/prometheus/prometheus.yml
+
+test: install lint alerts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
