@@ -154,14 +154,14 @@ class FileScorer:
             self.out.fs.delete_file(self.out.staging_path(self.spec.attempt, f))
 
     def _chunks(self, f: InputFile):
-        """(columns present, iterator of DataFrames of at most batch_size rows)."""
+        """(columns present, iterator of DataFrames of at most batch_size rows, an empty frame with the file's types)."""
         size = self.spec.batch_size
         try:
             if self.spec.fmt == "csv":
                 from rayml.data.loading import read_file
 
                 df = read_file(self.spec.input_fs, f.path, "csv")
-                return list(df.columns), (df.iloc[i : i + size] for i in range(0, max(len(df), 1), size))
+                return list(df.columns), (df.iloc[i : i + size] for i in range(0, len(df), size)), df.head(0)
             pf = pq.ParquetFile(self.spec.input_fs.open_input_file(f.path))
         except DataError:
             raise
@@ -182,10 +182,10 @@ class FileScorer:
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"cannot read parquet file {f.path!r}: {e}", hint="the file is corrupt") from e
 
-        return present, gen()
+        return present, gen(), pf.schema_arrow.empty_table().to_pandas()
 
     def _score_to_staging(self, f: InputFile) -> int:
-        present, chunks = self._chunks(f)
+        present, chunks, empty = self._chunks(f)
         required = [*self.inputs, *self.segment_columns, *(self.spec.id_columns or ())]
         missing = [c for c in dict.fromkeys(required) if c not in present]
         if missing:
@@ -207,9 +207,9 @@ class FileScorer:
                     writer.write_table(table.cast(writer.schema))
                     rows += len(df)
                 if writer is None:  # an empty input still commits (an empty output says "done, 0 rows")
-                    empty = self._score_chunk(pd.DataFrame({c: pd.Series(dtype="float64") for c in present}), keys, f)
-                    writer = pq.ParquetWriter(stream, empty.schema)
-                    writer.write_table(empty)
+                    table = self._score_chunk(empty, keys, f)
+                    writer = pq.ParquetWriter(stream, table.schema)
+                    writer.write_table(table)
             finally:
                 if writer is not None:
                     writer.close()
