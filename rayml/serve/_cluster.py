@@ -1,0 +1,160 @@
+"""Which Ray the serving commands talk to, and the local Ray that `rayml serve up` starts on a laptop.
+
+A Serve application must outlive the command that deployed it, so `rayml serve up` cannot use a Ray that dies with
+its own process. Order: an already initialised Ray (a notebook, a test, a Ray job) > ``$RAY_ADDRESS`` (a cluster) >
+the local Ray that rayml started earlier for this ``$RAYML_HOME`` > (for `serve up` only) a new local Ray started
+with ``ray start --head`` in a private temp dir, which `rayml serve down` stops again once no application is left.
+
+The private temp dir matters: Ray records the address of a ``ray start`` in its temp dir, and a plain ``ray.init()``
+anywhere on the machine attaches to the cluster recorded in the default one (/tmp/ray). Ours lives elsewhere, so no
+other program on the machine joins it by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ray
+
+from rayml._private import constants
+from rayml.errors import RaymlError, UserError
+
+logger = logging.getLogger("rayml.serve")
+
+ADDRESS_FILE = "ray_current_cluster"
+STARTED_MARKER = "rayml_started_head"
+
+
+class ServeNotRunningError(UserError):
+    """No Ray with a rayml application could be found."""
+
+
+def _address_file() -> Path:
+    return constants.serve_head_dir() / ADDRESS_FILE
+
+
+def _local_address() -> str | None:
+    f = _address_file()
+    if not f.is_file():
+        return None
+    address = f.read_text().strip()
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return address
+    except (OSError, ValueError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connect(start_local: bool = False, metrics_export_port: int | None = None) -> str:
+    """Connect this process to the Ray that serves rayml applications; returns a description of it.
+
+    Raises:
+        ServeNotRunningError: nothing to connect to and ``start_local`` is False.
+    """
+    if ray.is_initialized():
+        return "the Ray this process already uses"
+    address = constants.ray_address()
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        return f"Ray cluster at {address}"
+    address = _local_address()
+    if address is None:
+        if not start_local:
+            raise ServeNotRunningError(
+                "no rayml serving Ray is running on this machine (and RAY_ADDRESS is not set)",
+                hint="start one with `rayml serve up --config FILE`, or set RAY_ADDRESS to your cluster",
+            )
+        address = _start_local_head(metrics_export_port)
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    return f"local Ray at {address} (temp dir {constants.serve_head_dir()})"
+
+
+def _start_local_head(metrics_export_port: int | None) -> str:
+    head_dir = constants.serve_head_dir()
+    head_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--temp-dir={head_dir}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
+    cpus = constants.ray_num_cpus()
+    if cpus:
+        cmd.append(f"--num-cpus={cpus}")
+    if metrics_export_port:
+        cmd.append(f"--metrics-export-port={metrics_export_port}")
+    logger.info("starting a local Ray for serving: %s", " ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=os.environ.copy())
+    if result.returncode != 0:
+        raise RaymlError(f"`ray start` failed (exit {result.returncode}): {result.stderr[-2000:] or result.stdout[-2000:]}")
+    (head_dir / STARTED_MARKER).write_text(str(port))
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while _local_address() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _local_address() or address
+
+
+def started_local_head() -> bool:
+    """Whether this process is connected to the local Ray that rayml started (so rayml may stop it)."""
+    return (constants.serve_head_dir() / STARTED_MARKER).is_file() and _local_address() is not None
+
+
+def _head_pids(head_dir: Path) -> list[int]:
+    """Processes of the local Ray rayml started: their command lines name its private temp dir, and nothing else does."""
+    needle = str(head_dir).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def stop_local_head(timeout_s: float = 15.0) -> int:
+    """Stop the local Ray that rayml started (by the ids of its own processes; never `ray stop`, which stops every Ray).
+
+    Returns:
+        How many processes were signalled.
+    """
+    head_dir = constants.serve_head_dir()
+    if ray.is_initialized():
+        ray.shutdown()
+    pids = _head_pids(head_dir)
+    signalled = len(pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        if not pids:
+            break
+    for name in (STARTED_MARKER, ADDRESS_FILE):
+        (head_dir / name).unlink(missing_ok=True)
+    return signalled

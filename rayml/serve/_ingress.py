@@ -1,0 +1,416 @@
+"""The ingress deployment: protocols, auth, validation, routing, shadowing, metrics.
+
+Lifecycle of a replica: ``__init__`` takes no settings; Serve then calls ``reconfigure(user_config)`` with the
+:class:`~rayml.serve._spec.AppSpec`, and again whenever weights, shadow or versions change (no restart). Each call
+builds a new routing state and swaps it in one assignment, so a request in flight keeps the table it started with.
+Background tasks push per-version counts to the stats deployment and check every version's deployment for readiness.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types on the route methods (e.g. Request).
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from rayml.serve._http import authorize, error_response, json_response, make_app, read_body
+from rayml.serve._protocol import (
+    HttpError,
+    ParsedRequest,
+    Tensor,
+    parse_json,
+    parse_v1,
+    parse_v2,
+    to_json_values,
+    v2_metadata,
+    v2_response,
+    validate,
+)
+from rayml.serve._router import PINNED, PRIMARY, SHADOW, ModelRoute
+from rayml.serve._shadow import ShadowDispatcher, disagreement
+from rayml.serve._spec import STATS, AppSpec, ModelSpec
+from rayml.serve._stats import StatsRecorder
+
+logger = logging.getLogger("rayml.serve")
+
+api = make_app()
+_DISAGREEMENT_ROWS_OBSERVED = 64  # per mirrored request: bounds the metric cost of large requests
+
+
+@dataclass
+class _Signature:
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    task: str
+    lineage: dict[str, Any]
+
+
+@dataclass
+class _Model:
+    spec: ModelSpec
+    route: ModelRoute
+    handles: dict[int, Any]
+
+
+@dataclass
+class _State:
+    spec: AppSpec
+    models: dict[str, _Model]
+    ready: dict[str, str | None] = field(default_factory=dict)  # deployment -> None when ready, else why not
+
+
+class _Outcome(HttpError):
+    """A finished request that is not a 200: carries the status and the version that was chosen (for the header)."""
+
+    def __init__(self, status: int, message: str, version: int | None) -> None:
+        super().__init__(status, message)
+        self.version = version
+
+    def __reduce__(self) -> tuple:
+        return (_Outcome, (self.status, self.message, self.version))
+
+
+# Helpers sit above the class: @serve.ingress pickles the app when the class is defined, capturing the
+# module globals that exist at that moment.
+async def _await(response: Any) -> Any:
+    return await response
+
+
+def _signature(meta: dict[str, Any]) -> _Signature:
+    return _Signature(
+        inputs=[Tensor.from_dict(t) for t in meta["inputs"]],
+        outputs=[Tensor.from_dict(t) for t in meta["outputs"]],
+        task=meta.get("task", "regression"),
+        lineage=meta.get("lineage") or {},
+    )
+
+
+def _pinned(m: _Model, version: str) -> int:
+    if not version.isdigit() or m.spec.version(int(version)) is None:
+        served = ", ".join(str(v) for v in m.route.versions)
+        raise HttpError(404, f"model {m.spec.name!r} has no served version {version!r}; served versions: {served}")
+    return int(version)
+
+
+def _segment(m: _Model, parsed: ParsedRequest) -> str | None:
+    if m.spec.kind != "model_set":
+        return None
+    segment = parsed.parameters.get("segment")
+    if segment is None and m.spec.segment_columns and all(c in parsed.columns for c in m.spec.segment_columns):
+        values = {tuple(str(parsed.columns[c][i]) for c in m.spec.segment_columns) for i in range(parsed.rows)}
+        if len(values) == 1:
+            segment = "|".join(values.pop())
+    if not isinstance(segment, str) or not segment:
+        raise HttpError(
+            422,
+            f"model {m.spec.name!r} is a model set: say which segment to use with parameters.segment (v2) or a "
+            f'top-level \'segment\' field (v1), e.g. "segment": "store_001"',
+        )
+    return segment
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    """HTTP front door of a rayml application (see the module docstring for its lifecycle)."""
+
+    def __init__(self, **bound: Any) -> None:
+        # `bound` holds handles of the model deployments only so that Serve deploys them with this application;
+        # handles are looked up by name from the spec, which is what changes at runtime.
+        from rayml.serve._metrics import IngressMetrics
+
+        self._state: _State | None = None
+        self._signatures: dict[str, _Signature] = {}
+        self._recorder = StatsRecorder()
+        self._metrics = IngressMetrics()
+        self._shadow: ShadowDispatcher | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._app_name = serve.get_replica_context().app_name
+        self._last_shadow_log = 0.0
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        spec = AppSpec.model_validate(user_config)
+        models = {}
+        for name, m in spec.models.items():
+            handles = {v.version: serve.get_deployment_handle(v.deployment, self._app_name) for v in m.versions}
+            models[name] = _Model(spec=m, route=m.route(), handles=handles)
+            for v in m.versions:
+                self._metrics.weight.set(v.weight, tags={"model": name, "version": str(v.version)})
+            if m.shadow is not None:
+                self._metrics.shadow_percent.set(m.shadow.percent, tags={"model": name, "version": str(m.shadow.version)})
+        old = self._state
+        self._state = _State(spec=spec, models=models, ready=dict(old.ready) if old else {})
+        if self._shadow is None:
+            self._shadow = ShadowDispatcher(
+                spec.shadow_queue_size, spec.shadow_timeout_s, self._shadow_dropped, self._shadow_failed
+            )
+        else:
+            self._shadow.max_in_flight, self._shadow.timeout_s = spec.shadow_queue_size, spec.shadow_timeout_s
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._flush_stats_forever()), loop.create_task(self._check_health_forever())]
+        logger.info(
+            "routing: %s",
+            "; ".join(
+                f"{n}: {', '.join(f'v{v}={w:g}' for v, w in m.route.weights.items())}"
+                + (f", shadow v{m.spec.shadow.version} {m.spec.shadow.percent:g}%" if m.spec.shadow else "")
+                for n, m in models.items()
+            ),
+        )
+
+    # --- background ---------------------------------------------------------------------------------------------
+    async def _flush_stats_forever(self) -> None:
+        stats = serve.get_deployment_handle(STATS, self._app_name)
+        while True:
+            await asyncio.sleep(self._state.spec.stats_flush_interval_s if self._state else 1.0)
+            rows = self._recorder.drain()
+            if rows:
+                try:
+                    await stats.push.remote(rows)
+                except Exception as e:  # rollout decisions lose a second of counts; serving goes on
+                    logger.warning("could not push stats to %s: %s", STATS, e)
+
+    async def _check_health_forever(self) -> None:
+        while True:
+            state = self._state
+            if state is not None:
+                names = [v.deployment for m in state.models.values() for v in m.spec.versions]
+                timeout = max(5.0, state.spec.health_check_interval_s)  # a cold or busy replica may take seconds
+                results = await asyncio.gather(*(self._probe(state, n, timeout) for n in names), return_exceptions=True)
+                state.ready.update({n: (None if r is None else str(r)) for n, r in zip(names, results, strict=True)})
+                await asyncio.sleep(state.spec.health_check_interval_s)
+            else:
+                await asyncio.sleep(0.5)
+
+    async def _probe(self, state: _State, deployment: str, timeout: float) -> str | None:
+        try:
+            meta = await asyncio.wait_for(
+                _await(serve.get_deployment_handle(deployment, self._app_name).metadata.remote()), timeout
+            )
+        except asyncio.TimeoutError:
+            return f"no answer within {timeout:g}s (starting, overloaded or failing; see `rayml serve status`)"
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        self._signatures[deployment] = _signature(meta)
+        return None
+
+    # --- health and metadata ------------------------------------------------------------------------------------
+    @api.get("/v2/health/live")
+    async def live(self) -> Response:
+        return json_response(200, {"live": True})
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> Response:
+        state = self._state
+        if state is None:
+            return json_response(503, {"ready": False, "error": "the ingress has no routing table yet"})
+        waiting = {
+            f"{m.spec.name}:{v}": state.ready.get(m.spec.version(v).deployment, "not checked yet")
+            for m in state.models.values()
+            for v in m.route.primary_versions
+            if state.ready.get(m.spec.version(v).deployment, "not checked yet") is not None
+        }
+        if waiting:
+            return json_response(503, {"ready": False, "not_ready": waiting})
+        return json_response(200, {"ready": True})
+
+    @api.get("/v2")
+    async def server_metadata(self) -> Response:
+        return json_response(200, {"name": "rayml", "version": "v2", "extensions": []})
+
+    @api.get("/v2/models/{model}")
+    async def model_metadata(self, model: str, request: Request) -> Response:
+        state, m = self._model(request, model)
+        version = max(m.route.weights, key=lambda v: (m.route.weights[v], v))
+        sig = await self._signature(state, m, version)
+        body = v2_metadata(model, m.route.versions, sig.inputs, sig.outputs)
+        if m.spec.kind == "model_set":
+            body["parameters"] = {"segment": f"required: the segment key ({', '.join(m.spec.segment_columns)})"}
+        return json_response(200, body, version)
+
+    @api.get("/v2/models/{model}/versions/{version}")
+    async def version_metadata(self, model: str, version: str, request: Request) -> Response:
+        state, m = self._model(request, model)
+        v = _pinned(m, version)
+        sig = await self._signature(state, m, v)
+        return json_response(200, {**v2_metadata(model, [v], sig.inputs, sig.outputs), "lineage": sig.lineage}, v)
+
+    @api.get("/v2/models/{model}/ready")
+    async def model_ready(self, model: str, request: Request) -> Response:
+        state, m = self._model(request, model)
+        waiting = {
+            str(v): state.ready.get(m.spec.version(v).deployment, "not checked yet")
+            for v in m.route.primary_versions
+            if state.ready.get(m.spec.version(v).deployment, "not checked yet") is not None
+        }
+        return json_response(
+            503 if waiting else 200, {"name": model, "ready": not waiting, **({"not_ready": waiting} if waiting else {})}
+        )
+
+    @api.get("/v2/models/{model}/versions/{version}/ready")
+    async def version_ready(self, model: str, version: str, request: Request) -> Response:
+        state, m = self._model(request, model)
+        v = _pinned(m, version)
+        why = state.ready.get(m.spec.version(v).deployment, "not checked yet")
+        return json_response(200 if why is None else 503, {"name": model, "version": str(v), "ready": why is None}, v)
+
+    # --- inference ----------------------------------------------------------------------------------------------
+    @api.post("/v2/models/{model}/infer")
+    async def infer(self, model: str, request: Request) -> Response:
+        return await self._infer(request, model, None, "v2")
+
+    @api.post("/v2/models/{model}/versions/{version}/infer")
+    async def infer_version(self, model: str, version: str, request: Request) -> Response:
+        return await self._infer(request, model, version, "v2")
+
+    @api.post("/v1/models/{model}:predict")
+    async def predict_v1(self, model: str, request: Request) -> Response:
+        return await self._infer(request, model, None, "v1")
+
+    def _model(self, request: Request, model: str) -> tuple[_State, _Model]:
+        state = self._state
+        if state is None:
+            raise HttpError(503, "the ingress is starting and has no routing table yet; retry in a moment")
+        authorize(state.spec.auth, request.headers.get("authorization"), None)
+        m = state.models.get(model)
+        if m is None:
+            raise HttpError(
+                404, f"model {model!r} is not served here; served models: {', '.join(sorted(state.models)) or '(none)'}"
+            )
+        authorize(state.spec.auth, request.headers.get("authorization"), model)
+        return state, m
+
+    async def _infer(self, request: Request, model: str, pinned: str | None, protocol: str) -> Response:
+        t0 = time.perf_counter()
+        route = PINNED if pinned is not None else PRIMARY
+        version: int | None = None
+        label = model
+        try:
+            try:
+                state, m = self._model(request, model)
+            except HttpError:
+                label = model if self._state is not None and model in self._state.models else "<unknown>"
+                raise
+            body = await read_body(request, state.spec.max_request_bytes)
+            payload = parse_json(body)
+            parsed = (
+                parse_v2(payload, state.spec.max_batch_rows) if protocol == "v2" else parse_v1(payload, state.spec.max_batch_rows)
+            )
+            if pinned is not None:
+                version = _pinned(m, pinned)
+            else:
+                key = request.headers.get(m.route.sticky_header) if m.route.sticky_header else None
+                version = m.route.choose(key)
+            segment = _segment(m, parsed)
+            result, sig, feed = await self._call(state, m, version, parsed, segment)
+        except _Outcome as o:
+            return self._finish(label, o.version, route, o.status, t0, error_response(o.status, o.message, o.version))
+        except HttpError as e:
+            return self._finish(label, version, route, e.status, t0, error_response(e.status, e.message, version))
+        outputs = [to_json_values(o) for o in result["outputs"]]
+        if protocol == "v2":
+            params = {"route": route, **({"segment": segment} if segment is not None else {})}
+            if "served_by" in result:
+                params["served_by"] = result["served_by"]
+            if sig.lineage.get("run_id"):
+                params["run_id"] = sig.lineage["run_id"]
+            response_body = v2_response(model, version, sig.outputs, outputs, parsed.request_id, params)
+        else:
+            response_body = {"predictions": outputs[0]}
+        response = json_response(200, response_body, version)
+        shadow = m.route.shadow_for(version) if pinned is None else None
+        if shadow is not None:
+            # fire-and-forget, after the primary answer exists: its latency and failures never reach this caller
+            primary = result["outputs"][0]
+            self._shadow.submit((model, shadow), lambda: self._mirror(state, m, shadow, parsed, segment, primary))
+        return self._finish(model, version, route, 200, t0, response)
+
+    def _finish(self, model: str, version: int | None, route: str, status: int, t0: float, response: Response) -> Response:
+        latency = time.perf_counter() - t0
+        if version is not None and model != "<unknown>":
+            self._recorder.request(model, version, route, status, latency)
+        self._metrics.request(model, "none" if version is None else version, route, status, latency)
+        return response
+
+    async def _call(
+        self, state: _State, m: _Model, version: int, parsed: ParsedRequest, segment: str | None
+    ) -> tuple[dict[str, Any], _Signature, Any]:
+        sig = await self._signature(state, m, version)
+        feed = validate(parsed, sig.inputs, state.spec.allow_missing_values, frozenset(m.spec.segment_columns) | {"segment"})
+        handle = m.handles[version]
+        if segment is not None:
+            handle = handle.options(multiplexed_model_id=segment)
+        response = handle.predict.remote(feed)
+        try:
+            result = await asyncio.wait_for(_await(response), state.spec.request_timeout_s)
+        except asyncio.TimeoutError as e:
+            response.cancel()
+            raise _Outcome(
+                504,
+                f"model {m.spec.name} version {version} did not answer within {state.spec.request_timeout_s:g}s; retry later",
+                version,
+            ) from e
+        except BackPressureError as e:
+            raise _Outcome(503, f"model {m.spec.name} version {version} is overloaded; retry with backoff", version) from e
+        except Exception as e:  # replica died, deployment gone: the server's fault, never the client's
+            logger.warning("model %s version %s is unavailable: %s", m.spec.name, version, e)
+            raise _Outcome(500, f"model {m.spec.name} version {version} is unavailable: {type(e).__name__}", version) from e
+        if not result["ok"]:
+            if result["user_error"]:
+                raise _Outcome(422, f"the input does not match model {m.spec.name} version {version}: {result['error']}", version)
+            raise _Outcome(500, f"model {m.spec.name} version {version} failed: {result['error']}", version)
+        return result, sig, feed
+
+    async def _signature(self, state: _State, m: _Model, version: int) -> _Signature:
+        deployment = m.spec.version(version).deployment
+        sig = self._signatures.get(deployment)
+        if sig is None:
+            why = await self._probe(state, deployment, state.spec.request_timeout_s)
+            sig = self._signatures.get(deployment)
+            if sig is None:
+                raise _Outcome(503, f"model {m.spec.name} version {version} is not ready: {why}", version)
+        return sig
+
+    # --- shadow -------------------------------------------------------------------------------------------------
+    async def _mirror(
+        self, state: _State, m: _Model, version: int, parsed: ParsedRequest, segment: str | None, primary: Any
+    ) -> None:
+        t0 = time.perf_counter()
+        try:
+            result, _, _ = await self._call(state, m, version, parsed, segment)
+        except (_Outcome, HttpError) as e:
+            raise RuntimeError(e.message) from e
+        latency = time.perf_counter() - t0
+        d = disagreement(primary, result["outputs"][0], m.spec.task)
+        self._recorder.shadow(
+            m.spec.name,
+            version,
+            latency_s=latency,
+            compared_rows=int(d.abs_diff.size),
+            diff_sum=float(d.abs_diff.sum()),
+            primary_abs_sum=float(d.abs_primary.sum()),
+        )
+        tags = {"model": m.spec.name, "version": str(version)}
+        self._metrics.request(m.spec.name, version, SHADOW, 200, latency)
+        for x in d.abs_diff[:_DISAGREEMENT_ROWS_OBSERVED].tolist():
+            self._metrics.disagreement.observe(x, tags=tags)
+
+    def _shadow_dropped(self, tag: tuple[str, int]) -> None:
+        model, version = tag
+        self._recorder.shadow(model, version, dropped=True)
+        self._metrics.shadow_dropped.inc(tags={"model": model, "version": str(version)})
+
+    def _shadow_failed(self, tag: tuple[str, int], error: BaseException) -> None:
+        model, version = tag
+        self._recorder.shadow(model, version, error=True)
+        self._metrics.shadow_errors.inc(tags={"model": model, "version": str(version)})
+        self._metrics.request(model, version, SHADOW, 500, None)
+        now = time.monotonic()
+        if now - self._last_shadow_log > 10.0:  # one line per 10 s: a broken shadow must not flood the logs
+            self._last_shadow_log = now
+            logger.warning("shadow %s:%s failed (counted in rayml_shadow_errors_total): %s", model, version, error)

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the serving path, through ``ray.serve.metrics`` (exported on Ray's metrics port).
+
+Ray prefixes application metrics with ``ray_`` on export, so ``rayml_requests_total`` is scraped as
+``ray_rayml_requests_total``; Serve adds ``deployment``, ``replica`` and ``application`` tags. Metric objects are
+created lazily inside replicas (they need a running Ray).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Fewer, coarser buckets than the stats histogram: every bucket is a Prometheus time series per label set.
+LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+DISAGREEMENT_BOUNDARIES = [1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0]
+LOAD_BOUNDARIES_S = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+
+
+class IngressMetrics:
+    """Counters and histograms recorded by every ingress replica."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter(
+            "rayml_requests_total",
+            description="Requests answered, by model, version, route (primary|shadow|pinned) and HTTP status code.",
+            tag_keys=("model", "version", "route", "code"),
+        )
+        self.latency = metrics.Histogram(
+            "rayml_request_latency_seconds",
+            description="Request latency in the ingress, in seconds (shadow calls: their own latency).",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("model", "version", "route"),
+        )
+        self.weight = metrics.Gauge(
+            "rayml_traffic_weight",
+            description="Current share of a model's traffic routed to a version (0..1).",
+            tag_keys=("model", "version"),
+        )
+        self.shadow_percent = metrics.Gauge(
+            "rayml_shadow_percent",
+            description="Percent of a model's requests mirrored to its shadow version.",
+            tag_keys=("model", "version"),
+        )
+        self.shadow_dropped = metrics.Counter(
+            "rayml_shadow_dropped_total",
+            description="Shadow calls dropped because the in-flight shadow queue was full.",
+            tag_keys=("model", "version"),
+        )
+        self.shadow_errors = metrics.Counter(
+            "rayml_shadow_errors_total",
+            description="Shadow calls that failed or timed out (never returned to callers).",
+            tag_keys=("model", "version"),
+        )
+        self.disagreement = metrics.Histogram(
+            "rayml_shadow_disagreement",
+            description="Per row |shadow - primary| (regression, target units) or class mismatch 0/1 (binary).",
+            boundaries=DISAGREEMENT_BOUNDARIES,
+            tag_keys=("model", "version"),
+        )
+
+    def request(self, model: str, version: Any, route: str, code: int, latency_s: float | None) -> None:
+        tags = {"model": model, "version": str(version), "route": route}
+        self.requests.inc(tags={**tags, "code": str(code)})
+        if latency_s is not None:
+            self.latency.observe(latency_s, tags=tags)
+
+
+class ModelMetrics:
+    """Recorded by model replicas."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.load_time = metrics.Histogram(
+            "rayml_model_load_seconds",
+            description="Time to load a model (download + ONNX Runtime session) in a replica, in seconds.",
+            boundaries=LOAD_BOUNDARIES_S,
+            tag_keys=("model", "version"),
+        )
+        self.batch_rows = metrics.Histogram(
+            "rayml_batch_rows",
+            description="Rows per ONNX Runtime call after dynamic batching.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096],
+            tag_keys=("model", "version"),
+        )
+        self.model_errors = metrics.Counter(
+            "rayml_model_errors_total",
+            description="Exceptions raised by model code (answered 500).",
+            tag_keys=("model", "version"),
+        )

@@ -1,0 +1,176 @@
+"""The model deployment: one registered version on ONNX Runtime, with dynamic batching.
+
+A replica loads the version's ONNX model (from the directory the deploying process already downloaded when it is on
+the same machine, else from the registry), then answers ``predict(feed)`` calls from the ingress. ``@serve.batch``
+merges concurrent calls into one ONNX Runtime run (``max_batch_size`` / ``batch_wait_timeout_s``); each caller gets
+only its own rows back. Results are plain dicts, never exceptions, so a bad request in a batch fails alone and the
+ingress can tell a client's mistake (422) from a model failure (500).
+
+Test-only fault hook (``VersionSpec.fault``, set from Python by tests, never from config): ``raise`` makes every
+prediction raise, ``sleep:S`` sleeps S seconds before predicting, ``scale:K`` multiplies outputs by K ("wild outputs").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+logger = logging.getLogger("rayml.serve")
+
+META_FILE = "rayml_model.json"
+MODEL_FILE = "model.onnx"
+
+
+def parse_fault(fault: str | None) -> tuple[str, float]:
+    """``raise`` | ``sleep:S`` | ``scale:K`` -> (kind, value); ('', 0) for none."""
+    if not fault:
+        return "", 0.0
+    kind, _, value = fault.partition(":")
+    if kind not in ("raise", "sleep", "scale"):
+        raise ValueError(f"unknown fault {fault!r}; use raise, sleep:S or scale:K")
+    return kind, float(value or 0.0)
+
+
+def load_model_dir(model: str, version: int, tracking_uri: str, local_path: str | None) -> tuple[Path, dict[str, Any]]:
+    """The model directory and its metadata: the local copy when it is complete, else a registry download."""
+    if local_path and (Path(local_path) / META_FILE).is_file() and (Path(local_path) / MODEL_FILE).is_file():
+        path = Path(local_path)
+    else:
+        from rayml.registry import Registry  # imports MLflow: only paid when the model is not on this machine yet
+
+        path = Registry(tracking_uri).load(f"{model}:{version}").path
+    return path, json.loads((path / META_FILE).read_text())
+
+
+def lineage(model: str, version: int, meta: dict[str, Any]) -> dict[str, Any]:
+    tags = meta.get("lineage") or {}
+    return {
+        "model": model,
+        "version": version,
+        "run_id": tags.get("rayml.run_id"),
+        "data_fingerprint": meta.get("data_fingerprint") or tags.get("rayml.data_fingerprint"),
+        "git_commit": tags.get("rayml.git_commit"),
+    }
+
+
+def _failure(message: str, user: bool) -> dict[str, Any]:
+    return {"ok": False, "user_error": user, "error": message}
+
+
+@serve.deployment
+class ModelServer:
+    """Serves one model version.
+
+    Args:
+        model: registered model name.
+        version: version number.
+        tracking_uri: MLflow tracking URI (used when the model dir is not on this node).
+        local_path: the model dir on the deploying machine, if any.
+        intra_op_threads: ONNX Runtime threads per call.
+        max_batch_size: most requests per ONNX Runtime call.
+        batch_wait_timeout_s: longest wait for a batch to fill.
+        fault: test-only fault hook (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        tracking_uri: str,
+        local_path: str | None = None,
+        intra_op_threads: int = 1,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.002,
+        fault: str | None = None,
+    ) -> None:
+        from rayml.models.predictor import OnnxPredictor
+        from rayml.serve._metrics import ModelMetrics
+
+        t0 = time.perf_counter()
+        self.model, self.version = model, int(version)
+        self._fault = parse_fault(fault)
+        path, self.meta = load_model_dir(model, self.version, tracking_uri, local_path)
+        if self.meta.get("kind", "model") != "model":
+            raise ValueError(f"{model}:{version} is a {self.meta.get('kind')!r}, not a single model; serve it as a model set")
+        self.predictor = OnnxPredictor(path / MODEL_FILE, intra_op_threads=intra_op_threads)
+        self.load_time_s = time.perf_counter() - t0
+        self._tags = {"model": model, "version": str(self.version)}
+        self._metrics = ModelMetrics()
+        self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        logger.info("loaded %s:%s in %.2fs from %s", model, version, self.load_time_s, path)
+
+    def metadata(self) -> dict[str, Any]:
+        """Signature (from the ONNX graph), task and lineage of this version."""
+        return {
+            "name": self.model,
+            "version": self.version,
+            "kind": "model",
+            "task": self.meta.get("task", "regression"),
+            "inputs": [vars(t) for t in self.predictor.inputs],
+            "outputs": [vars(t) for t in self.predictor.outputs],
+            "lineage": lineage(self.model, self.version, self.meta),
+            "load_time_s": self.load_time_s,
+        }
+
+    async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Predict for one request: ``{"ok": True, "outputs": [array per output]}`` or a failure dict."""
+        kind, value = self._fault
+        if kind == "sleep":
+            await asyncio.sleep(value)
+        return await self._batched(feed)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        # Validate each request on its own, so one bad request fails alone instead of failing its batch.
+        prepared: list[dict[str, np.ndarray] | dict[str, Any]] = []
+        for feed in feeds:
+            try:
+                prepared.append(self.predictor.feed(feed))
+            except Exception as e:  # PredictionInputError: the ingress validates first, so this is a mismatch
+                prepared.append(_failure(str(e), user=True))
+        ok = [i for i, p in enumerate(prepared) if "ok" not in p]
+        results: list[dict[str, Any]] = [p if "ok" in p else {} for p in prepared]
+        if ok:
+            feeds_ok = [prepared[i] for i in ok]
+            outputs = await asyncio.to_thread(self._run_isolated, feeds_ok)
+            for i, out in zip(ok, outputs, strict=True):
+                results[i] = out
+        return results
+
+    def _run_isolated(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """Run a batch; if it fails, run its requests one by one so only the poisonous one fails."""
+        try:
+            return self._run(feeds)
+        except Exception as e:
+            if len(feeds) == 1:
+                self._metrics.model_errors.inc(tags=self._tags)
+                logger.warning("model %s:%s failed: %s", self.model, self.version, e)
+                return [_failure(f"{type(e).__name__}: {e}", user=False)]
+        return [self._run_isolated([f])[0] for f in feeds]
+
+    def _run(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        kind, value = self._fault
+        if kind == "raise":
+            raise RuntimeError(f"injected failure in {self.model}:{self.version}")
+        sizes = [len(next(iter(f.values()))) for f in feeds]
+        merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]} if len(feeds) > 1 else feeds[0]
+        outs = self.predictor.session.run(None, merged)
+        self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
+        if kind == "scale":
+            outs = [o * value for o in outs]
+        if not all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f"):
+            raise FloatingPointError("the model produced non-finite predictions")
+        results, start = [], 0
+        for n in sizes:
+            results.append({"ok": True, "outputs": [o[start : start + n] for o in outs]})
+            start += n
+        return results

@@ -1,0 +1,234 @@
+"""The deployable spec of a Serve application: the user's config with every version resolved to a number.
+
+An :class:`AppSpec` is plain JSON. It is the ingress deployment's ``user_config`` (so weights and shadow change by
+``reconfigure()``, without restarting a replica), the argument of ``rayml.serve.app:build_app`` for ``serve deploy``
+and KubeRay, and what the rollout controller reads back from Serve, edits and redeploys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayml.config import IngressConfig, ModelDeploymentConfig, ServeConfig, ServeJobConfig
+from rayml.errors import ConfigError, UserError
+from rayml.serve._router import ModelRoute, Shadow, check_weights
+
+logger = logging.getLogger("rayml.serve")
+
+INGRESS = "Ingress"
+STATS = "RaymlStats"
+_SERVE_DIR = Path(__file__).resolve().parent
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VersionSpec(_Spec):
+    """One served version: its deployment and weight."""
+
+    version: int = Field(description="Registered version number.")
+    weight: float = Field(description="Share of the model's traffic.")
+    deployment: str = Field(description="Serve deployment that runs it.")
+    local_path: str | None = Field(default=None, description="Model dir already on this machine (skips the download).")
+    fault: str | None = Field(default=None, description="Test-only fault hook (see rayml.serve._model); never from config.")
+
+
+class ShadowSpec(_Spec):
+    version: int = Field(description="Mirrored version.")
+    percent: float = Field(description="Percent of requests mirrored.")
+
+
+class ModelSpec(_Spec):
+    """One served model."""
+
+    name: str = Field(description="Registered model name.")
+    kind: Literal["model", "model_set"] = Field(default="model", description="A single model or a many-models set.")
+    task: str = Field(default="regression", description="regression | binary (how shadow disagreement is measured).")
+    versions: list[VersionSpec] = Field(description="Served versions (weighted, zero-weight and shadow).")
+    shadow: ShadowSpec | None = Field(default=None, description="Mirrored version, if any.")
+    sticky_header: str | None = Field(default=None, description="Route-key header, if any.")
+    segment_columns: list[str] = Field(default_factory=list, description="Model sets: the segment key columns.")
+    deployment: ModelDeploymentConfig = Field(default_factory=ModelDeploymentConfig, description="Replica settings.")
+
+    @property
+    def weights(self) -> dict[int, float]:
+        return {v.version: v.weight for v in self.versions}
+
+    def version(self, number: int) -> VersionSpec | None:
+        return next((v for v in self.versions if v.version == number), None)
+
+    def route(self, rng: Any = None) -> ModelRoute:
+        shadow = Shadow(self.shadow.version, self.shadow.percent) if self.shadow else None
+        kwargs = {"rng": rng} if rng is not None else {}
+        return ModelRoute(self.name, self.weights, shadow=shadow, sticky_header=self.sticky_header, **kwargs)
+
+
+class AuthKey(_Spec):
+    digest: str = Field(description="sha256 hex digest of the key (the key itself never leaves the deploying process).")
+    name: str = Field(default="", description="Label for logs.")
+    models: list[str] | None = Field(default=None, description="Models the key may call; null = all.")
+
+
+class AppSpec(_Spec):
+    """Everything the ingress needs (its ``user_config``) and everything needed to rebuild the application."""
+
+    app_name: str
+    route_prefix: str = "/"
+    tracking_uri: str
+    models: dict[str, ModelSpec]
+    ingress: IngressConfig = Field(default_factory=IngressConfig, description="Ingress replicas and resources.")
+    max_batch_rows: int
+    max_request_bytes: int
+    allow_missing_values: bool
+    request_timeout_s: float
+    shadow_queue_size: int
+    shadow_timeout_s: float
+    stats_flush_interval_s: float
+    health_check_interval_s: float
+    auth: list[AuthKey] = Field(default_factory=list)
+
+    def to_user_config(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def deployment_name(model: str, version: int, kind: str = "model") -> str:
+    """Serve deployment of one version (model names are validated, so this is a safe identifier)."""
+    return f"{'set' if kind == 'model_set' else 'model'}-{model}-v{version}"
+
+
+def code_version() -> str:
+    """A hash of the serving code: deployments restart when it changes and only then (or when their settings do)."""
+    h = hashlib.sha256()
+    for p in sorted(_SERVE_DIR.glob("*.py")):
+        h.update(p.read_bytes())
+    predictor = _SERVE_DIR.parent / "models" / "predictor.py"
+    if predictor.is_file():
+        h.update(predictor.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_spec(spec: AppSpec) -> None:
+    """Raise :class:`ConfigError` when a spec's routing tables are inconsistent (all problems at once)."""
+    problems = []
+    for m in spec.models.values():
+        try:
+            check_weights(m.name, m.weights)
+        except ConfigError as e:
+            problems.append(e.message)
+        if m.shadow is not None and m.version(m.shadow.version) is None:
+            problems.append(f"model {m.name!r}: shadow version {m.shadow.version} is not deployed")
+    if problems:
+        raise ConfigError("; ".join(problems), hint="weights of a model sum to 1 and a shadow version must be deployed")
+
+
+def resolve_spec(cfg: ServeJobConfig, registry: Any, faults: dict[str, str] | None = None, local: bool = True) -> AppSpec:
+    """Resolve aliases to version numbers, check every version exists and read its kind and task.
+
+    Args:
+        cfg: the serve job config.
+        registry: a :class:`rayml.registry.Registry`.
+        faults: test-only fault hooks, ``{"name:version": "raise" | "sleep:0.2" | "scale:100"}``.
+        local: pass the locally downloaded model dirs to the replicas (same machine); False for cluster manifests.
+
+    Raises:
+        UserError: a model, alias or version does not exist, or the resolved weights are invalid.
+    """
+    from rayml._private import constants
+
+    s: ServeConfig = cfg.serve
+    if not s.models:
+        raise ConfigError(
+            "serve.models is empty: nothing to serve",
+            hint="list models under serve.models, e.g. sales-model: {versions: [{version: 1, weight: 1.0}]} "
+            "(see jobs/configs/serve.yaml)",
+        )
+    problems: list[str] = []
+    models: dict[str, ModelSpec] = {}
+    for name, mc in s.models.items():
+        resolved: dict[int, float] = {}
+        metas: dict[int, tuple[dict[str, Any], str]] = {}
+
+        def load(ref: int | str, name: str = name, metas: dict = metas) -> int | None:
+            try:
+                loaded = registry.load(f"{name}:{ref}" if isinstance(ref, int) else f"{name}@{ref}")
+            except UserError as e:
+                problems.append(e.message + (f" ({e.hint})" if e.hint else ""))
+                return None
+            metas[loaded.info.version] = (loaded.meta, str(loaded.path))
+            return loaded.info.version
+
+        for v in mc.versions:
+            number = load(v.version)
+            if number is not None and number in resolved:
+                problems.append(f"model {name!r}: {v.version!r} resolves to version {number}, which is already listed")
+            elif number is not None:
+                resolved[number] = v.weight
+        shadow_version = load(mc.shadow.version) if mc.shadow is not None else None
+        if shadow_version is not None:
+            resolved.setdefault(shadow_version, 0.0)
+        if not metas:
+            continue
+        kinds = {meta.get("kind", "model") for meta, _ in metas.values()}
+        tasks = {meta.get("task", "regression") for meta, _ in metas.values()}
+        if len(kinds) > 1:
+            problems.append(f"model {name!r}: versions mix kinds {sorted(kinds)}; serve model sets and models separately")
+            continue
+        kind = kinds.pop()
+        segment_columns = []
+        for meta, _ in metas.values():
+            segment_columns = list(meta.get("segment_columns") or meta.get("schema", {}).get("segment") or [])
+        versions = [
+            VersionSpec(
+                version=v,
+                weight=w,
+                deployment=deployment_name(name, v, kind),
+                local_path=metas[v][1] if local else None,
+                fault=(faults or {}).get(f"{name}:{v}"),
+            )
+            for v, w in sorted(resolved.items())
+        ]
+        models[name] = ModelSpec(
+            name=name,
+            kind=kind,
+            task=sorted(tasks)[0],
+            versions=versions,
+            shadow=ShadowSpec(version=shadow_version, percent=mc.shadow.percent) if shadow_version is not None else None,
+            sticky_header=mc.sticky_header.lower() if mc.sticky_header else None,
+            segment_columns=segment_columns if kind == "model_set" else [],
+            deployment=mc.deployment,
+        )
+    if problems:
+        raise UserError(
+            f"cannot serve the configured models: {'; '.join(problems)}",
+            hint="`rayml models list` / `rayml models show NAME` list what is registered; fix serve.models",
+        )
+    keys = [AuthKey(digest=key_digest(k.key), name=k.name or f"config-{i}", models=k.models) for i, k in enumerate(s.api_keys)]
+    keys += [AuthKey(digest=key_digest(k), name=f"env-{i}", models=m) for i, (k, m) in enumerate(constants.serve_api_keys())]
+    spec = AppSpec(
+        app_name=s.app_name,
+        route_prefix=s.route_prefix,
+        tracking_uri=registry.tracking_uri,
+        models=models,
+        ingress=s.ingress,
+        max_batch_rows=s.max_batch_rows,
+        max_request_bytes=s.max_request_bytes,
+        allow_missing_values=s.allow_missing_values,
+        request_timeout_s=s.request_timeout_s,
+        shadow_queue_size=s.shadow_queue_size,
+        shadow_timeout_s=s.shadow_timeout_s,
+        stats_flush_interval_s=s.stats_flush_interval_s,
+        health_check_interval_s=s.health_check_interval_s,
+        auth=keys,
+    )
+    check_spec(spec)
+    return spec

@@ -1,0 +1,94 @@
+"""Test and demo helpers: register tiny (untrained) ONNX models in seconds, without Ray Train.
+
+A model trained by ``rayml train`` takes ~20 s; serving tests only need a real ONNX graph with the real signature,
+so these build the MLP with its preprocessing from a small synthetic frame, export it and register it with the
+same metadata layout as the trainer (``rayml_model.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rayml.config import DataConfig, SyntheticConfig
+
+
+def sample_frame(rows_per_segment: int = 50, segments: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Synthetic sales rows (the columns every served test model takes)."""
+    from rayml.data import generate_sales
+
+    return generate_sales(SyntheticConfig(segments=segments, rows_per_segment=rows_per_segment, seed=seed))
+
+
+def register_tiny_model(
+    registry: Any, name: str = "sales-model", seed: int = 0, output_scale: float = 1.0, task: str = "regression"
+) -> Any:
+    """Register an untrained MLP as a new version of ``name``; returns its ModelVersionInfo.
+
+    Args:
+        registry: a :class:`rayml.registry.Registry`.
+        name: model name.
+        seed: weight initialisation seed (different seeds give different predictions).
+        output_scale: multiplies the last layer (100 gives "wild" outputs for rollback tests).
+        task: regression or binary.
+    """
+    import torch
+
+    from rayml.data import infer_schema
+    from rayml.models import build_model, build_spec, export_onnx
+    from rayml.models.predictor import OnnxPredictor
+
+    df = sample_frame()
+    target = "sales" if task == "regression" else "high_sales"
+    ignore = ["date", "high_sales"] if task == "regression" else ["date", "sales"]
+    schema = infer_schema(df, DataConfig(target=target, task=task, ignore_columns=ignore))
+    spec = build_spec(df, schema, [8], 0.0, 2)
+    model = build_model(spec, seed=seed)
+    if output_scale != 1.0:
+        last = model.mlp[-1]
+        with torch.no_grad():
+            last.weight.mul_(output_scale)
+            last.bias.mul_(output_scale)
+            if task == "regression":  # move the mean too, so outputs are wild, not just spread out
+                model.target_mean *= output_scale
+    onnx_bytes = export_onnx(model)
+    predictor = OnnxPredictor(onnx_bytes)
+    out = Path(tempfile.mkdtemp(prefix="rayml-tiny-model-"))
+    (out / "model.onnx").write_bytes(onnx_bytes)
+    meta = {
+        "format_version": 1,
+        "kind": "model",
+        "task": task,
+        "target": target,
+        "schema": schema.to_dict(),
+        "spec": spec.to_dict(),
+        "inputs": [vars(i) for i in predictor.inputs],
+        "outputs": [vars(o) for o in predictor.outputs],
+        "data_fingerprint": f"tiny-{seed}",
+        "name": name,
+    }
+    (out / "rayml_model.json").write_text(json.dumps(meta, indent=2))
+    run_id = registry.create_run("serve-tests", f"tiny-{name}-{seed}", tags={"rayml.data_fingerprint": f"tiny-{seed}"})
+    tags = {"rayml.data_fingerprint": f"tiny-{seed}", "rayml.run_id": run_id, "rayml.git_commit": "test"}
+    return registry.register(name, out, run_id, tags, description="tiny untrained model for serving tests")
+
+
+def instances(n: int, seed: int = 1, drop: tuple[str, ...] = ("sales", "high_sales", "date", "store_id")) -> list[dict[str, Any]]:
+    """``n`` request rows (v1 instances) with the feature columns of the tiny models."""
+    df = sample_frame(rows_per_segment=max(1, n // 4 + 1), seed=seed).head(n).drop(columns=list(drop))
+    return json.loads(df.to_json(orient="records"))
+
+
+def v2_body(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A v2 inference request for ``rows`` (one tensor per column)."""
+    cols = list(rows[0])
+    inputs = []
+    for c in cols:
+        values = [r[c] for r in rows]
+        datatype = "BYTES" if isinstance(values[0], str) else "FP32"
+        inputs.append({"name": c, "shape": [len(values)], "datatype": datatype, "data": values})
+    return {"inputs": inputs, **extra}

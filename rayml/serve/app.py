@@ -1,0 +1,129 @@
+"""Build the rayml Serve application from an :class:`~rayml.serve._spec.AppSpec`.
+
+``rayml.serve.app:build_app`` is the import path for ``serve deploy`` and KubeRay's RayService ``serveConfigV2``
+(``rayml serve build`` prints a ready config); ``rayml serve up`` calls :func:`build_application` directly.
+
+Every deployment gets an explicit ``version`` derived from the serving code and its own settings, so redeploying
+the application restarts only what changed: a new weight reconfigures the ingress, a new version adds one
+deployment, and untouched versions keep their replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from rayml.serve._ingress import Ingress
+from rayml.serve._model import ModelServer
+from rayml.serve._spec import INGRESS, STATS, AppSpec, ModelSpec, VersionSpec, check_spec, code_version
+from rayml.serve._stats import StatsStore
+
+logger = logging.getLogger("rayml.serve")
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+class RaymlStats:
+    """Aggregates per-version counts pushed by every ingress replica; the rollout controller reads windows."""
+
+    def __init__(self) -> None:
+        self.store = StatsStore()
+
+    def push(self, rows: list[tuple[int, str, int, str, dict[str, Any]]]) -> None:
+        self.store.push(rows)
+
+    def window(self, model: str, since: float, until: float | None = None) -> dict[str, dict[str, Any]]:
+        return self.store.window(model, since, until)
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _pin_version(deployment: Any, version: str) -> Any:
+    """Give a deployment a fixed code version, so redeploying the application leaves its replicas alone.
+
+    Ray 2.60 removed the public ``version`` option and gives every ``serve.run`` a random code version, which
+    restarts every replica on each update; the internal flag still sets it (Serve's own config path does the same).
+    Should a future Ray drop it, updates fall back to Serve's rolling restarts (slower, still no dropped requests).
+    """
+    try:
+        return deployment.options(version=version, _internal=True)
+    except (TypeError, ValueError) as e:
+        logger.warning("cannot pin the version of deployment %s (%s): updates will restart its replicas", deployment.name, e)
+        return deployment
+
+
+def _scaling(settings: dict[str, Any]) -> dict[str, Any]:
+    auto = settings.get("autoscaling")
+    if auto:
+        return {
+            "autoscaling_config": {
+                "min_replicas": auto["min_replicas"],
+                "max_replicas": auto["max_replicas"],
+                "initial_replicas": max(auto["min_replicas"], 1),
+                "target_ongoing_requests": auto["target_ongoing_requests"],
+                "upscale_delay_s": auto["upscale_delay_s"],
+                "downscale_delay_s": auto["downscale_delay_s"],
+            }
+        }
+    return {"num_replicas": settings["num_replicas"]}
+
+
+def model_deployment(spec: AppSpec, m: ModelSpec, v: VersionSpec) -> Application:
+    """The bound deployment of one served version."""
+    d = m.deployment
+    init = {
+        "model": m.name,
+        "version": v.version,
+        "tracking_uri": spec.tracking_uri,
+        "local_path": v.local_path,
+        "intra_op_threads": d.intra_op_threads,
+        "max_batch_size": d.max_batch_size,
+        "batch_wait_timeout_s": d.batch_wait_timeout_s,
+        "fault": v.fault,
+    }
+    cls: Any = ModelServer
+    if m.kind == "model_set":
+        from rayml.serve._model_set import ModelSetServer
+
+        cls = ModelSetServer
+        init["max_models_per_replica"] = d.max_models_per_replica
+    options = {
+        "name": v.deployment,
+        "ray_actor_options": {"num_cpus": d.num_cpus},
+        "max_ongoing_requests": d.max_ongoing_requests,
+        "max_constructor_retry_count": d.max_constructor_retry_count,
+        **_scaling(d.model_dump()),
+    }
+    # init args are not part of Serve's restart check, so they go into the version
+    return _pin_version(cls.options(**options), _hash(code_version(), init)).bind(**init)
+
+
+def build_application(spec: AppSpec) -> Application:
+    """The Serve application for ``spec``: ingress (with ``spec`` as user_config), stats, one deployment per version."""
+    check_spec(spec)
+    bound = {v.deployment: model_deployment(spec, m, v) for m in spec.models.values() for v in m.versions}
+    stats = _pin_version(RaymlStats.options(name=STATS), _hash(code_version(), "stats")).bind()
+    ingress = Ingress.options(
+        name=INGRESS,
+        user_config=spec.to_user_config(),
+        ray_actor_options={"num_cpus": spec.ingress.num_cpus},
+        max_ongoing_requests=spec.ingress.max_ongoing_requests,
+        **_scaling(spec.ingress.model_dump()),
+    )
+    ingress = _pin_version(ingress, _hash(code_version(), "ingress"))
+    return ingress.bind(_stats=stats, **bound)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder for ``serve deploy`` / KubeRay: ``args = {"spec": <AppSpec as JSON>}``.
+
+    Example:
+        ``import_path: rayml.serve.app:build_app`` with ``args: {spec: {...}}`` (``rayml serve build`` writes it).
+    """
+    return build_application(AppSpec.model_validate(args["spec"]))
