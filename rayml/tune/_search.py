@@ -256,10 +256,14 @@ def _check_existing(name: str, root: str, exp_path: str, state: dict | None, res
     exists = state is not None or Tuner.can_restore(exp_path)
     if exists and not resume:
         status = (state or {}).get("status", "interrupted")
+        todo = (
+            "pass --resume to show its results"
+            if status == "registered"
+            else "pass --resume to continue it (finished trials are kept; unfinished ones continue from their checkpoints)"
+        )
         raise ConfigError(
             f"a search named {name!r} already exists at {exp_path} (status: {status})",
-            hint="pass --resume to continue it (finished trials are kept; unfinished ones continue from their "
-            "checkpoints), or choose another name with --set tune.name=NEW_NAME",
+            hint=f"{todo}, or choose another name with --set tune.name=NEW_NAME",
         )
     if resume and not exists:
         others = _existing_searches(root)

@@ -76,6 +76,10 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+# how and where trials run, not what they compute (the same set `rayml train` leaves out of its run name)
+_NOT_IDENTITY = {"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"}
+
+
 def search_identity(cfg: TuneJobConfig, data_fingerprint: str) -> dict[str, Any]:
     """What defines a search's results: data, model, training and search settings.
 
@@ -84,9 +88,7 @@ def search_identity(cfg: TuneJobConfig, data_fingerprint: str) -> dict[str, Any]
     return {
         "data": cfg.data.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(
-            mode="json", exclude={"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep"}
-        ),
+        "train": cfg.train.model_dump(mode="json", exclude=_NOT_IDENTITY),
         "tune": cfg.tune.model_dump(mode="json", exclude={"name", "max_concurrent_trials"}),
         "fingerprint": data_fingerprint,
     }

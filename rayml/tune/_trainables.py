@@ -128,9 +128,12 @@ def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: Pr
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from rayml._private.ray_session import set_train_poll_interval
     from rayml.train.trainer import to_ray_datasets
 
     cfg, spec = build_trial(setup, prepared, config)
+    # the trainer's controller polls workers for reports this often: Ray's 2 s default would stall every short epoch
+    set_train_poll_interval(cfg.train.controller_poll_interval_s)
     run_name = trainer_run_name(ray.tune.get_context().get_trial_id())
     lc = loop_config(cfg, spec, setup.target, None, None)
     lc["faults"] = setup.faults
