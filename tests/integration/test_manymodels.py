@@ -1,0 +1,126 @@
+"""Many models on the shared local Ray: parallel per-segment training, fallback, failures, one registered model set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rayml.config import ManyModelsJobConfig, SyntheticConfig, load_config
+from rayml.data import generate_sales
+from rayml.manymodels import train_model_set
+from rayml.models import OnnxPredictor
+from rayml.registry import FALLBACK, KIND_TAG, ModelSet, Registry
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
+    df = generate_sales(SyntheticConfig(segments=8, rows_per_segment=100, seed=11))
+    small = df.index[df.store_id == "store_006"][20:]
+    df = df.drop(small).reset_index(drop=True)  # store_006 keeps 20 rows: below min_rows
+    path = tmp_path / "data.parquet"
+    df.to_parquet(path)
+    return df, path
+
+
+def _cfg(path: Path, tracking_uri: str, tmp_path: Path, *extra: str) -> ManyModelsJobConfig:
+    return load_config(
+        ManyModelsJobConfig,
+        None,
+        [
+            f"data.source={path}",
+            "model.name=stores",
+            "model.hidden_sizes=[8]",
+            "train.epochs=12",
+            "train.batch_size=16",
+            "train.learning_rate=0.03",
+            f"train.storage_path={tmp_path / 'runs'}",
+            "manymodels.min_rows=40",
+            "manymodels.max_retries=1",
+            "manymodels.max_failed_share=0.2",
+            "manymodels.segments_per_task=3",
+            f"registry.tracking_uri={tracking_uri}",
+            *extra,
+        ],
+    )
+
+
+def test_model_set_round_trip_through_the_registry(
+    ray_session, tracking_uri: str, tmp_path: Path, stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    df, path = stores
+    # store_003 fails every attempt; store_004 fails once and its retry succeeds
+    monkeypatch.setenv("RAYML_FAIL_SEGMENTS", "store_003,store_004@1")
+    progress: list[tuple[int, int]] = []
+    result = train_model_set(_cfg(path, tracking_uri, tmp_path), progress=lambda d, t: progress.append((d, t)))
+    assert result.ok and result.segments == 8
+    assert (result.trained, result.fell_back) == (6, 1)
+    assert list(result.failed) == ["store_003"] and "injected failure" in result.failed["store_003"]
+    assert progress[-1] == (7, 7)  # every segment with enough rows reported
+    assert result.metrics["median_segment_val_rmse"] < result.metrics["median_global_val_rmse"]
+
+    reg = Registry(tracking_uri)
+    info = result.model_version
+    assert info is not None and info.ref == "stores:1" and info.tags["rayml.segments_failed"] == "1"
+    assert reg.client.get_registered_model("stores").tags[KIND_TAG] == "model_set"
+    reg.set_alias("stores", 1, "production")  # aliases move the whole family
+    loaded = reg.load("stores@production")
+    assert loaded.kind == "model_set"
+    ms = ModelSet.from_loaded(loaded, max_cached=4)
+    assert ms.info.version == 1 and ms.segment_columns == ["store_id"] and ms.has_fallback
+    assert ms.segments == [f"store_{i:03d}" for i in range(8)]
+    assert ms.segment_info("store_003")["status"] == "failed" and ms.segment_model_for("store_003") == FALLBACK
+    assert ms.segment_info("store_004")["attempts"] == 2 and ms.segment_model_for("store_004") == "store_004"
+    assert ms.segment_info("store_006") == {
+        "file": "fallback.onnx",
+        "rows": 20,
+        "fallback": True,
+        "status": "fallback",
+        "metrics": {},
+        "attempts": 0,
+    }
+    entry = ms.segment_info("store_001")
+    assert entry["file"] == "segments/1.onnx" and entry["rows"] == 100 and "global_val_rmse" in entry["metrics"]
+    assert set(loaded.reference_stats) == {"global", "segments"}
+    assert sorted(loaded.reference_stats["segments"]) == sorted(k for k in ms.segments if k not in ("store_003", "store_006"))
+    # mixed rows: each row served by its own segment's model, the others by the fallback
+    preds, served_by = ms.predict(df)
+    rows = df.store_id == "store_001"
+    np.testing.assert_allclose(preds[rows.to_numpy()], OnnxPredictor(loaded.path / "segments/1.onnx").predict(df[rows]))
+    assert set(served_by[(df.store_id == "store_006").to_numpy()]) == {FALLBACK}
+
+    again = train_model_set(_cfg(path, tracking_uri, tmp_path))  # the same command: nothing is trained twice
+    assert again.already_done and again.model_version.version == 1 and again.trained == 6
+
+
+def test_too_many_failures_register_nothing_and_the_fixed_rerun_reuses_trained_segments(
+    ray_session, tracking_uri: str, tmp_path: Path, stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = stores
+    monkeypatch.setenv("RAYML_FAIL_SEGMENTS", "store_000,store_001,store_002")
+    first = train_model_set(_cfg(path, tracking_uri, tmp_path))
+    assert not first.ok and len(first.failed) == 3 and first.failed_share == 3 / 8
+    assert first.model_version is None and Registry(tracking_uri).list_models() == []
+
+    monkeypatch.delenv("RAYML_FAIL_SEGMENTS")
+    second = train_model_set(_cfg(path, tracking_uri, tmp_path))
+    assert second.ok and second.failed == {} and second.trained == 7
+    assert second.reused == 4  # the segments that trained in the failed run are not trained again
+    assert second.mlflow_run_id == first.mlflow_run_id and second.model_version.version == 1
+
+
+def test_a_model_set_cannot_become_a_version_of_a_single_model(ray_session, tracking_uri: str, tmp_path: Path, stores) -> None:
+    from rayml.errors import ConfigError
+
+    reg = Registry(tracking_uri)
+    reg.client.create_registered_model("stores")
+    run = reg.create_run("rayml", "single")
+    d = tmp_path / "single"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(b"x")
+    (d / "rayml_model.json").write_text('{"kind": "model"}')
+    reg.register("stores", d, run, {})
+    with pytest.raises(ConfigError, match="already holds single models"):
+        train_model_set(_cfg(stores[1], tracking_uri, tmp_path))
