@@ -3,7 +3,8 @@ as ONE model set (see :class:`rayml.registry.ModelSet` for loading it)."""
 
 from rayml.manymodels._fit import FitSettings, SegmentOutcome, fit_segment, fit_settings, fit_with_retries
 from rayml.manymodels._plan import Accounting, account, auto_segments_per_task, segment_table, split_trainable
-from rayml.manymodels._run import GLOBAL_KEY, ModelSetResult, cleanup, train_model_set
+from rayml.manymodels._run import ModelSetResult, cleanup, train_model_set
+from rayml.manymodels._tasks import GLOBAL_KEY
 
 __all__ = [
     "GLOBAL_KEY",

@@ -26,31 +26,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from rayml._private import constants, fs
 from rayml.config import ManyModelsJobConfig, dump_config
 from rayml.data import Schema, fingerprint, infer_schema, load_table, validate
 from rayml.errors import ConfigError, TrainingError
-from rayml.manymodels._fit import FitSettings, SegmentOutcome, fit_settings, prediction_metrics
+from rayml.manymodels._fit import SegmentOutcome, fit_settings
 from rayml.manymodels._plan import (
-    VAL_COLUMN,
-    Accounting,
-    Segment,
     account,
     auto_segments_per_task,
     chunk,
     segment_table,
     split_trainable,
 )
+from rayml.manymodels._report import aggregate, global_metrics_per_segment, log_metrics, log_params, write_set
 from rayml.manymodels._state import RunState
-from rayml.registry import KIND_MODEL_SET, KIND_TAG, ModelSetWriter, ModelVersionInfo, Registry
+from rayml.manymodels._tasks import GLOBAL_KEY, run_tasks, to_arrow
+from rayml.registry import KIND_MODEL_SET, KIND_TAG, ModelVersionInfo, Registry
 from rayml.train import lineage_tags, storage_path_for
 
 logger = logging.getLogger("rayml.manymodels")
 
-GLOBAL_KEY = "__global__"
 Progress = Callable[[int, int], None]
 
 
@@ -138,140 +135,7 @@ def _prepare(cfg: ManyModelsJobConfig) -> tuple[pd.DataFrame, Schema, str]:
     return df, schema, fingerprint(df)
 
 
-# --- Ray tasks ---------------------------------------------------------------------------------------------------------
-def _train_chunk(
-    table: Any,
-    segments: list[Segment],
-    schema_dict: dict[str, Any],
-    candidates: list[FitSettings],
-    max_retries: int,
-    fail: dict[str, int],
-) -> list[SegmentOutcome]:
-    """Task body: train each segment of the chunk from its slice of the shared Arrow table."""
-    import torch
-
-    from rayml.manymodels._fit import fit_with_retries
-
-    torch.set_num_threads(1)  # one CPU per task: more threads only fight the other tasks
-    schema = Schema.from_dict(schema_dict)
-    out = []
-    for s in segments:
-        part = table.slice(s.start, s.rows).to_pandas()
-        is_val = part.pop(VAL_COLUMN).to_numpy(dtype=bool)
-        out.append(
-            fit_with_retries(s.key, s.index, part[~is_val], part[is_val], schema, candidates, max_retries, fail.get(s.key, 0))
-        )
-    return out
-
-
-def _train_global(
-    table: Any, schema_dict: dict[str, Any], settings: FitSettings, max_rows: int, max_retries: int, fail: dict[str, int]
-) -> SegmentOutcome:
-    """Task body: the global model on (a seeded sample of) every training row, validated on every validation row."""
-    import torch
-
-    from rayml.manymodels._fit import fit_with_retries
-
-    torch.set_num_threads(1)
-    df = table.to_pandas()
-    is_val = df.pop(VAL_COLUMN).to_numpy(dtype=bool)
-    train_df, val_df = df[~is_val], df[is_val]
-    if len(train_df) > max_rows:
-        train_df = train_df.sample(n=max_rows, random_state=settings.seed)
-    schema = Schema.from_dict(schema_dict)
-    return fit_with_retries(GLOBAL_KEY, -1, train_df, val_df, schema, [settings], max_retries, fail.get(GLOBAL_KEY, 0))
-
-
-def _run_tasks(
-    table_ref: Any,
-    work: list[list[Segment]],
-    schema: Schema,
-    candidates: list[FitSettings],
-    cfg: ManyModelsJobConfig,
-    fail: dict[str, int],
-    on_outcome: Callable[[SegmentOutcome], None],
-    train_global: bool,
-) -> SegmentOutcome | None:
-    """Run the global task and every chunk; ``on_outcome`` gets each segment's outcome as soon as its task ends."""
-    import ray
-
-    m = cfg.manymodels
-    opts = {"num_cpus": m.cpus_per_task, "max_retries": m.max_retries, "retry_exceptions": False}
-    chunk_task = ray.remote(_train_chunk).options(**opts, name="rayml.manymodels.train_chunk")
-    schema_dict = schema.to_dict()
-    pending: dict[Any, list[Segment] | None] = {}
-    if train_global:  # first: the longest single task should not be the last one to start
-        ref = (
-            ray.remote(_train_global)
-            .options(**opts, name="rayml.manymodels.train_global")
-            .remote(table_ref, schema_dict, candidates[0], m.global_max_rows, m.max_retries, fail)
-        )
-        pending[ref] = None
-    for segments in work:
-        pending[chunk_task.remote(table_ref, segments, schema_dict, candidates, m.max_retries, fail)] = segments
-    global_outcome = None
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        segments = pending.pop(ready[0])
-        try:
-            result = ray.get(ready[0])
-        except Exception as e:  # the worker died (after Ray's retries): isolate the segments of the lost task
-            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-            if segments is None:
-                raise TrainingError(f"the global model's task failed: {error}", hint="see the Ray worker logs") from e
-            if len(segments) > 1:
-                logger.warning("a task with %d segments was lost (%s); retrying them one per task", len(segments), error)
-                for s in segments:
-                    pending[chunk_task.remote(table_ref, [s], schema_dict, candidates, m.max_retries, fail)] = [s]
-                continue
-            s = segments[0]
-            result = [SegmentOutcome(s.key, s.index, s.rows, "failed", error=error, attempts=m.max_retries + 1)]
-        if segments is None:
-            global_outcome = result
-            continue
-        for outcome in result:
-            on_outcome(outcome)
-    return global_outcome
-
-
 # --- the run -----------------------------------------------------------------------------------------------------------
-def _global_metrics_per_segment(
-    global_onnx: bytes, table: pd.DataFrame, trained: list[Segment], task: str, target: str
-) -> dict[str, dict[str, float]]:
-    """The global model's metrics on each trained segment's validation rows (what the segment model must beat)."""
-    from rayml.models import OnnxPredictor
-
-    if not trained:
-        return {}
-    rows = np.concatenate([np.arange(s.start, s.start + s.rows) for s in trained])
-    owner = np.repeat(np.arange(len(trained)), [s.rows for s in trained])
-    is_val = table[VAL_COLUMN].to_numpy()[rows]
-    rows, owner = rows[is_val], owner[is_val]
-    val = table.iloc[rows]
-    pred = OnnxPredictor(global_onnx).predict(val)
-    y = val[target].to_numpy()
-    out = {}
-    for i, s in enumerate(trained):
-        mask = owner == i
-        out[s.key] = prediction_metrics(task, y[mask], pred[mask], prefix="global_val_")
-    return out
-
-
-def _aggregate(outcomes: dict[str, SegmentOutcome], task: str) -> dict[str, float]:
-    trained = [o for o in outcomes.values() if o.status == "trained"]
-    if not trained:
-        return {}
-    main = "val_rmse" if task == "regression" else "val_logloss"  # lower is better for both
-    seg = np.array([o.metrics.get(main, np.nan) for o in trained], dtype=float)
-    glob = np.array([o.metrics.get(f"global_{main}", np.nan) for o in trained], dtype=float)
-    both = np.isfinite(seg) & np.isfinite(glob)
-    out = {f"median_segment_{main}": float(np.nanmedian(seg)) if np.isfinite(seg).any() else float("nan")}
-    if both.any():
-        out[f"median_global_{main}"] = float(np.median(glob[both]))
-        out["segments_beating_global_share"] = float(np.mean(seg[both] < glob[both]))
-    return out
-
-
 def train_model_set(
     cfg: ManyModelsJobConfig, registry: Registry | None = None, progress: Progress | None = None
 ) -> ModelSetResult:
@@ -359,7 +223,7 @@ def train_model_set(
             ),
         )
         registry.client.set_tag(run_id, "rayml.run_id", run_id)
-        _log_params(registry, run_id, cfg)
+        log_params(registry, run_id, cfg)
     else:
         logger.info("resuming run %s (MLflow run %s)", run_name, run_id)
         registry.client.update_run(run_id, status="RUNNING")
@@ -410,9 +274,9 @@ def train_model_set(
     if progress is not None:
         progress(done[0], total)
     t_train = time.perf_counter()
-    table_ref = ray.put(_arrow(table.frame))  # once: every task slices the same zero-copy table
+    table_ref = ray.put(to_arrow(table.frame))  # once: every task slices the same zero-copy table
     try:
-        new_global = _run_tasks(table_ref, work, schema, candidates, cfg, fail, on_outcome, global_outcome is None)
+        new_global = run_tasks(table_ref, work, schema, candidates, cfg, fail, on_outcome, global_outcome is None)
     finally:
         del table_ref
     train_wall = time.perf_counter() - t_train
@@ -427,7 +291,7 @@ def train_model_set(
         raise TrainingError(f"the global model failed: {error}", hint="it trains on all rows; check the data and settings")
 
     trained_segments = [s for s in trainable if outcomes[s.key].status == "trained"]
-    for key, gm in _global_metrics_per_segment(
+    for key, gm in global_metrics_per_segment(
         global_outcome.onnx, table.frame, trained_segments, schema.task, schema.target
     ).items():
         outcomes[key].metrics.update(gm)
@@ -449,7 +313,7 @@ def train_model_set(
         wall_s=0.0,
         train_wall_s=train_wall,
         models_per_min=60.0 * trained_now / train_wall if train_wall > 0 else 0.0,
-        metrics={**_aggregate(outcomes, schema.task), **{f"global_{k}": v for k, v in global_outcome.metrics.items()}},
+        metrics={**aggregate(outcomes, schema.task), **{f"global_{k}": v for k, v in global_outcome.metrics.items()}},
         reused=reused,
     )
     for key, error in sorted(acc.failed.items()):
@@ -467,9 +331,22 @@ def train_model_set(
             "rayml.segments_failed": str(len(acc.failed)),
         },
     )
-    _write_set(model_dir, cfg, schema, data_fp, outcomes, global_outcome, acc, tags)
+    write_set(model_dir, cfg, schema, data_fp, outcomes, global_outcome, acc, tags)
     result.model_dir = model_dir
-    _log_metrics(registry, run_id, result)
+    log_metrics(
+        registry,
+        run_id,
+        {
+            "segments": result.segments,
+            "segments_trained": result.trained,
+            "segments_fallback": result.fell_back,
+            "segments_failed": len(result.failed),
+            "failed_share": result.failed_share,
+            "train_wall_s": result.train_wall_s,
+            "models_per_min": result.models_per_min,
+            **result.metrics,
+        },
+    )
     if not result.ok:
         registry.client.set_terminated(run_id, status="FAILED")
         state.write({"status": "failed", "mlflow_run_id": run_id, "run_name": run_name, "summary": result.summary()})
@@ -507,91 +384,6 @@ def train_model_set(
             }
         )
     return result
-
-
-def _arrow(frame: pd.DataFrame):
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
-def _write_set(
-    model_dir: str,
-    cfg: ManyModelsJobConfig,
-    schema: Schema,
-    data_fp: str,
-    outcomes: dict[str, SegmentOutcome],
-    global_outcome: SegmentOutcome,
-    acc: Accounting,
-    tags: dict[str, str],
-) -> None:
-    writer = ModelSetWriter(model_dir, cfg.data.segment)
-    seg_stats = {}
-    for key in sorted(outcomes):
-        o = outcomes[key]
-        extra = {"attempts": o.attempts}
-        if o.status == "trained":
-            writer.add_segment(
-                key, o.index, o.onnx, o.rows, o.metrics, extra={**extra, "candidate": o.candidate, "epochs": o.epochs}
-            )
-            seg_stats[key] = o.stats
-        elif cfg.manymodels.fallback:
-            writer.add_fallback_segment(key, o.rows, status=o.status, extra={**extra, "error": o.error} if o.error else extra)
-    writer.finish(
-        global_outcome.onnx,
-        serve_fallback=cfg.manymodels.fallback,
-        meta={
-            "name": cfg.model.name,
-            "task": schema.task,
-            "target": schema.target,
-            "schema": schema.to_dict(),
-            "data_fingerprint": data_fp,
-            "min_rows": cfg.manymodels.min_rows,
-            "global_metrics": global_outcome.metrics,
-            "summary": {
-                "segments": acc.segments,
-                "trained": len(acc.trained),
-                "fallback": len(acc.fell_back),
-                "failed": len(acc.failed),
-            },
-            "lineage": tags,
-        },
-        reference_stats={"global": global_outcome.stats or {}, "segments": seg_stats},
-    )
-
-
-def _log_params(registry: Registry, run_id: str, cfg: ManyModelsJobConfig) -> None:
-    from mlflow.entities import Param
-
-    def flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else k
-            out.update(flat(key, v) if isinstance(v, dict) else {key: json.dumps(v) if isinstance(v, list) else str(v)})
-        return out
-
-    params = flat("", cfg.model_dump(mode="json", exclude={"registry": True}))
-    items = [Param(k, v[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        registry.client.log_batch(run_id, params=items[i : i + 100])
-
-
-def _log_metrics(registry: Registry, run_id: str, result: ModelSetResult) -> None:
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    values = {
-        "segments": result.segments,
-        "segments_trained": result.trained,
-        "segments_fallback": result.fell_back,
-        "segments_failed": len(result.failed),
-        "failed_share": result.failed_share,
-        "train_wall_s": result.train_wall_s,
-        "models_per_min": result.models_per_min,
-        **result.metrics,
-    }
-    metrics = [Metric(k, float(v), ts, 0) for k, v in values.items() if np.isfinite(float(v))]
-    registry.client.log_batch(run_id, metrics=metrics)
 
 
 def cleanup(result: ModelSetResult) -> None:

@@ -1,0 +1,122 @@
+"""What a many-models run records: per-segment comparison with the global model, the model-set directory, MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayml.config import ManyModelsJobConfig
+from rayml.data import Schema
+from rayml.manymodels._fit import SegmentOutcome, prediction_metrics
+from rayml.manymodels._plan import VAL_COLUMN, Accounting, Segment
+from rayml.registry import ModelSetWriter, Registry
+
+
+def global_metrics_per_segment(
+    global_onnx: bytes, table: pd.DataFrame, trained: list[Segment], task: str, target: str
+) -> dict[str, dict[str, float]]:
+    """The global model's metrics on each trained segment's validation rows (what the segment model must beat)."""
+    from rayml.models import OnnxPredictor
+
+    if not trained:
+        return {}
+    rows = np.concatenate([np.arange(s.start, s.start + s.rows) for s in trained])
+    owner = np.repeat(np.arange(len(trained)), [s.rows for s in trained])
+    is_val = table[VAL_COLUMN].to_numpy()[rows]
+    rows, owner = rows[is_val], owner[is_val]
+    val = table.iloc[rows]
+    pred = OnnxPredictor(global_onnx).predict(val)
+    y = val[target].to_numpy()
+    out = {}
+    for i, s in enumerate(trained):
+        mask = owner == i
+        out[s.key] = prediction_metrics(task, y[mask], pred[mask], prefix="global_val_")
+    return out
+
+
+def aggregate(outcomes: dict[str, SegmentOutcome], task: str) -> dict[str, float]:
+    trained = [o for o in outcomes.values() if o.status == "trained"]
+    if not trained:
+        return {}
+    main = "val_rmse" if task == "regression" else "val_logloss"  # lower is better for both
+    seg = np.array([o.metrics.get(main, np.nan) for o in trained], dtype=float)
+    glob = np.array([o.metrics.get(f"global_{main}", np.nan) for o in trained], dtype=float)
+    both = np.isfinite(seg) & np.isfinite(glob)
+    out = {f"median_segment_{main}": float(np.nanmedian(seg)) if np.isfinite(seg).any() else float("nan")}
+    if both.any():
+        out[f"median_global_{main}"] = float(np.median(glob[both]))
+        out["segments_beating_global_share"] = float(np.mean(seg[both] < glob[both]))
+    return out
+
+
+def write_set(
+    model_dir: str,
+    cfg: ManyModelsJobConfig,
+    schema: Schema,
+    data_fp: str,
+    outcomes: dict[str, SegmentOutcome],
+    global_outcome: SegmentOutcome,
+    acc: Accounting,
+    tags: dict[str, str],
+) -> None:
+    writer = ModelSetWriter(model_dir, cfg.data.segment)
+    seg_stats = {}
+    for key in sorted(outcomes):
+        o = outcomes[key]
+        extra = {"attempts": o.attempts}
+        if o.status == "trained":
+            writer.add_segment(
+                key, o.index, o.onnx, o.rows, o.metrics, extra={**extra, "candidate": o.candidate, "epochs": o.epochs}
+            )
+            seg_stats[key] = o.stats
+        elif cfg.manymodels.fallback:
+            writer.add_fallback_segment(key, o.rows, status=o.status, extra={**extra, "error": o.error} if o.error else extra)
+    writer.finish(
+        global_outcome.onnx,
+        serve_fallback=cfg.manymodels.fallback,
+        meta={
+            "name": cfg.model.name,
+            "task": schema.task,
+            "target": schema.target,
+            "schema": schema.to_dict(),
+            "data_fingerprint": data_fp,
+            "min_rows": cfg.manymodels.min_rows,
+            "global_metrics": global_outcome.metrics,
+            "summary": {
+                "segments": acc.segments,
+                "trained": len(acc.trained),
+                "fallback": len(acc.fell_back),
+                "failed": len(acc.failed),
+            },
+            "lineage": tags,
+        },
+        reference_stats={"global": global_outcome.stats or {}, "segments": seg_stats},
+    )
+
+
+def log_params(registry: Registry, run_id: str, cfg: ManyModelsJobConfig) -> None:
+    from mlflow.entities import Param
+
+    def flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else k
+            out.update(flat(key, v) if isinstance(v, dict) else {key: json.dumps(v) if isinstance(v, list) else str(v)})
+        return out
+
+    params = flat("", cfg.model_dump(mode="json", exclude={"registry": True}))
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        registry.client.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(registry: Registry, run_id: str, values: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), ts, 0) for k, v in values.items() if np.isfinite(float(v))]
+    registry.client.log_batch(run_id, metrics=metrics)
