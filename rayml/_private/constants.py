@@ -97,12 +97,16 @@ def ray_num_cpus() -> int | None:
     return value or None
 
 
+FAIL_SEGMENT_KILL = -2  # fail_segments(): the worker training this segment dies (SIGKILL)
+
+
 def fail_segments() -> dict[str, int]:
     """``RAYML_FAIL_SEGMENTS``: test-only; many-models training raises for these segments.
 
     Comma-separated segment keys; ``KEY@N`` fails only the first N attempts (a transient failure that a retry cures),
-    a bare ``KEY`` fails every attempt. Example: ``store_003,store_005@1``. Read on the driver and passed to the
-    training tasks, so it works with a Ray cluster that was started before the variable was set.
+    ``KEY@kill`` SIGKILLs the worker process that trains it (:data:`FAIL_SEGMENT_KILL`), a bare ``KEY`` fails every
+    attempt. Example: ``store_003,store_005@1``. Read on the driver and passed to the training tasks, so it works
+    with a Ray cluster that was started before the variable was set.
     """
     raw = env_str("RAYML_FAIL_SEGMENTS")
     out: dict[str, int] = {}
@@ -111,10 +115,13 @@ def fail_segments() -> dict[str, int]:
         if not sep:
             out[item] = -1
             continue
+        if attempts == "kill":
+            out[key] = FAIL_SEGMENT_KILL
+            continue
         if not attempts.isdigit():
             raise ConfigError(
                 f"RAYML_FAIL_SEGMENTS item {item!r}: {attempts!r} is not a number of attempts",
-                hint="write KEY or KEY@N, e.g. store_003,store_005@1",
+                hint="write KEY, KEY@N or KEY@kill, e.g. store_003,store_005@1",
             )
         out[key] = int(attempts)
     return out

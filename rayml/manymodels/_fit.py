@@ -8,6 +8,8 @@ one thread, and the caller (a Ray task in ``_run.py``) trains several segments o
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rayml._private import constants
 from rayml.config import CandidateConfig, ManyModelsJobConfig
 from rayml.data import Schema, reference_stats
 from rayml.errors import TrainingError
@@ -238,8 +241,11 @@ def fit_with_retries(
     """:func:`fit_segment` with up to ``max_retries`` retries (new seed each); never raises.
 
     Args:
-        fail_attempts: test-only failure injection: fail this many attempts (-1 = all) before training for real.
+        fail_attempts: test-only failure injection (``RAYML_FAIL_SEGMENTS``): fail this many attempts (-1 = all)
+            before training for real; ``FAIL_SEGMENT_KILL`` kills this process, like an out-of-memory kill would.
     """
+    if fail_attempts == constants.FAIL_SEGMENT_KILL:
+        os.kill(os.getpid(), signal.SIGKILL)
     rows = len(train_df) + len(val_df)
     error = None
     for attempt in range(max_retries + 1):

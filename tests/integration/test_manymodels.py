@@ -124,3 +124,14 @@ def test_a_model_set_cannot_become_a_version_of_a_single_model(ray_session, trac
     reg.register("stores", d, run, {})
     with pytest.raises(ConfigError, match="already holds single models"):
         train_model_set(_cfg(stores[1], tracking_uri, tmp_path))
+
+
+def test_a_segment_that_kills_its_worker_fails_alone(
+    ray_session, tracking_uri: str, tmp_path: Path, stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = stores
+    # store_001 kills the worker of its 3-segment task; the task's other segments are retried one per task
+    monkeypatch.setenv("RAYML_FAIL_SEGMENTS", "store_001@kill")
+    result = train_model_set(_cfg(path, tracking_uri, tmp_path, "manymodels.max_retries=0", "registry.register_version=false"))
+    assert result.ok and list(result.failed) == ["store_001"] and result.trained == 6
+    assert "Error" in result.failed["store_001"]  # the worker's death, as Ray reported it

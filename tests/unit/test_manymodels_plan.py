@@ -140,8 +140,8 @@ def test_retries_cure_a_transient_failure_and_record_a_permanent_one(one_store) 
 
 
 def test_fail_segments_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAYML_FAIL_SEGMENTS", "store_003, a|b@2")
-    assert constants.fail_segments() == {"store_003": -1, "a|b": 2}
+    monkeypatch.setenv("RAYML_FAIL_SEGMENTS", "store_003, a|b@2,x@kill")
+    assert constants.fail_segments() == {"store_003": -1, "a|b": 2, "x": constants.FAIL_SEGMENT_KILL}
     monkeypatch.setenv("RAYML_FAIL_SEGMENTS", "store_003@x")
     with pytest.raises(ConfigError, match="not a number of attempts"):
         constants.fail_segments()
