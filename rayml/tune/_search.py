@@ -105,13 +105,20 @@ def _trial_dirname(trial: Any) -> str:
 
 @contextlib.contextmanager
 def _tune_env():
-    old = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", _EXPERIMENT_STATE_INTERVAL_S)
+    """Tune reads these when the experiment starts; a user's own setting wins, and nothing outlives the search."""
+    wanted = {
+        "TUNE_GLOBAL_CHECKPOINT_S": _EXPERIMENT_STATE_INTERVAL_S,
+        # saving that often is deliberate: silence Tune's "snapshotting triggered multiple times" warning about it
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    }
+    added = [k for k in wanted if k not in os.environ]
+    for k in added:
+        os.environ[k] = wanted[k]
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _write(path: str, data: bytes) -> None:

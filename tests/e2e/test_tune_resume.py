@@ -42,8 +42,8 @@ tune:
 """
 
 
-def _trial_statuses(exp: Path) -> dict[str, str]:
-    """Trial id -> status as Tune last saved it (what a restore will see)."""
+def _saved_trials(exp: Path) -> dict[str, tuple[str, int]]:
+    """Trial id -> (status, last reported epoch) as Tune last saved them: what a restore will see."""
     # the newest session by its name (a timestamp): the end-of-run sync rewrites old files too, so mtime misleads
     files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
     if not files:
@@ -52,15 +52,19 @@ def _trial_statuses(exp: Path) -> dict[str, str]:
         data = json.loads(Path(files[-1]).read_text())  # a resumed search writes a new file next to the old one
     except (OSError, ValueError):  # being rewritten right now
         return {}
-    return {t["trial_id"]: t["status"] for t in (json.loads(entry[0]) for entry in data.get("trial_data", []))}
+    out = {}
+    for trial_json, run_json in data.get("trial_data", []):
+        trial, run = json.loads(trial_json), json.loads(run_json)
+        out[trial["trial_id"]] = (trial["status"], int((run.get("last_result") or {}).get("epoch", 0)))
+    return out
+
+
+def _trial_statuses(exp: Path) -> dict[str, str]:
+    return {t: status for t, (status, _) in _saved_trials(exp).items()}
 
 
 def _rows(result_json: Path) -> list[dict]:
     return [json.loads(line) for line in result_json.read_text().splitlines() if line.strip()]
-
-
-def _checkpoints(trial_dir: Path) -> int:
-    return len(list(trial_dir.glob("checkpoint_*")))
 
 
 def _run(args: list[str], env: dict[str, str], log: Path, timeout: float) -> subprocess.CompletedProcess:
@@ -99,16 +103,17 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path)
     finished: dict[str, bytes] = {}
     unfinished: dict[str, int] = {}
     try:
-        deadline = time.monotonic() + 100
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            statuses = _trial_statuses(exp)
-            done = [t for t, s in statuses.items() if s == "TERMINATED"]
-            running = [t for t, s in statuses.items() if s != "TERMINATED" and _checkpoints(exp / f"trial_{t}") >= 1]
+            saved = _saved_trials(exp)
+            done = [t for t, (status, _) in saved.items() if status == "TERMINATED"]
+            # Tune's saved state knows of at least one of its checkpoints (every epoch's report carries one)
+            running = [t for t, (status, epoch) in saved.items() if status != "TERMINATED" and 1 <= epoch < EPOCHS]
             if done and running:
                 os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a crash would
                 proc.wait(timeout=30)
                 finished = {t: (exp / f"trial_{t}" / "result.json").read_bytes() for t in done}
-                unfinished = {t: _checkpoints(exp / f"trial_{t}") for t in running}
+                unfinished = {t: saved[t][1] for t in running}
                 break
             time.sleep(0.2)
     finally:
@@ -121,13 +126,13 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path)
     assert proc.returncode == -signal.SIGKILL
 
     # without --resume the existing search is refused, with a hint
-    refused = _run(["--config", str(config)], env, tmp_path / "refused.log", timeout=60)
+    refused = _run(["--config", str(config)], env, tmp_path / "refused.log", timeout=120)
     text = (tmp_path / "refused.log").read_text()
     assert refused.returncode == 2, text
     assert "already exists" in text and "--resume" in text and "tune.name" in text
 
     log2 = tmp_path / "resumed.log"
-    resumed = _run(["--config", str(config), "--resume"], env, log2, timeout=120)
+    resumed = _run(["--config", str(config), "--resume"], env, log2, timeout=240)
     text = log2.read_text()
     assert resumed.returncode == 0, text[-4000:]
     assert "resumed" in text and "Registered model: resume-model version 1" in text
@@ -141,6 +146,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path)
         after = [r for r in rows if r["resumed_from_epoch"] > 0]
         assert after, f"trial {trial_id} did not resume from a checkpoint: {[r['epoch'] for r in rows]}"
         assert after[0]["epoch"] == after[0]["resumed_from_epoch"] + 1
+        assert after[0]["resumed_from_epoch"] >= unfinished[trial_id]  # at least where Tune's saved state had it
         assert sorted({r["epoch"] for r in rows}) == list(range(1, EPOCHS + 1))
     # all three grid points ran to the end, each exactly once
     statuses = _trial_statuses(exp)
