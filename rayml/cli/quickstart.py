@@ -2,58 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from rayml.cli._common import VerboseOpt, console, fmt_metrics, setup_logging, table
 
+MODEL = "sales-model"
+FAMILY = "sales-per-store"
 
-def _step(n: int, title: str) -> None:
-    console.print(f"\n[bold cyan]Step {n}[/] {title}")
+
+@dataclass
+class _Ctx:
+    """What the steps share."""
+
+    home: Path
+    tracking_uri: str
+    stores: int
+    days: int
+    epochs: int
+    trials: int
+    data_dir: Path = Path()
+    df: Any = None
+    versions: dict[str, int] = field(default_factory=dict)
+    registry: Any = None
 
 
-def quickstart(
-    workdir: Annotated[Path, typer.Option(help="Where data, MLflow DB, checkpoints and artifacts go.")] = Path(
-        "rayml-quickstart"
-    ),
-    stores: Annotated[int, typer.Option(help="Stores (segments) in the synthetic data.")] = 8,
-    days: Annotated[int, typer.Option(help="Days (rows) per store.")] = 180,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 4,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Generate data, train on Ray Train with checkpoints, register in MLflow, reload the ONNX model and predict.
-
-    Everything is kept under --workdir (it becomes $RAYML_HOME for this run), so it never touches your other runs.
-    """
-    from rayml._private import constants
-
-    setup_logging(verbose)
-    t0 = time.perf_counter()
-    home = constants.set_rayml_home(workdir)
-    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
-    console.print(f"[bold]rayml quickstart[/] in {home}")
-
+def _data_and_train(ctx: _Ctx) -> None:
     from rayml.config import SyntheticConfig, TrainJobConfig
     from rayml.data import generate_sales, write_dataset
-
-    _step(1, "Generate a synthetic retail-sales dataset (a different price/promo/weather response per store)")
-    df = generate_sales(SyntheticConfig(segments=stores, rows_per_segment=days, seed=7))
-    data_dir = home / "data" / "sales"
-    write_dataset(df, data_dir, files=2)
-    console.print(f"  {len(df):,} rows, {stores} stores, {df.shape[1]} columns -> {data_dir}")
-
-    _step(2, "Train on Ray Train (1 CPU worker), checkpointing every epoch, logging to MLflow")
+    from rayml.registry import Registry
     from rayml.train import train
 
+    _step("Generate a synthetic retail-sales dataset (a different price/promo/weather response per store)")
+    ctx.df = generate_sales(SyntheticConfig(segments=ctx.stores, rows_per_segment=ctx.days, seed=7))
+    ctx.data_dir = ctx.home / "data" / "sales"
+    write_dataset(ctx.df, ctx.data_dir, files=2)
+    console.print(f"  {len(ctx.df):,} rows, {ctx.stores} stores, {ctx.df.shape[1]} columns -> {ctx.data_dir}")
+
+    _step("Train on Ray Train (1 CPU worker), checkpointing every epoch, logging to MLflow")
     cfg = TrainJobConfig.model_validate(
         {
-            "data": {"source": str(data_dir), "target": "sales", "task": "regression"},
-            "model": {"name": "sales-model", "hidden_sizes": [64, 32]},
-            "train": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.01, "run_name": f"quickstart-{int(time.time())}"},
-            "registry": {"tracking_uri": tracking_uri, "experiment": "quickstart"},
+            "data": {"source": str(ctx.data_dir), "target": "sales", "task": "regression"},
+            "model": {"name": MODEL, "hidden_sizes": [64, 32]},
+            "train": {
+                "epochs": ctx.epochs,
+                "batch_size": 64,
+                "learning_rate": 0.01,
+                "run_name": f"quickstart-{int(time.time())}",
+            },
+            "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
         }
     )
     result = train(cfg)
@@ -62,22 +65,22 @@ def quickstart(
     )
     console.print(f"  best epoch {result.best_epoch}: {fmt_metrics(result.metrics, ['val_rmse', 'val_mae', 'val_loss'])}")
 
-    _step(3, "Register in MLflow with lineage, and make it the production version")
-    from rayml.registry import Registry
-
-    reg = Registry(tracking_uri)
+    _step("Register in MLflow with lineage, and make it the production version")
+    ctx.registry = Registry(ctx.tracking_uri)
     info = result.model_version
-    assert info is not None  # registration is on in this config
-    reg.set_alias(info.name, info.version, "production")
+    if info is None:
+        raise RuntimeError("the quickstart config registers its model")
+    ctx.registry.set_alias(info.name, info.version, "production")
+    ctx.versions["trained"] = info.version
+    tags = info.tags
     console.print(
-        f"  {info.name} version {info.version}: data fingerprint {info.tags['rayml.data_fingerprint']}, "
-        f"commit {info.tags['rayml.git_commit'][:12]}, "
-        f"ray {info.tags['rayml.ray_version']}, torch {info.tags['rayml.torch_version']}"
+        f"  {info.name} version {info.version}: data fingerprint {tags['rayml.data_fingerprint']}, "
+        f"commit {tags['rayml.git_commit'][:12]}, ray {tags['rayml.ray_version']}, torch {tags['rayml.torch_version']}"
     )
 
-    _step(4, "Reload the ONNX model from the registry by alias and predict raw rows (no torch, no pickles)")
-    loaded = reg.load(f"{info.name}@production")
-    sample = df.sample(5, random_state=1)
+    _step("Reload the ONNX model from the registry by alias and predict raw rows (no torch, no pickles)")
+    loaded = ctx.registry.load(f"{MODEL}@production")
+    sample = ctx.df.sample(5, random_state=1)
     preds = loaded.predict(sample)
     rows = [
         [r.store_id, r.date, r.category, r.promo, f"{r.price:.2f}", f"{r.sales:.1f}", f"{p:.1f}"]
@@ -86,8 +89,196 @@ def quickstart(
     console.print(table("  predictions", ["store", "date", "category", "promo", "price", "actual sales", "predicted"], rows))
     console.print(f"  ONNX inputs: {', '.join(f'{i.name}:{i.datatype}' for i in loaded.predictor.inputs)}")
 
+
+def _tune(ctx: _Ctx) -> None:
+    from rayml.config import TuneJobConfig
+    from rayml.tune import tune
+
+    _step(f"Tune on Ray Tune: {ctx.trials} trials, ASHA stops the weak ones early")
+    cfg = TuneJobConfig.model_validate(
+        {
+            "data": {"source": str(ctx.data_dir), "target": "sales", "task": "regression"},
+            "model": {"name": MODEL},
+            "train": {"epochs": max(ctx.epochs, 4), "batch_size": 64, "seed": 0},
+            "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
+            "tune": {
+                "name": f"quickstart-{int(time.time())}",
+                "num_samples": ctx.trials,
+                "max_concurrent_trials": 2,
+                "scheduler": "asha",
+                "asha": {"grace_period": 1, "reduction_factor": 2},
+                "space": {
+                    "train.learning_rate": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
+                    "model.hidden_sizes": {"type": "choice", "values": [[32], [64, 32]]},
+                },
+            },
+        }
+    )
+    result = tune(cfg)
+    rows = [
+        [t.trial_id, ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()), _short(t.best_metric), t.epochs_run, t.status]
+        for t in result.trials
+    ]
+    console.print(table(f"  trials (best first, {result.metric})", ["trial", "params", result.metric, "epochs", "status"], rows))
+    console.print(f"  best config: {', '.join(f'{k}={_short(v)}' for k, v in result.best_params.items())}")
+    console.print(
+        f"  {result.total_epochs} epochs in all; {result.stopped_early} trial(s) stopped early; curves: {result.plot_path}"
+    )
+    if result.model_version:
+        ctx.versions["tuned"] = result.model_version.version
+        console.print(f"  registered {result.model_version.name} version {result.model_version.version}")
+
+
+def _many_models(ctx: _Ctx) -> None:
+    from rayml.config import ManyModelsJobConfig
+    from rayml.manymodels import train_model_set
+
+    _step(f"Many models: one model per store ({ctx.stores} stores) trained in parallel Ray tasks, one model-set version")
+    cfg = ManyModelsJobConfig.model_validate(
+        {
+            "data": {"source": str(ctx.data_dir), "target": "sales", "task": "regression", "segment": ["store_id"]},
+            "model": {"name": FAMILY, "hidden_sizes": [32]},
+            "train": {
+                "epochs": max(ctx.epochs * 5, 20),
+                "batch_size": 64,
+                "learning_rate": 0.01,
+                "run_name": f"qs-{int(time.time())}",
+            },
+            "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
+        }
+    )
+    result = train_model_set(cfg)
+    console.print(
+        f"  {result.segments} segments: {result.trained} trained, {result.fell_back} on the global fallback, "
+        f"{len(result.failed)} failed; {result.models_per_min:,.0f} models/min"
+    )
+    if result.model_version is None:
+        raise RuntimeError("the model set was not registered")
+    ctx.versions["family"] = result.model_version.version
+    ctx.registry.set_alias(FAMILY, result.model_version.version, "production")
+    m = result.metrics
+    if "median_segment_val_rmse" in m and "median_global_val_rmse" in m:
+        console.print(
+            f"  median validation RMSE per store: {m['median_segment_val_rmse']:.2f} with its own model vs "
+            f"{m['median_global_val_rmse']:.2f} with the global model; {m.get('segments_beating_global_share', 0):.0%} "
+            "of stores are better served by their own model"
+        )
+
+
+def _batch(ctx: _Ctx) -> None:
+    from rayml.batch import run_batch
+
+    _step("Batch-score the data with the model set on Ray Data (each file committed atomically, exactly once)")
+    out = ctx.home / "scores"
+    summary = run_batch(model=f"{FAMILY}@production", input=str(ctx.data_dir), output=str(out), registry=ctx.registry)
+    console.print(
+        f"  {summary.rows:,} rows in {summary.wall_s:.1f}s ({summary.rows_per_s:,.0f} rows/s), {summary.committed} file(s) "
+        f"committed, {summary.skipped} skipped -> {out}"
+    )
+    again = run_batch(model=f"{FAMILY}@production", input=str(ctx.data_dir), output=str(out), registry=ctx.registry)
+    console.print(f"  the same command again: {again.committed} committed, {again.skipped} skipped (nothing scored twice)")
+
+
+def _gate(ctx: _Ctx) -> None:
+    from rayml.config import GateConfig
+    from rayml.gate import run_gate
+
+    _step("Validation gate: a deliberately broken candidate is refused")
+    prod = ctx.registry.load(f"{MODEL}@production")
+    broken_dir = ctx.home / "broken-model"
+    _write_broken_copy(prod.path, broken_dir)
+    run_id = ctx.registry.create_run("quickstart", "broken-candidate")
+    broken = ctx.registry.register(MODEL, broken_dir, run_id, {**prod.info.tags, "rayml.note": "quickstart: broken on purpose"})
+    holdout = ctx.df.sample(frac=0.3, random_state=3)
+    report = run_gate(ctx.registry, MODEL, broken.version, holdout, GateConfig(), baseline_alias="production")
+    verdict = "[bold green]PASSED[/]" if report.passed else "[bold red]REFUSED[/]"
+    console.print(f"  candidate v{broken.version} vs production v{report.baseline}: {verdict}")
+    for failure in report.failures:
+        console.print(f"    - {failure}")
+    top = list(report.feature_importance.items())[:3]
+    console.print(f"  most important features (permutation): {', '.join(f'{k} ({v:.3g})' for k, v in top)}")
+
+
+def _write_broken_copy(src: Path, dst: Path) -> None:
+    """A copy of a model whose output is scaled by 25: valid ONNX, wrong answers (what a bad retrain looks like)."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    m = onnx.load(str(dst / "model.onnx"))
+    out = m.graph.output[0].name
+    m.graph.initializer.append(numpy_helper.from_array(np.array(25.0, dtype="float32"), "quickstart_scale"))
+    for node in m.graph.node:
+        for i, name in enumerate(node.output):
+            if name == out:
+                node.output[i] = "unscaled_prediction"
+    m.graph.node.append(helper.make_node("Mul", ["unscaled_prediction", "quickstart_scale"], [out]))
+    onnx.save(m, str(dst / "model.onnx"))
+
+
+STEPS: dict[str, Callable[[_Ctx], None]] = {
+    "train": _data_and_train,
+    "tune": _tune,
+    "manymodels": _many_models,
+    "batch": _batch,
+    "gate": _gate,
+}
+_step_no = 0
+
+
+def _step(title: str) -> None:
+    global _step_no
+    _step_no += 1
+    console.print(f"\n[bold cyan]Step {_step_no}[/] {title}")
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def quickstart(
+    workdir: Annotated[Path, typer.Option(help="Where data, MLflow DB, checkpoints and artifacts go.")] = Path(
+        "rayml-quickstart"
+    ),
+    stores: Annotated[int, typer.Option(help="Stores (segments) in the synthetic data.")] = 24,
+    days: Annotated[int, typer.Option(help="Days (rows) per store.")] = 120,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the global model.")] = 4,
+    trials: Annotated[int, typer.Option(help="Tuning trials.")] = 4,
+    skip: Annotated[
+        list[str] | None, typer.Option(help=f"Skip a step (repeatable): {', '.join(s for s in STEPS if s != 'train')}.")
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Generate data, train on Ray Train with checkpoints, register in MLflow, reload the ONNX model and predict; then
+    tune with ASHA, train one model per store, batch-score with the model set, and show the validation gate refusing
+    a broken model.
+
+    Everything is kept under --workdir (it becomes $RAYML_HOME for this run), so it never touches your other runs.
+    """
+    from rayml._private import constants
+    from rayml.errors import ConfigError
+
+    unknown = sorted(set(skip or []) - set(STEPS) | ({"train"} & set(skip or [])))
+    if unknown:
+        raise ConfigError(f"--skip {unknown} is not a step that can be skipped", hint=f"steps: {', '.join(list(STEPS)[1:])}")
+    # the steps narrate themselves; library INFO logs (resolved configs, ...) only with --verbose
+    setup_logging(verbose, default_level=logging.WARNING)
+    t0 = time.perf_counter()
+    home = constants.set_rayml_home(workdir)
+    ctx = _Ctx(home=home, tracking_uri=f"sqlite:///{home / 'mlflow.db'}", stores=stores, days=days, epochs=epochs, trials=trials)
+    console.print(f"[bold]rayml quickstart[/] in {home}")
+    for name, step in STEPS.items():
+        if name not in (skip or []):
+            step(ctx)
+
     console.print(f"\n[bold green]Done[/] in {time.perf_counter() - t0:.0f}s. Try next:")
     console.print(f"  export RAYML_HOME={home}")
     console.print("  rayml models list")
-    console.print(f"  rayml models show {info.name}:{info.version}")
+    console.print(f"  rayml models show {MODEL}:{ctx.versions['trained']}")
+    console.print(f"  rayml monitor drift --model {MODEL}@production --data {ctx.data_dir}")
     console.print("  rayml train --config jobs/configs/train.yaml")

@@ -9,13 +9,18 @@ from tests.e2e.helpers import run_cli
 
 def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> None:
     work = tmp_path / "qs"
-    out = run_cli(["quickstart", "--workdir", str(work), "--stores", "4", "--days", "60", "--epochs", "2"], cli_env, timeout=600)
+    args = ["quickstart", "--workdir", str(work), "--stores", "6", "--days", "60", "--epochs", "2", "--trials", "2"]
+    out = run_cli(args, cli_env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Done in"):
+    for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 8", "Done in"):
         assert step in text, step
     assert "sales-model version 1" in text and "data fingerprint" in text
     assert "predicted" in text and "ONNX inputs: price:FP32" in text
+    assert "best config:" in text and "trials (best first" in text  # tuning
+    assert "6 segments: 6 trained" in text  # many models
+    assert "the same command again: 0 committed, 2 skipped" in text  # batch, exactly once
+    assert "REFUSED" in text and "does not beat predicting the training mean" in text  # the gate
     assert "rayml models list" in text  # the next command to try
     assert (work / "mlflow.db").is_file() and any((work / "runs").iterdir())
 
