@@ -98,18 +98,26 @@ def _pinned(m: _Model, version: str) -> int:
 
 
 def _segment(m: _Model, parsed: ParsedRequest) -> str | None:
+    """The segment key of a request to a model set: parameter/field ``segment``, else the rows' segment columns."""
     if m.spec.kind != "model_set":
         return None
+    from rayml.registry import segment_key
+
     segment = parsed.parameters.get("segment")
-    if segment is None and m.spec.segment_columns and all(c in parsed.columns for c in m.spec.segment_columns):
-        values = {tuple(str(parsed.columns[c][i]) for c in m.spec.segment_columns) for i in range(parsed.rows)}
-        if len(values) == 1:
-            segment = "|".join(values.pop())
+    if isinstance(segment, list) or (isinstance(segment, (int, float)) and not isinstance(segment, bool)):
+        segment = segment_key(segment)
+    cols = m.spec.segment_columns
+    if segment is None and cols and all(c in parsed.columns for c in cols):
+        keys = {segment_key([parsed.columns[c][i] for c in cols]) for i in range(parsed.rows)}
+        if len(keys) > 1:
+            shown = ", ".join(sorted(keys)[:5])
+            raise HttpError(422, f"the rows belong to {len(keys)} segments ({shown}); send one segment per request")
+        segment = keys.pop() if keys else None
     if not isinstance(segment, str) or not segment:
         raise HttpError(
             422,
             f"model {m.spec.name!r} is a model set: say which segment to use with parameters.segment (v2) or a "
-            f'top-level \'segment\' field (v1), e.g. "segment": "store_001"',
+            f'top-level \'segment\' field (v1), e.g. "segment": "store_001" (segment columns: {cols})',
         )
     return segment
 
@@ -361,6 +369,8 @@ class Ingress:
             logger.warning("model %s version %s is unavailable: %s", m.spec.name, version, e)
             raise _Outcome(500, f"model {m.spec.name} version {version} is unavailable: {type(e).__name__}", version) from e
         if not result["ok"]:
+            if result["user_error"] and result.get("status") == 404:
+                raise _Outcome(404, f"model {m.spec.name} version {version}: {result['error']}", version)
             if result["user_error"]:
                 raise _Outcome(422, f"the input does not match model {m.spec.name} version {version}: {result['error']}", version)
             raise _Outcome(500, f"model {m.spec.name} version {version} failed: {result['error']}", version)

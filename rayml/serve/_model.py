@@ -60,12 +60,93 @@ def lineage(model: str, version: int, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _failure(message: str, user: bool) -> dict[str, Any]:
-    return {"ok": False, "user_error": user, "error": message}
+def _failure(message: str, user: bool, status: int | None = None) -> dict[str, Any]:
+    return {"ok": False, "user_error": user, "error": message, **({"status": status} if status else {})}
+
+
+class _BatchedPredict:
+    """Dynamic batching shared by the single-model and the model-set deployment.
+
+    ``@serve.batch`` merges concurrent ``predict`` calls (for a model set: of the same segment; Serve splits batches
+    by multiplexed model id) into one ONNX Runtime run; the run happens in a thread so the replica keeps collecting
+    the next batch meanwhile.
+    """
+
+    model: str
+    version: int
+    _fault: tuple[str, float]
+    _tags: dict[str, str]
+
+    def _init_batching(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        from rayml.serve._metrics import ModelMetrics
+
+        self._metrics = ModelMetrics()
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+    async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Predict for one request: ``{"ok": True, "outputs": [array per output]}`` or a failure dict."""
+        kind, value = self._fault
+        if kind == "sleep":
+            await asyncio.sleep(value)
+        return await self._batched(feed)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        try:
+            predictor, extra = await self._predictor_for(serve.get_multiplexed_model_id())
+        except LookupError as e:  # an unknown segment of a model set without a fallback model
+            return [_failure(str(e), user=True, status=404) for _ in feeds]
+        # Validate each request on its own, so one bad request fails alone instead of failing its batch.
+        prepared: list[dict[str, Any]] = []
+        for feed in feeds:
+            try:
+                prepared.append(predictor.feed(feed))
+            except Exception as e:  # PredictionInputError: the ingress validates first, so this is a mismatch
+                prepared.append(_failure(str(e), user=True))
+        ok = [i for i, p in enumerate(prepared) if "ok" not in p]
+        results: list[dict[str, Any]] = [p if "ok" in p else {} for p in prepared]
+        if ok:
+            outputs = await asyncio.to_thread(self._run_isolated, predictor.session, [prepared[i] for i in ok])
+            for i, out in zip(ok, outputs, strict=True):
+                results[i] = {**out, **extra} if out["ok"] else out
+        return results
+
+    def _run_isolated(self, session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """Run a batch; if it fails, run its requests one by one so only the poisonous one fails."""
+        try:
+            return self._run(session, feeds)
+        except Exception as e:
+            if len(feeds) == 1:
+                self._metrics.model_errors.inc(tags=self._tags)
+                logger.warning("model %s:%s failed: %s", self.model, self.version, e)
+                return [_failure(f"{type(e).__name__}: {e}", user=False)]
+        return [self._run_isolated(session, [f])[0] for f in feeds]
+
+    def _run(self, session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        kind, value = self._fault
+        if kind == "raise":
+            raise RuntimeError(f"injected failure in {self.model}:{self.version}")
+        sizes = [len(next(iter(f.values()))) for f in feeds]
+        merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]} if len(feeds) > 1 else feeds[0]
+        outs = session.run(None, merged)
+        self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
+        if kind == "scale":
+            outs = [o * value for o in outs]
+        if not all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f"):
+            raise FloatingPointError("the model produced non-finite predictions")
+        results, start = [], 0
+        for n in sizes:
+            results.append({"ok": True, "outputs": [o[start : start + n] for o in outs]})
+            start += n
+        return results
 
 
 @serve.deployment
-class ModelServer:
+class ModelServer(_BatchedPredict):
     """Serves one model version.
 
     Args:
@@ -91,7 +172,6 @@ class ModelServer:
         fault: str | None = None,
     ) -> None:
         from rayml.models.predictor import OnnxPredictor
-        from rayml.serve._metrics import ModelMetrics
 
         t0 = time.perf_counter()
         self.model, self.version = model, int(version)
@@ -102,11 +182,12 @@ class ModelServer:
         self.predictor = OnnxPredictor(path / MODEL_FILE, intra_op_threads=intra_op_threads)
         self.load_time_s = time.perf_counter() - t0
         self._tags = {"model": model, "version": str(self.version)}
-        self._metrics = ModelMetrics()
+        self._init_batching(max_batch_size, batch_wait_timeout_s)
         self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         logger.info("loaded %s:%s in %.2fs from %s", model, version, self.load_time_s, path)
+
+    async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
+        return self.predictor, {}
 
     def metadata(self) -> dict[str, Any]:
         """Signature (from the ONNX graph), task and lineage of this version."""
@@ -120,57 +201,3 @@ class ModelServer:
             "lineage": lineage(self.model, self.version, self.meta),
             "load_time_s": self.load_time_s,
         }
-
-    async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Predict for one request: ``{"ok": True, "outputs": [array per output]}`` or a failure dict."""
-        kind, value = self._fault
-        if kind == "sleep":
-            await asyncio.sleep(value)
-        return await self._batched(feed)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        # Validate each request on its own, so one bad request fails alone instead of failing its batch.
-        prepared: list[dict[str, np.ndarray] | dict[str, Any]] = []
-        for feed in feeds:
-            try:
-                prepared.append(self.predictor.feed(feed))
-            except Exception as e:  # PredictionInputError: the ingress validates first, so this is a mismatch
-                prepared.append(_failure(str(e), user=True))
-        ok = [i for i, p in enumerate(prepared) if "ok" not in p]
-        results: list[dict[str, Any]] = [p if "ok" in p else {} for p in prepared]
-        if ok:
-            feeds_ok = [prepared[i] for i in ok]
-            outputs = await asyncio.to_thread(self._run_isolated, feeds_ok)
-            for i, out in zip(ok, outputs, strict=True):
-                results[i] = out
-        return results
-
-    def _run_isolated(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        """Run a batch; if it fails, run its requests one by one so only the poisonous one fails."""
-        try:
-            return self._run(feeds)
-        except Exception as e:
-            if len(feeds) == 1:
-                self._metrics.model_errors.inc(tags=self._tags)
-                logger.warning("model %s:%s failed: %s", self.model, self.version, e)
-                return [_failure(f"{type(e).__name__}: {e}", user=False)]
-        return [self._run_isolated([f])[0] for f in feeds]
-
-    def _run(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        kind, value = self._fault
-        if kind == "raise":
-            raise RuntimeError(f"injected failure in {self.model}:{self.version}")
-        sizes = [len(next(iter(f.values()))) for f in feeds]
-        merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]} if len(feeds) > 1 else feeds[0]
-        outs = self.predictor.session.run(None, merged)
-        self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
-        if kind == "scale":
-            outs = [o * value for o in outs]
-        if not all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f"):
-            raise FloatingPointError("the model produced non-finite predictions")
-        results, start = [], 0
-        for n in sizes:
-            results.append({"ok": True, "outputs": [o[start : start + n] for o in outs]})
-            start += n
-        return results

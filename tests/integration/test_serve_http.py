@@ -1,0 +1,363 @@
+"""Real Ray Serve over HTTP: protocols, split, stickiness, shadow, bad input, auth, zero-downtime changes, metrics.
+
+One Serve instance (on a free port) and one set of tiny registered models serve the whole module; each test
+deploys what it needs as an update of the same application (most updates only reconfigure the ingress), and the
+application is deleted and Serve shut down at the end. Misbehaving models use the test-only fault hook of the model
+deployment (``deploy(..., faults={"name:version": "raise" | "sleep:S" | "scale:K"})``): the real ONNX deployment,
+told to raise, sleep or scale its outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from scipy.stats import binom
+
+from rayml.config import ServeJobConfig, load_config
+from rayml.registry import Registry
+from rayml.serve._deploy import app_state, deploy
+from rayml.serve._testing import instances, register_tiny_model, v2_body
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+MODEL = "sales-model"
+ROWS = instances(4)
+LIGHT = [  # small CPU reservations: the whole app fits the 4 logical CPUs of the test Ray next to other tests
+    "serve.ingress.num_cpus=0.1",
+    "serve.request_timeout_s=20",
+    "serve.health_check_interval_s=0.5",
+    "serve.stats_flush_interval_s=0.5",
+    "serve.deploy_timeout_s=180",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
+    from ray import serve
+
+    db = tmp_path_factory.mktemp("serve-registry") / "mlflow.db"
+    shutil.copy(_registry_template, db)
+    registry = Registry(f"sqlite:///{db}")
+    for seed in (0, 1, 2):  # versions 1, 2, 3: same signature, different predictions
+        register_tiny_model(registry, MODEL, seed=seed)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield {"registry": registry, "port": port, "url": f"http://127.0.0.1:{port}"}
+    serve.delete("rayml")
+    serve.shutdown()
+
+
+def cfg(env: dict, models: str, *extra: str) -> ServeJobConfig:
+    per_model = [f"serve.models.{MODEL}.deployment.num_cpus=0.1"]
+    return load_config(
+        ServeJobConfig,
+        None,
+        [f"serve.port={env['port']}", f"serve.models={{{models}}}", *LIGHT, *per_model, *extra],
+    )
+
+
+def up(env: dict, models: str, *extra: str, faults: dict[str, str] | None = None):
+    return deploy(cfg(env, models, *extra), env["registry"], faults=faults)
+
+
+def replica_pids(app: str = "rayml") -> dict[str, set[int]]:
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    return {name: {r.pid for r in d.replicas} for name, d in details.applications[app].deployments.items()}
+
+
+def stats_window(model: str, since: float) -> dict:
+    from ray import serve
+
+    from rayml.serve._stats import by_version
+
+    return by_version(serve.get_deployment_handle("RaymlStats", "rayml").window.remote(model, since).result())
+
+
+async def _fire(url: str, path: str, bodies: list[dict], headers: list[dict] | None = None, concurrency: int = 8):
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+        async def one(i: int):
+            async with sem:
+                r = await client.post(path, json=bodies[i], headers=(headers or [{}] * len(bodies))[i])
+                return r.status_code, r.headers.get("x-rayml-model-version")
+
+        return await asyncio.gather(*(one(i) for i in range(len(bodies))))
+
+
+def fire(env: dict, n: int, path: str = f"/v1/models/{MODEL}:predict", headers: list[dict] | None = None):
+    return asyncio.run(_fire(env["url"], path, [{"instances": ROWS[:1]}] * n, headers))
+
+
+# --- protocols ---------------------------------------------------------------------------------------------------
+def test_v2_and_v1_protocols_metadata_and_version_header(env: dict) -> None:
+    state = up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}, {{version: 2, weight: 0.0}}]}}")
+    assert state.healthy, state
+    c = httpx.Client(base_url=env["url"], timeout=30)
+    assert c.get("/v2/health/live").json() == {"live": True}
+    deadline = time.monotonic() + 30
+    while c.get("/v2/health/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert c.get("/v2/health/ready").json() == {"ready": True}
+    meta = c.get(f"/v2/models/{MODEL}").json()
+    assert meta["name"] == MODEL and meta["versions"] == ["1", "2"]
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
+        "price": "FP32",
+        "temperature": "FP32",
+        "competitor_distance": "FP32",
+        "day_of_week": "FP32",
+        "month": "FP32",
+        "region": "BYTES",
+        "category": "BYTES",
+        "promo": "BYTES",
+    }
+    assert all(i["shape"] == [-1] for i in meta["inputs"]) and meta["outputs"][0]["name"] == "prediction"
+    assert c.get(f"/v2/models/{MODEL}/ready").json()["ready"] is True
+
+    r = c.post(f"/v2/models/{MODEL}/infer", json=v2_body(ROWS, id="req-7"))
+    body = r.json()
+    assert r.status_code == 200 and r.headers["x-rayml-model-version"] == "1"
+    assert body["model_name"] == MODEL and body["model_version"] == "1" and body["id"] == "req-7"
+    out = body["outputs"][0]
+    assert out["name"] == "prediction" and out["datatype"] == "FP32" and out["shape"] == [4] and len(out["data"]) == 4
+    assert all(math.isfinite(x) for x in out["data"])
+
+    v1 = c.post(f"/v1/models/{MODEL}:predict", json={"instances": ROWS})
+    assert v1.status_code == 200 and v1.json()["predictions"] == pytest.approx(out["data"], rel=1e-5)
+
+    pinned = c.post(f"/v2/models/{MODEL}/versions/2/infer", json=v2_body(ROWS))  # weight 0, still reachable pinned
+    assert pinned.status_code == 200 and pinned.headers["x-rayml-model-version"] == "2"
+    assert pinned.json()["parameters"]["route"] == "pinned" and pinned.json()["outputs"][0]["data"] != out["data"]
+    missing = c.post(f"/v2/models/{MODEL}/versions/9/infer", json=v2_body(ROWS))
+    assert missing.status_code == 404 and "served versions: 1, 2" in missing.json()["error"]
+
+
+# --- traffic split and stickiness --------------------------------------------------------------------------------
+def test_1000_requests_at_80_20_land_within_the_binomial_interval(env: dict) -> None:
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 0.8}}, {{version: 2, weight: 0.2}}]}}")
+    results = fire(env, 1000)
+    assert {s for s, _ in results} == {200}
+    canary = sum(v == "2" for _, v in results)
+    lo, hi = binom.ppf(0.0005, 1000, 0.2), binom.ppf(0.9995, 1000, 0.2)  # two-sided 99.9% interval
+    assert lo <= canary <= hi, f"{canary} canary answers of 1000, expected {lo:.0f}..{hi:.0f}"
+
+
+def test_sticky_keys_stay_put_and_a_weight_change_moves_only_what_it_must(env: dict) -> None:
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 0.8}}, {{version: 2, weight: 0.2}}]}}")
+    pids_before = replica_pids()
+    keys = [{"x-rayml-route-key": f"user-{i}"} for i in range(150)]
+    first = fire(env, len(keys), headers=keys)
+    again = fire(env, len(keys), headers=keys)
+    assert first == again  # same key, same version, every time
+    on_canary = {k["x-rayml-route-key"] for k, (_, v) in zip(keys, first, strict=True) if v == "2"}
+    assert 10 < len(on_canary) < 55
+
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 0.5}}, {{version: 2, weight: 0.5}}]}}")
+    after = fire(env, len(keys), headers=keys)
+    moved = [(b, a) for (_, b), (_, a) in zip(first, after, strict=True) if b != a]
+    assert moved and all((b, a) == ("1", "2") for b, a in moved)  # only baseline -> canary, never back
+    assert all(v == "2" for k, (_, v) in zip(keys, after, strict=True) if k["x-rayml-route-key"] in on_canary)
+    assert replica_pids() == pids_before  # weights changed by reconfigure(): not one replica restarted
+
+
+# --- bad input never becomes a 500, and the server keeps serving ---------------------------------------------------
+def test_every_bad_input_class_gets_its_4xx_with_a_fix(env: dict) -> None:
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}", "serve.max_batch_rows=50", "serve.max_request_bytes=16384")
+    c = httpx.Client(base_url=env["url"], timeout=30)
+    good = v2_body(ROWS)
+    extra = v2_body(ROWS)
+    extra["inputs"].append({"name": "shoe_size", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]})
+    mistyped = json.loads(json.dumps(good))
+    next(i for i in mistyped["inputs"] if i["name"] == "price")["data"][0] = "cheap"
+    with_nan = json.loads(json.dumps(good))
+    next(i for i in with_nan["inputs"] if i["name"] == "temperature")["data"][0] = None
+    missing = {"inputs": [i for i in good["inputs"] if i["name"] != "month"]}
+    cases = [
+        (
+            "malformed JSON",
+            c.post(f"/v2/models/{MODEL}/infer", content=b'{"inputs": [', headers={"content-type": "application/json"}),
+            400,
+            "not valid JSON",
+        ),
+        ("not v2", c.post(f"/v2/models/{MODEL}/infer", json={"rows": []}), 400, "'inputs'"),
+        ("missing column", c.post(f"/v2/models/{MODEL}/infer", json=missing), 422, "missing column(s) ['month']"),
+        ("extra column", c.post(f"/v2/models/{MODEL}/infer", json=extra), 422, "unknown column(s) ['shoe_size']"),
+        ("mistyped column", c.post(f"/v2/models/{MODEL}/infer", json=mistyped), 422, "takes numbers; got 'cheap'"),
+        ("NaN not allowed", c.post(f"/v2/models/{MODEL}/infer", json=with_nan), 422, "missing values (null/NaN)"),
+        (
+            "too many rows",
+            c.post(f"/v1/models/{MODEL}:predict", json={"instances": ROWS[:1] * 51}),
+            413,
+            "more than the limit of 50",
+        ),
+        ("body too large", c.post(f"/v1/models/{MODEL}:predict", content=b"{" + b" " * 20000 + b"}"), 413, "limit of 16384"),
+        ("unknown model", c.post("/v2/models/no-such-model/infer", json=good), 404, "served models: sales-model"),
+        ("unknown model v1", c.post("/v1/models/../etc/passwd:predict", json=good), 404, ""),
+        ("unknown endpoint", c.get("/v3/whatever"), 404, "endpoints:"),
+        ("wrong method", c.get(f"/v2/models/{MODEL}/infer"), 405, "not allowed"),
+    ]
+    for name, r, status, fragment in cases:
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert fragment in r.json()["error"], (name, r.text)
+    ok = c.post(f"/v2/models/{MODEL}/infer", json=good)
+    assert ok.status_code == 200  # still serving
+
+
+def test_api_keys_401_403_and_open_health(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYML_SERVE_API_KEYS", "env-key-for-every-model-0001")
+    up(
+        env,
+        f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}",
+        "serve.api_keys=[{key: scoped-key-other-model-01, models: [other-model]}]",
+    )
+    c = httpx.Client(base_url=env["url"], timeout=30)
+    path, body = f"/v1/models/{MODEL}:predict", {"instances": ROWS[:1]}
+    assert c.post(path, json=body).status_code == 401
+    assert c.post(path, json=body, headers={"authorization": "Bearer wrong-key-0000000000"}).status_code == 401
+    r = c.post(path, json=body, headers={"authorization": "Bearer scoped-key-other-model-01"})
+    assert r.status_code == 403 and "may not call model 'sales-model'" in r.json()["error"]
+    assert c.post(path, json=body, headers={"authorization": "Bearer env-key-for-every-model-0001"}).status_code == 200
+    assert c.get(f"/v2/models/{MODEL}").status_code == 401  # metadata is protected too
+    assert c.get("/v2/health/live").status_code == 200 and c.get("/v2/health/ready").status_code == 200
+    monkeypatch.delenv("RAYML_SERVE_API_KEYS")
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")
+    assert c.post(path, json=body).status_code == 200
+
+
+# --- shadow ------------------------------------------------------------------------------------------------------
+def test_a_raising_shadow_never_fails_a_primary_and_its_errors_are_counted(env: dict) -> None:
+    up(
+        env,
+        f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}], shadow: {{version: 3, percent: 100}}}}",
+        faults={f"{MODEL}:3": "raise"},
+    )
+    since = time.time() - 1
+
+    def shadow_errors_above(floor: int) -> int:
+        deadline = time.monotonic() + 20  # counts reach the stats deployment on the ingress's next flush
+        while time.monotonic() < deadline:
+            s = stats_window(MODEL, since).get((3, "shadow"))
+            if s is not None and s.errors > floor:
+                return s.errors
+            time.sleep(0.3)
+        raise AssertionError(f"shadow errors did not rise above {floor}")
+
+    first = fire(env, 60)
+    errors_1 = shadow_errors_above(0)
+    second = fire(env, 60)
+    errors_2 = shadow_errors_above(errors_1)
+    assert {s for s, _ in first + second} == {200} and {v for _, v in first + second} == {"1"}
+    assert 0 < errors_1 < errors_2  # rising, and never seen by a caller
+    w = stats_window(MODEL, since)
+    assert w[(1, "primary")].errors == 0 and w[(1, "primary")].requests >= 120
+
+
+def test_a_slow_shadow_does_not_move_primary_p50(env: dict) -> None:
+    up(
+        env,
+        f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}], shadow: {{version: 3, percent: 100}}}}",
+        "serve.shadow_queue_size=200",
+        faults={f"{MODEL}:3": "sleep:0.2"},
+    )
+    c = httpx.Client(base_url=env["url"], timeout=30)
+    body = {"instances": ROWS[:1]}
+    routed, pinned = [], []
+    for _ in range(20):  # warm up both paths
+        c.post(f"/v1/models/{MODEL}:predict", json=body)
+    # Interleave: a routed request (mirrored to the 200 ms shadow) and a pinned one (never mirrored) hit the same v1
+    # replicas under the same load, so only the shadow differs between the two medians.
+    for i in range(400):
+        t0 = time.perf_counter()
+        if i % 2:
+            r = c.post(f"/v1/models/{MODEL}:predict", json=body)
+            routed.append(time.perf_counter() - t0)
+        else:
+            r = c.post(f"/v2/models/{MODEL}/versions/1/infer", json=v2_body(ROWS[:1]))
+            pinned.append(time.perf_counter() - t0)
+        assert r.status_code == 200
+    p50_routed, p50_pinned = statistics.median(routed), statistics.median(pinned)
+    assert p50_routed <= 1.10 * p50_pinned + 0.0005, f"p50 routed {p50_routed * 1e3:.2f} ms vs pinned {p50_pinned * 1e3:.2f} ms"
+    assert p50_routed < 0.1  # nowhere near the shadow's 200 ms
+    time.sleep(1.0)
+    assert stats_window(MODEL, time.time() - 120)[(3, "shadow")].requests > 50  # the shadow really ran
+
+
+# --- zero-downtime changes -----------------------------------------------------------------------------------------
+def test_weight_and_version_changes_under_continuous_load_lose_no_request(env: dict) -> None:
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")
+    results: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=env["url"], timeout=60) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(f"/v1/models/{MODEL}:predict", json={"instances": ROWS[:1]})
+                    results.append((r.status_code, r.headers.get("x-rayml-model-version")))
+                except httpx.HTTPError as e:
+                    results.append((-1, repr(e)))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 0.7}}, {{version: 2, weight: 0.3}}]}}")  # add v2
+        time.sleep(1.0)
+        up(env, f"{MODEL}: {{versions: [{{version: 2, weight: 1.0}}]}}")  # all to v2, then drain and remove v1
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed, e.g. {failed[:3]}"
+    versions = [v for _, v in results]
+    assert "1" in versions and "2" in versions and versions[-1] == "2" and len(results) > 100
+    assert {d.name for d in app_state("rayml").deployments} == {"Ingress", "RaymlStats", "model-sales-model-v2"}
+
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+def test_metrics_are_exported_to_prometheus(env: dict) -> None:
+    import ray
+
+    up(env, f"{MODEL}: {{versions: [{{version: 2, weight: 1.0}}]}}")
+    fire(env, 20)
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    wanted = {
+        "ray_rayml_requests_total",
+        "ray_rayml_request_latency_seconds_bucket",
+        "ray_rayml_traffic_weight",
+        "ray_rayml_model_load_seconds_bucket",
+    }
+    deadline, text = time.monotonic() + 40, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(name in text for name in wanted):
+            break
+        fire(env, 2)
+        time.sleep(2)
+    missing = sorted(n for n in wanted if n not in text)
+    assert not missing, f"not exported: {missing}"
+    labels = ('model="sales-model"', 'version="2"', 'route="primary"', 'code="200"')
+    lines = [x for x in text.splitlines() if x.startswith("ray_rayml_requests_total{")]
+    assert any(all(label in x for label in labels) for x in lines), lines[:5]
