@@ -1,0 +1,182 @@
+"""What a finished search leaves behind: the :class:`TuneResult`, results.csv and learning_curves.png (next to the
+experiment and on the MLflow parent run), and the best trial's model, exported and registered like `rayml train`'s."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayml._private import fs
+from rayml.config import TrainJobConfig, TuneJobConfig
+from rayml.errors import TrainingError
+from rayml.models import build_spec
+from rayml.registry import ModelVersionInfo, Registry
+from rayml.train import PreparedData, export_model_dir, lineage_tags
+from rayml.tune._mlflow import SEARCH_TAG
+from rayml.tune._report import CURVES_FILE, RESULTS_FILE, TrialSummary, learning_curves_png, results_csv
+
+logger = logging.getLogger("rayml.tune")
+
+
+@dataclass
+class TuneResult:
+    """What a search produced.
+
+    Attributes:
+        name: the search name (experiment directory, MLflow parent run name, ``rayml.tune_search_id`` tag).
+        trials: every trial, best first.
+        best: the best trial; ``best_config`` is its full training config.
+        model_version: the registered version of the best model (None when ``registry.register_version`` is false).
+        already_done: the search had finished and registered its model before; nothing ran.
+    """
+
+    name: str
+    experiment_path: str
+    parent_run_id: str
+    metric: str
+    mode: str
+    trials: list[TrialSummary]
+    best: TrialSummary
+    best_config: TrainJobConfig
+    results_path: str
+    plot_path: str
+    total_epochs: int
+    wall_time_s: float
+    model_version: ModelVersionInfo | None = None
+    model_dir: str | None = None
+    resumed: bool = False
+    already_done: bool = False
+    data_fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return self.best.params
+
+    @property
+    def best_metric(self) -> float | None:
+        return self.best.best_metric
+
+    @property
+    def stopped_early(self) -> int:
+        return sum(1 for t in self.trials if t.stopped_by == "asha")
+
+
+def _write(path: str, data: bytes) -> None:
+    filesystem, p = fs.filesystem(path)
+    filesystem.create_dir(os.path.dirname(p), recursive=True)
+    with filesystem.open_output_stream(p) as f:
+        f.write(data)
+
+
+def write_outputs(
+    registry: Registry, cfg: TuneJobConfig, name: str, exp_path: str, parent_run_id: str, trials: list[TrialSummary]
+) -> tuple[str, str]:
+    """results.csv and learning_curves.png next to the experiment, and as artifacts of the parent run."""
+    title = f"{name}: {cfg.tune.metric} per epoch ({cfg.tune.scheduler}, {len(trials)} trials)"
+    files = {RESULTS_FILE: results_csv(trials, cfg), CURVES_FILE: learning_curves_png(trials, cfg, title)}
+    with tempfile.TemporaryDirectory(prefix="rayml-tune-") as tmp:
+        for fname, data in files.items():
+            _write(fs.join(exp_path, fname), data)
+            (Path(tmp) / fname).write_bytes(data)
+        try:
+            registry.client.log_artifacts(parent_run_id, tmp)
+        except Exception as e:  # the files are next to the experiment either way
+            logger.warning("could not log the results to MLflow run %s: %s", parent_run_id, e)
+    return fs.join(exp_path, RESULTS_FILE), fs.join(exp_path, CURVES_FILE)
+
+
+def _best_state_dict(cfg: TuneJobConfig, grid: Any, best: TrialSummary) -> dict[str, Any]:
+    """The best trial's model at its best epoch, from a Tune checkpoint (single worker) or its trainer run (DDP)."""
+    import ray.train
+
+    from rayml.train.trainer import load_state_dict_from_checkpoint
+
+    result = next(r for r in grid if r.path.rstrip("/").endswith(f"trial_{best.trial_id}"))
+    checkpoint = None
+    if result.best_checkpoints:
+        checkpoint = result.get_best_checkpoint(cfg.tune.metric, cfg.resolved_mode)
+    else:  # distributed trial: the metrics rows name the trainer's checkpoints
+        df = result.metrics_dataframe
+        if df is not None and "checkpoint_path" in df.columns:
+            rows = df[df["epoch"] == best.best_epoch].dropna(subset=["checkpoint_path"])
+            if len(rows):
+                checkpoint = ray.train.Checkpoint(rows["checkpoint_path"].iloc[-1])
+    if checkpoint is None:
+        raise TrainingError(
+            f"the best trial {best.trial_id} has no checkpoint to export",
+            hint=f"check {result.path}; raise train.checkpoint_num_to_keep if checkpoints were deleted",
+        )
+    state = load_state_dict_from_checkpoint(checkpoint)
+    if int(state["epoch"]) != best.best_epoch:
+        logger.warning(
+            "best trial %s: best %s at epoch %s but the kept checkpoint is from epoch %s",
+            best.trial_id,
+            cfg.tune.metric,
+            best.best_epoch,
+            state["epoch"],
+        )
+    return state
+
+
+def register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, grid: Any, prepared: PreparedData) -> None:
+    best, bc = result.best, result.best_config
+    state = _best_state_dict(cfg, grid, best)
+    spec = build_spec(prepared.train, prepared.schema, bc.model.hidden_sizes, bc.model.dropout, bc.model.embedding_dim)
+    run_id = best.mlflow_run_id or result.parent_run_id
+    tags = lineage_tags(
+        prepared.fingerprint,
+        run_id,
+        {
+            SEARCH_TAG: result.name,
+            "rayml.tune_trial_id": best.trial_id,
+            "rayml.tune_parent_run_id": result.parent_run_id,
+            "rayml.best_epoch": str(int(state["epoch"])),
+        },
+    )
+    metrics = {f"best_{cfg.tune.metric}": float(best.best_metric or math.nan), "best_epoch": float(state["epoch"])}
+    model_dir = Path(tempfile.mkdtemp(prefix="rayml-model-"))
+    meta = {
+        "name": cfg.model.name,
+        "metrics": metrics,
+        "lineage": tags,
+        "tune": {"search": result.name, "trial_id": best.trial_id, "params": best.params},
+    }
+    export_model_dir(model_dir, spec, state, prepared, meta)
+    result.model_dir = str(model_dir)
+    if not cfg.registry.register_version:
+        return
+    info = registry.register(
+        cfg.model.name, model_dir, run_id, tags, description=f"best trial {best.trial_id} of search {result.name}"
+    )
+    if cfg.registry.alias:
+        registry.set_alias(info.name, info.version, cfg.registry.alias)
+        info = registry.get_version(info.name, info.version)
+    result.model_version = info
+
+
+def log_summary(registry: Registry, result: TuneResult) -> None:
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    values = {
+        f"best_{result.metric}": result.best_metric,
+        "num_trials": len(result.trials),
+        "trials_stopped_early": result.stopped_early,
+        "total_epochs": result.total_epochs,
+        "search_wall_time_s": result.wall_time_s,
+    }
+    client = registry.client
+    client.log_batch(
+        result.parent_run_id,
+        metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if v is not None and math.isfinite(float(v))],
+    )
+    client.set_tag(result.parent_run_id, "rayml.best_trial_id", result.best.trial_id)
+    if result.model_version:
+        client.set_tag(result.parent_run_id, "rayml.model_version", result.model_version.ref)
