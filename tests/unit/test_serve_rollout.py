@@ -1,0 +1,214 @@
+"""Rollout decisions with fake traffic, stats and registry, and a fake clock: promote, rollback, manual steps, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rayml.config import RolloutConfig
+from rayml.serve._rollout import (
+    PROMOTED,
+    PROMOTING,
+    ROLLED_BACK,
+    WAITING,
+    RolloutController,
+    RolloutState,
+    StateStore,
+    evaluate,
+)
+from rayml.serve._stats import VersionStats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 10_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def vs(requests: int = 100, errors: int = 0, latency_ms: float = 10.0, compared: int = 0, diff: float = 0.0, rejected: int = 0):
+    s = VersionStats(requests=requests, errors=errors, rejected=rejected, compared_rows=compared, diff_sum=diff)
+    s.primary_abs_sum = 100.0 * compared
+    for _ in range(requests):
+        s.observe_latency(latency_ms / 1000)
+    return s
+
+
+class FakeTraffic:
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[int, float], tuple[int, float] | None, list[int]]] = []
+        self.fail_next = False
+
+    def apply(self, model, weights, shadow, remove) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("Serve controller unreachable")
+        self.calls.append((dict(weights), shadow, list(remove)))
+
+
+class FakeStats:
+    """Healthy baseline; the candidate's numbers come from ``candidate``."""
+
+    def __init__(self, candidate: VersionStats | None = None, shadow: VersionStats | None = None) -> None:
+        self.candidate = candidate or vs()
+        self.shadow = shadow or vs(compared=100, diff=100 * 100 * 0.01)  # 1% relative disagreement
+        self.windows: list[tuple[float, float]] = []
+
+    def window(self, model, since, until):
+        self.windows.append((since, until))
+        return {(1, "primary"): vs(), (2, "primary"): self.candidate, (2, "shadow"): self.shadow}
+
+
+class FakePromoter:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def promote(self, model, version):
+        self.calls.append((model, version))
+        return {"production": version, "previous": 1}
+
+
+def make(tmp_path: Path, stats: FakeStats | None = None, **cfg) -> tuple[RolloutController, FakeTraffic, FakePromoter, Clock]:
+    config = RolloutConfig(**{"steps": [10, 50, 100], "interval_s": 60, "failure_budget": 0, **cfg})
+    state = RolloutState(model="m", app_name="app", baseline=1, candidate=2, config=config.model_dump(mode="json"))
+    traffic, promoter, clock = FakeTraffic(), FakePromoter(), Clock()
+    c = RolloutController(state, StateStore(tmp_path, "app", "m"), traffic, stats or FakeStats(), promoter, clock)
+    c.start()
+    return c, traffic, promoter, clock
+
+
+def run(c: RolloutController, clock: Clock, seconds: float, step_s: float = 1.0) -> None:
+    end = clock.t + seconds
+    while clock.t < end and not c.state.done:
+        c.tick()
+        clock.t += step_s
+
+
+def test_a_good_candidate_walks_every_step_and_is_promoted(tmp_path: Path) -> None:
+    c, traffic, promoter, clock = make(tmp_path)
+    run(c, clock, 400)
+    assert c.state.phase == PROMOTED and promoter.calls == [("m", 2)]
+    weights = [w for w, _, _ in traffic.calls]
+    assert weights == [{1: 0.9, 2: 0.1}, {1: 0.5, 2: 0.5}, {1: 0.0, 2: 1.0}, {1: 0.0, 2: 1.0}]
+    assert all(shadow == (2, 100.0) for _, shadow, _ in traffic.calls[:3]) and traffic.calls[-1][1] is None
+    events = [r["event"] for r in c.store.history()]
+    assert events[0] == "started" and events[-1] == "promoted" and events.count("check_passed") == 3
+    promoted = c.store.history()[-1]
+    assert "every step passed" in promoted["reason"] and promoted["last_check"]["candidate"]["requests"] == 100
+    assert c.store.load().phase == PROMOTED  # persisted
+
+
+def test_each_step_is_judged_on_its_own_full_window(tmp_path: Path) -> None:
+    stats = FakeStats()
+    c, _, _, clock = make(tmp_path, stats)
+    run(c, clock, 400)
+    assert len(stats.windows) == 3 and all(until - since == pytest.approx(60) for since, until in stats.windows)
+    assert all(b[0] >= a[1] for a, b in zip(stats.windows, stats.windows[1:], strict=False))  # no overlap between steps
+
+
+def test_an_erroring_candidate_is_rolled_back_with_the_reason(tmp_path: Path) -> None:
+    c, traffic, promoter, clock = make(tmp_path, FakeStats(candidate=vs(errors=9)), failure_budget=1)
+    run(c, clock, 400)
+    assert c.state.phase == ROLLED_BACK and promoter.calls == []
+    assert traffic.calls[-1] == ({1: 1.0, 2: 0.0}, None, [2])  # all traffic back, candidate removed
+    assert "error rate 9.00% > max_error_rate 1.00%" in c.state.reason and "2 failed checks" in c.state.reason
+    events = [r["event"] for r in c.store.history()]
+    assert events.count("check_failed") == 2 and events[-1] == "rolled_back"  # budget 1: the second failure rolls back
+    assert max(w.get(2, 0) for w, _, _ in traffic.calls) == pytest.approx(0.1)  # it never got past the first step
+
+
+@pytest.mark.parametrize(
+    "candidate, shadow, fragment",
+    [
+        (vs(requests=5), None, "only 5 candidate requests"),
+        (vs(latency_ms=50), None, "x the baseline's"),
+        (vs(rejected=20), None, "does not accept what the baseline accepts"),
+        (vs(), vs(compared=100, diff=100 * 100 * 3.0), "disagreement with the baseline 3 > max_disagreement 0.25"),
+    ],
+)
+def test_each_threshold_fails_a_check(tmp_path: Path, candidate, shadow, fragment: str) -> None:
+    c, _, _, clock = make(tmp_path, FakeStats(candidate=candidate, shadow=shadow))
+    run(c, clock, 200)
+    assert c.state.phase == ROLLED_BACK and fragment in c.state.reason, c.state.reason
+
+
+def test_wild_outputs_are_caught_in_the_shadow_phase_before_any_traffic(tmp_path: Path) -> None:
+    wild = FakeStats(shadow=vs(compared=200, diff=200 * 100 * 50.0))
+    c, traffic, _, clock = make(tmp_path, wild, shadow_s=30)
+    run(c, clock, 200)
+    assert c.state.phase == ROLLED_BACK and "disagreement" in c.state.reason
+    assert all(w.get(2, 0.0) == 0.0 for w, _, _ in traffic.calls)  # the candidate never answered a caller
+
+
+def test_a_manual_step_waits_for_approval_and_records_it(tmp_path: Path) -> None:
+    c, traffic, _, clock = make(tmp_path, manual_steps=[50])
+    run(c, clock, 600)
+    assert c.state.phase == WAITING and c.state.step_percent == 50
+    assert traffic.calls[-1][0] == {1: 0.5, 2: 0.5}  # held at 50%
+    c.approve("alice", "dashboards look fine")
+    run(c, clock, 200)
+    assert c.state.phase == PROMOTED
+    approval = next(r for r in c.store.history() if r["event"] == "approved")["approval"]
+    assert approval["by"] == "alice" and approval["step_percent"] == 50 and approval["note"] == "dashboards look fine"
+
+
+def test_manual_rollback_and_promote_overrides(tmp_path: Path) -> None:
+    c, traffic, promoter, clock = make(tmp_path)
+    run(c, clock, 70)
+    c.request("rollback", by="bob", reason="pager went off")
+    c.tick()
+    assert c.state.phase == ROLLED_BACK and c.state.reason == "manual rollback by bob: pager went off"
+    d, _, promoter2, clock2 = make(tmp_path / "other")
+    run(d, clock2, 10)
+    d.request("promote", by="carol")
+    d.tick()
+    assert d.state.phase == PROMOTED and promoter2.calls == [("m", 2)]
+
+
+def test_a_restarted_controller_resumes_without_double_stepping(tmp_path: Path) -> None:
+    stats = FakeStats()
+    c, traffic, promoter, clock = make(tmp_path, stats)
+    run(c, clock, 100)  # step 10% passed, step 50% applied and running
+    assert c.state.step_index == 1 and c.state.applied
+    applied_before = len(traffic.calls)
+    # the process dies; a new controller loads the state from disk
+    resumed = RolloutController(c.store.load(), c.store, traffic, stats, promoter, clock)
+    resumed.tick()
+    assert len(traffic.calls) == applied_before  # weights were already applied: not re-applied, window kept
+    assert resumed.state.window_start == c.state.window_start
+    run(resumed, clock, 400)
+    assert resumed.state.phase == PROMOTED
+    assert [w for w, _, _ in traffic.calls].count({1: 0.5, 2: 0.5}) == 1  # step 50% applied exactly once
+    assert len(stats.windows) == 3  # three checks for three steps, none repeated
+
+
+def test_a_crash_between_deciding_and_applying_redoes_only_the_apply(tmp_path: Path) -> None:
+    c, traffic, promoter, clock = make(tmp_path)
+    run(c, clock, 63)  # first step passes at t+62 (60 s window + 2 s settle); the advance to 50% is saved
+    traffic.fail_next = True
+    with pytest.raises(ConnectionError):
+        run(c, clock, 5)
+    state = c.store.load()
+    assert state.step_index == 1 and not state.applied  # decided, not yet applied
+    resumed = RolloutController(state, c.store, traffic, FakeStats(), promoter, clock)
+    resumed.tick()
+    assert traffic.calls[-1][0] == {1: 0.5, 2: 0.5} and resumed.state.applied
+
+
+def test_a_crash_half_way_through_promotion_finishes_it(tmp_path: Path) -> None:
+    c, traffic, promoter, clock = make(tmp_path)
+    c.state.phase, c.state.reason = PROMOTING, "every step passed"
+    c.store.save(c.state)
+    resumed = RolloutController(c.store.load(), c.store, traffic, FakeStats(), promoter, clock)
+    resumed.tick()
+    assert resumed.state.phase == PROMOTED and promoter.calls == [("m", 2)] and traffic.calls[-1][0] == {1: 0.0, 2: 1.0}
+
+
+def test_evaluate_reports_every_failed_criterion_at_once() -> None:
+    cfg = RolloutConfig(max_p95_latency_ms=20.0)
+    state = RolloutState(model="m", app_name="a", baseline=1, candidate=2, config=cfg.model_dump(mode="json"))
+    check = evaluate(state, {(1, "primary"): vs(), (2, "primary"): vs(errors=50, latency_ms=80.0)})
+    assert not check.passed and len(check.reasons) == 3  # error rate, absolute p95, p95 ratio
+    assert check.snapshot["candidate"]["errors"] == 50 and check.snapshot["baseline"]["version"] == 1
