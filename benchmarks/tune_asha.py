@@ -1,6 +1,6 @@
 """ASHA vs full-budget random search (FIFO) on the same space, seeds and trials.
 
-    python benchmarks/tune_asha.py [--trials 8] [--epochs 8] [--concurrency 1] [--grace-period 2] [--reduction-factor 2]
+    python benchmarks/tune_asha.py [--trials 12] [--epochs 16] [--concurrency 1] [--grace-period 2] [--reduction-factor 3]
 
 Both searches use the same searcher seed, so they train the same sampled configurations (checked below); only the
 scheduler differs. One trial at a time by default: asynchronous ASHA's stop decisions depend on which trials reach a
@@ -64,8 +64,10 @@ def _config(name: str, scheduler: str, args: argparse.Namespace, home: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=8)
+    # ASHA's saving grows with the budget it can cut: with 8 epochs and rungs at 2/4/8 even synchronous halving keeps
+    # half of the epochs, so the defaults are a budget a real search would have (12 trials x 16 epochs, rungs 2/6)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -74,7 +76,7 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="searcher seed shared by both searches")
     parser.add_argument("--grace-period", type=int, default=2, help="ASHA: epochs before a trial can be stopped")
-    parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep the best 1/rf at each rung")
+    parser.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the best 1/rf at each rung")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     home = tempfile.mkdtemp(prefix="rayml-bench-tune-")
