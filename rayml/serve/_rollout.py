@@ -56,8 +56,8 @@ class StatsSource(Protocol):
 
 
 class Promoter(Protocol):
-    def promote(self, model: str, version: int) -> dict[str, int]:
-        """Point ``production`` at ``version`` (the old one becomes ``previous``); returns the aliases that moved."""
+    def promote(self, model: str, version: int, baseline: int) -> dict[str, int]:
+        """Point ``production`` at ``version`` and ``previous`` at ``baseline``; returns the aliases that moved."""
 
 
 @dataclass
@@ -361,7 +361,7 @@ class RolloutController:
         s.phase, s.reason = (PROMOTING, reason) if action == "promote" else (ROLLING_BACK, reason)
         self._save()
         self._apply_current()
-        moved = self.promoter.promote(s.model, s.candidate) if action == "promote" else {}
+        moved = self.promoter.promote(s.model, s.candidate, s.baseline) if action == "promote" else {}
         s.phase, s.finished_at = (PROMOTED if action == "promote" else ROLLED_BACK), self.clock()
         self._save()
         return self._record(

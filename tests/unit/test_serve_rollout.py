@@ -65,7 +65,7 @@ class FakePromoter:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
 
-    def promote(self, model, version):
+    def promote(self, model, version, baseline):
         self.calls.append((model, version))
         return {"production": version, "previous": 1}
 

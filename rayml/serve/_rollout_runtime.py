@@ -1,0 +1,350 @@
+"""Where rollouts run: a detached Ray actor per (application, model), plus the operator commands around it.
+
+Why a detached actor and not the CLI process: a rollout lasts minutes to hours and must not stop when the laptop
+that started it closes; the actor lives in the Serve cluster next to the application it changes, Ray restarts it
+if its process dies (``max_restarts=-1``) and it resumes from its persisted state, and every CLI command (status,
+approve, promote, rollback) finds it by name. `rayml rollout start` follows its progress by default; ``--detach``
+returns at once. The decision logic itself is plain Python (:mod:`rayml.serve._rollout`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rayml._private import constants
+from rayml.config import ServeJobConfig
+from rayml.errors import UserError
+from rayml.serve._deploy import apply_spec, current_spec
+from rayml.serve._rollout import RolloutController, RolloutState, StateStore
+from rayml.serve._spec import STATS, AppSpec, ShadowSpec, VersionSpec, deployment_name
+from rayml.serve._stats import VersionStats, by_version
+
+logger = logging.getLogger("rayml.serve")
+
+NAMESPACE = "rayml"
+
+
+def state_dir(cfg: ServeJobConfig) -> Path:
+    return Path(cfg.rollout.state_dir) if cfg.rollout.state_dir else constants.rayml_home() / "rollouts"
+
+
+def actor_name(app_name: str, model: str) -> str:
+    return f"rayml-rollout-{app_name}-{model}"
+
+
+class ServeTraffic:
+    """Applies a model's weights and shadow to the running application (staged, see :mod:`rayml.serve._deploy`)."""
+
+    def __init__(self, app_name: str, timeout_s: float) -> None:
+        self.app_name, self.timeout_s = app_name, timeout_s
+
+    def apply(self, model: str, weights: dict[int, float], shadow: tuple[int, float] | None, remove: list[int]) -> None:
+        spec = _require_spec(self.app_name)
+        apply_spec(with_traffic(spec, model, weights, shadow, remove), self.timeout_s)
+
+
+def with_traffic(
+    spec: AppSpec, model: str, weights: dict[int, float], shadow: tuple[int, float] | None, remove: list[int]
+) -> AppSpec:
+    """``spec`` with ``model``'s weights and shadow replaced and ``remove``d versions dropped."""
+    m = spec.models[model]
+    versions = [
+        v.model_copy(update={"weight": float(weights.get(v.version, 0.0))}) for v in m.versions if v.version not in remove
+    ]
+    new_shadow = ShadowSpec(version=shadow[0], percent=shadow[1]) if shadow else None
+    models = {**spec.models, model: m.model_copy(update={"versions": versions, "shadow": new_shadow})}
+    return spec.model_copy(update={"models": models})
+
+
+class ServeStats:
+    """Reads traffic windows from the application's stats deployment (totals over every ingress replica)."""
+
+    def __init__(self, app_name: str) -> None:
+        self.app_name = app_name
+
+    def window(self, model: str, since: float, until: float) -> dict[tuple[int, str], VersionStats]:
+        from ray import serve
+
+        handle = serve.get_deployment_handle(STATS, self.app_name)
+        return by_version(handle.window.remote(model, since, until).result(timeout_s=30))
+
+
+class RegistryPromoter:
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    def promote(self, model: str, version: int, baseline: int) -> dict[str, int]:
+        from rayml.registry import PREVIOUS, PRODUCTION, Registry
+
+        registry = Registry(self.tracking_uri)
+        moved = registry.set_alias(model, version, PRODUCTION)
+        if moved.get(PREVIOUS) is None and baseline != version:
+            # the baseline served all traffic without being `production` (e.g. deployed by number): it is still the
+            # version a one-command rollback must return to
+            moved.update(registry.set_alias(model, baseline, PREVIOUS))
+        return moved
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4)
+class RolloutActor:
+    """Drives one rollout in a background thread; resumes from the state file when Ray restarts it."""
+
+    def __init__(self, root: str, app_name: str, model: str, tracking_uri: str, timeout_s: float) -> None:
+        logging.getLogger("rayml").setLevel(logging.INFO)
+        self.store = StateStore(root, app_name, model)
+        state = self.store.load()
+        if state is None:
+            raise RuntimeError(f"no rollout state at {self.store.state_path}")
+        self.controller = RolloutController(
+            state, self.store, ServeTraffic(app_name, timeout_s), ServeStats(app_name), RegistryPromoter(tracking_uri)
+        )
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._loop, daemon=True, name="rollout").start()
+
+    def _loop(self) -> None:
+        poll = self.controller.state.cfg.poll_interval_s
+        while not self._stop.is_set():
+            with self._lock:
+                state = self.controller.state
+                try:
+                    self.controller.tick()
+                    state.last_error = None
+                except Exception as e:  # Serve busy, a redeploy timed out: keep the state, retry on the next tick
+                    logger.exception("rollout tick failed; retrying")
+                    state.last_error = f"{type(e).__name__}: {e}"
+                    self.store.save(state)
+                done = state.done
+            if done:
+                break
+            self._stop.wait(poll)
+        # finished: leave for good (no restart), so a later rollout of this model can take the name
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return self.controller.state.to_dict()
+
+    def approve(self, by: str, note: str) -> dict[str, Any]:
+        with self._lock:
+            return self.controller.approve(by, note)
+
+    def request(self, action: str, by: str, reason: str) -> None:
+        with self._lock:
+            self.controller.request(action, by, reason)
+
+
+def _require_spec(app_name: str) -> AppSpec:
+    spec = current_spec(app_name)
+    if spec is None:
+        raise UserError(
+            f"application {app_name!r} is not running", hint="deploy it first: rayml serve up --config FILE (see serve.app_name)"
+        )
+    return spec
+
+
+def _actor(app_name: str, model: str) -> Any | None:
+    try:
+        return ray.get_actor(actor_name(app_name, model), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def start_rollout(
+    cfg: ServeJobConfig, model: str, candidate: int | str, registry: Any = None, faults: dict[str, str] | None = None
+) -> RolloutState:
+    """Deploy ``candidate`` next to the current version (no traffic yet) and start the controller actor.
+
+    Resumes instead when a rollout of the same candidate is already under way (e.g. after the cluster restarted).
+
+    Raises:
+        UserError: the app or model is not served, the model already splits traffic, the candidate is the version
+            already serving, or another rollout of the model is under way.
+    """
+    from rayml.registry import PREVIOUS, Registry
+
+    registry = registry or Registry(cfg.registry.tracking_uri)
+    app = cfg.serve.app_name
+    spec = _require_spec(app)
+    if model not in spec.models:
+        raise UserError(f"model {model!r} is not served by {app!r}", hint=f"served: {', '.join(sorted(spec.models))}")
+    loaded = registry.load(f"{model}:{candidate}" if isinstance(candidate, int) else f"{model}@{candidate}")
+    cand = loaded.info.version
+    store = StateStore(state_dir(cfg), app, model)
+    existing = store.load()
+    if existing is not None and not existing.done:
+        if existing.candidate != cand:
+            raise UserError(
+                f"a rollout of {model} v{existing.candidate} is under way ({existing.phase})",
+                hint=f"wait for it, or end it: rayml rollout rollback --model {model}",
+            )
+        _ensure_actor(cfg, model, registry.tracking_uri)
+        return existing
+    m = spec.models[model]
+    live = {v.version: v.weight for v in m.versions if v.weight > 0}
+    if len(live) != 1:
+        split = ", ".join(f"v{v}={w:g}" for v, w in sorted(live.items()))
+        raise UserError(
+            f"model {model} already splits its traffic ({split}); a rollout starts from one version with all traffic",
+            hint="send all traffic to one version first (serve.models weights in the config, then rayml serve up)",
+        )
+    baseline = next(iter(live))
+    if cand == baseline:
+        raise UserError(f"v{cand} of {model} already serves all traffic", hint="name another version as --candidate")
+    if loaded.meta.get("kind", "model") != m.kind:
+        raise UserError(f"{model}:{cand} is a {loaded.meta.get('kind')}, the served versions are {m.kind}s")
+    try:
+        previous = registry.resolve(f"{model}@{PREVIOUS}").version
+    except UserError:
+        previous = None
+    keep = {baseline, cand, previous}
+    versions = [v for v in m.versions if v.version in keep and v.version != cand]
+    versions.append(
+        VersionSpec(
+            version=cand,
+            weight=0.0,
+            deployment=deployment_name(model, cand, m.kind),
+            local_path=str(loaded.path),
+            fault=(faults or {}).get(f"{model}:{cand}"),
+        )
+    )
+    staged = spec.model_copy(
+        update={
+            "models": {
+                **spec.models,
+                model: m.model_copy(update={"versions": sorted(versions, key=lambda v: v.version), "shadow": None}),
+            }
+        }
+    )
+    apply_spec(staged, cfg.serve.deploy_timeout_s)  # the candidate is up (no traffic) before the controller starts
+    state = RolloutState(
+        model=model,
+        app_name=app,
+        baseline=baseline,
+        candidate=cand,
+        config=cfg.rollout.model_dump(mode="json"),
+        task=m.task,
+        settle_s=spec.stats_flush_interval_s + 1.0,
+    )
+    controller = RolloutController(
+        state, store, ServeTraffic(app, cfg.serve.deploy_timeout_s), ServeStats(app), RegistryPromoter(registry.tracking_uri)
+    )
+    controller.start()
+    _ensure_actor(cfg, model, registry.tracking_uri)
+    return state
+
+
+def _ensure_actor(cfg: ServeJobConfig, model: str, tracking_uri: str) -> Any:
+    app = cfg.serve.app_name
+    return RolloutActor.options(name=actor_name(app, model), namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
+        str(state_dir(cfg)), app, model, tracking_uri, cfg.serve.deploy_timeout_s
+    )
+
+
+def load_state(cfg: ServeJobConfig, model: str) -> tuple[RolloutState | None, StateStore]:
+    store = StateStore(state_dir(cfg), cfg.serve.app_name, model)
+    return store.load(), store
+
+
+def controller_running(cfg: ServeJobConfig, model: str) -> bool:
+    return _actor(cfg.serve.app_name, model) is not None
+
+
+def approve(cfg: ServeJobConfig, model: str, note: str = "") -> dict[str, Any]:
+    """Approve the current (manual) step of the model's rollout; the approval is recorded with who and when."""
+    state, _ = load_state(cfg, model)
+    if state is None or state.done:
+        raise UserError(f"no rollout of {model} is under way", hint=f"see rayml rollout status --model {model}")
+    actor = _actor(cfg.serve.app_name, model)
+    if actor is None:
+        raise UserError(
+            f"the controller of {model}'s rollout is not running",
+            hint="rerun `rayml rollout start` with the same --candidate to resume it",
+        )
+    return ray.get(actor.approve.remote(_who(), note))
+
+
+def override(cfg: ServeJobConfig, model: str, action: str, reason: str = "", registry: Any = None) -> RolloutState:
+    """Promote or roll back the model's rollout by hand (through its controller, or in this process if it is gone)."""
+    state, store = load_state(cfg, model)
+    if state is None or state.done:
+        raise UserError(f"no rollout of {model} is under way", hint=f"see rayml rollout status --model {model}")
+    actor = _actor(cfg.serve.app_name, model)
+    if actor is not None:
+        ray.get(actor.request.remote(action, _who(), reason))
+        deadline = time.monotonic() + cfg.serve.deploy_timeout_s
+        while time.monotonic() < deadline:
+            state = store.load()
+            if state is not None and state.done:
+                return state
+            time.sleep(0.5)
+        raise UserError(f"the controller did not finish the {action} in time", hint=f"rayml rollout status --model {model}")
+    from rayml.registry import Registry
+
+    tracking_uri = (registry or Registry(cfg.registry.tracking_uri)).tracking_uri
+    app = cfg.serve.app_name
+    controller = RolloutController(
+        state, store, ServeTraffic(app, cfg.serve.deploy_timeout_s), ServeStats(app), RegistryPromoter(tracking_uri)
+    )
+    controller.request(action, _who(), reason)
+    controller.tick()
+    return controller.state
+
+
+def rollback_to_previous(cfg: ServeJobConfig, model: str, registry: Any = None) -> tuple[int, int]:
+    """Blue/green rollback: ``production`` -> the ``previous`` version, and all traffic to it, in one step.
+
+    Returns:
+        (the version now serving, the version it replaced).
+    """
+    from rayml.registry import PREVIOUS, PRODUCTION, Registry
+
+    registry = registry or Registry(cfg.registry.tracking_uri)
+    state, _ = load_state(cfg, model)
+    if state is not None and not state.done:
+        raise UserError(
+            f"a rollout of {model} v{state.candidate} is under way", hint=f"end it with: rayml rollout rollback --model {model}"
+        )
+    app = cfg.serve.app_name
+    spec = _require_spec(app)
+    if model not in spec.models:
+        raise UserError(f"model {model!r} is not served by {app!r}", hint=f"served: {', '.join(sorted(spec.models))}")
+    prev = registry.load(f"{model}@{PREVIOUS}")
+    m = spec.models[model]
+    current = max(m.weights, key=lambda v: (m.weights[v], v))
+    versions = [v for v in m.versions if v.version in (current, prev.info.version)]
+    if all(v.version != prev.info.version for v in versions):
+        versions.append(
+            VersionSpec(
+                version=prev.info.version,
+                weight=0.0,
+                deployment=deployment_name(model, prev.info.version, m.kind),
+                local_path=str(prev.path),
+            )
+        )
+    versions = [v.model_copy(update={"weight": 1.0 if v.version == prev.info.version else 0.0}) for v in versions]
+    new = spec.model_copy(
+        update={
+            "models": {
+                **spec.models,
+                model: m.model_copy(update={"versions": sorted(versions, key=lambda v: v.version), "shadow": None}),
+            }
+        }
+    )
+    apply_spec(new, cfg.serve.deploy_timeout_s)
+    registry.set_alias(model, prev.info.version, PRODUCTION)
+    return prev.info.version, current
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "unknown"

@@ -1,0 +1,180 @@
+"""Automatic rollouts on real Serve under continuous load: a good candidate is promoted, bad ones are rolled back.
+
+Intervals are seconds, not minutes. The controller runs as the detached Ray actor it runs as in production; the
+traffic comes from a background HTTP client; the decisions are read back from the state file and the audit log.
+A candidate that errors uses the model deployment's test-only fault hook (``raise``); "wild outputs" is a real
+ONNX model whose last layer is scaled by 100.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rayml.config import ServeJobConfig, load_config
+from rayml.registry import Registry
+from rayml.serve._deploy import app_state, deploy
+from rayml.serve._rollout_runtime import load_state, rollback_to_previous, start_rollout
+from rayml.serve._testing import instances, register_tiny_model
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+MODEL = "sales-model"
+ROWS = instances(2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
+    from ray import serve
+
+    db = tmp_path_factory.mktemp("rollout-registry") / "mlflow.db"
+    shutil.copy(_registry_template, db)
+    registry = Registry(f"sqlite:///{db}")
+    register_tiny_model(registry, MODEL, seed=0)  # v1: baseline
+    register_tiny_model(registry, MODEL, seed=0, output_scale=1.03)  # v2: a good candidate (3% different)
+    register_tiny_model(registry, MODEL, seed=0, output_scale=100.0)  # v3: wild outputs
+    register_tiny_model(registry, MODEL, seed=0, output_scale=1.01)  # v4: raises (fault hook)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    state_root = tmp_path_factory.mktemp("rollouts")
+    cfg = load_config(
+        ServeJobConfig,
+        None,
+        [
+            f"serve.port={port}",
+            f"serve.models={{{MODEL}: {{versions: [{{version: 1}}]}}}}",
+            "serve.ingress.num_cpus=0.1",
+            f"serve.models.{MODEL}.deployment.num_cpus=0.1",
+            "serve.stats_flush_interval_s=0.5",
+            "serve.health_check_interval_s=0.5",
+            "rollout.interval_s=2",
+            "rollout.min_requests=10",
+            "rollout.min_shadow_comparisons=10",
+            "rollout.poll_interval_s=0.25",
+            "rollout.failure_budget=0",
+            "rollout.max_p95_latency_ratio=null",  # latency on a shared 2-core machine is too noisy for seconds-long windows
+            f"rollout.state_dir={state_root}",
+        ],
+    )
+    deploy(cfg, registry)
+    load = Load(f"http://127.0.0.1:{port}")
+    load.start()
+    yield {"registry": registry, "cfg": cfg, "load": load}
+    load.stop()
+    serve.delete("rayml")
+    serve.shutdown()
+
+
+class Load:
+    """Continuous traffic from two client threads; records every answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.results, self._stop = url, [], threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.post(f"/v1/models/{MODEL}:predict", json={"instances": ROWS})
+                    self.results.append((time.time(), r.status_code, r.headers.get("x-rayml-model-version")))
+                except httpx.HTTPError as e:
+                    self.results.append((time.time(), -1, repr(e)))
+                time.sleep(0.01)
+
+    def since(self, t: float) -> list[tuple[float, int, str | None]]:
+        return [r for r in list(self.results) if r[0] >= t]
+
+
+def run_rollout(env: dict, candidate: int, *overrides: str, faults: dict[str, str] | None = None, timeout_s: float = 120):
+    cfg = env["cfg"].model_copy(deep=True)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        setattr(cfg.rollout, key, [float(x) for x in value.split(",")] if key == "steps" else float(value))
+    start_rollout(cfg, MODEL, candidate, env["registry"], faults=faults)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state, store = load_state(cfg, MODEL)
+        if state.done:
+            return state, store.history()
+        time.sleep(0.5)
+    raise AssertionError(f"rollout did not finish: {load_state(cfg, MODEL)[0]}")
+
+
+def weights(env: dict) -> dict[int, float]:
+    spec = app_state(env["cfg"].serve.app_name).spec
+    return spec.models[MODEL].weights
+
+
+def test_a_good_candidate_is_promoted_step_by_step(env: dict) -> None:
+    t0 = time.time()
+    state, history = run_rollout(env, 2, "steps=50,100")
+    assert state.phase == "promoted", (state.reason, state.last_check)
+    events = [r["event"] for r in history]
+    assert events[0] == "started" and events[-1] == "promoted" and events.count("check_passed") == 2
+    passed = [r for r in history if r["event"] == "check_passed"]
+    assert [r["step_passed"] for r in passed] == [50.0, 100.0]
+    assert all(r["snapshot"]["candidate"]["requests"] >= 10 for r in passed)  # decided on real, aggregated traffic
+    reg: Registry = env["registry"]
+    assert reg.resolve(f"{MODEL}@production").version == 2 and reg.resolve(f"{MODEL}@previous").version == 1
+    assert weights(env) == {1: 0.0, 2: 1.0}  # v1 stays deployed, idle, for a one-command blue/green rollback
+    seen = env["load"].since(t0)
+    assert {s for _, s, _ in seen} == {200}  # nothing failed while traffic moved
+    assert {"1", "2"} <= {v for _, _, v in seen}
+
+
+def test_an_erroring_candidate_is_rolled_back_automatically(env: dict) -> None:
+    t0 = time.time()
+    state, history = run_rollout(env, 4, "steps=25,100", faults={f"{MODEL}:4": "raise"})
+    assert state.phase == "rolled_back" and "error rate" in state.reason, state.reason
+    assert history[-1]["event"] == "rolled_back" and history[-1]["last_check"]["candidate"]["errors"] > 0
+    assert weights(env) == {1: 0.0, 2: 1.0}  # all traffic back on the baseline (v1 is `previous`), v4 removed
+    assert env["registry"].resolve(f"{MODEL}@production").version == 2
+    time.sleep(2.0)
+    after = env["load"].since(state.finished_at + 0.5)
+    assert after and {s for _, s, _ in after} == {200} and {v for _, _, v in after} == {"2"}
+    failed = Counter(v for _, s, v in env["load"].since(t0) if s != 200)
+    assert set(failed) <= {"4"}  # only the canary's share ever failed: the blast radius of a 25% step
+
+
+def test_wild_outputs_are_rolled_back_in_the_shadow_phase_before_any_caller_sees_them(env: dict) -> None:
+    t0 = time.time()
+    state, _ = run_rollout(env, 3, "steps=100", "shadow_s=2")
+    assert state.phase == "rolled_back" and "disagreement" in state.reason, state.reason
+    seen = env["load"].since(t0)
+    assert {s for _, s, _ in seen} == {200} and "3" not in {v for _, _, v in seen}
+    assert weights(env) == {1: 0.0, 2: 1.0}
+
+
+def test_blue_green_rollback_restores_previous_in_one_command(env: dict) -> None:
+    t0 = time.time()
+    now, replaced = rollback_to_previous(env["cfg"], MODEL, env["registry"])
+    assert (now, replaced) == (1, 2)
+    assert weights(env)[1] == 1.0
+    reg: Registry = env["registry"]
+    assert reg.resolve(f"{MODEL}@production").version == 1 and reg.resolve(f"{MODEL}@previous").version == 2
+    time.sleep(1.0)
+    seen = env["load"].since(t0)
+    assert {s for _, s, _ in seen} == {200} and seen[-1][2] == "1"
