@@ -16,6 +16,8 @@ from rayml.cli import manymodels as manymodels_cmd
 from rayml.cli import models as models_cmd
 from rayml.cli import monitor as monitor_cmd
 from rayml.cli import quickstart as quickstart_cmd
+from rayml.cli import rollout as rollout_cmd
+from rayml.cli import serve as serve_cmd
 from rayml.cli import train as train_cmd
 from rayml.cli import tune as tune_cmd
 from rayml.cli import validate as validate_cmd
@@ -33,6 +35,9 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(manymodels_cmd.app, name="manymodels")
 app.add_typer(monitor_cmd.app, name="monitor")
+app.add_typer(serve_cmd.app, name="serve")
+app.add_typer(rollout_cmd.app, name="rollout")
+app.command("rollback")(rollout_cmd.rollback_previous)
 app.command("train")(train_cmd.train)
 app.command("tune")(tune_cmd.tune)
 app.command("batch")(batch_cmd.batch)

@@ -1,0 +1,129 @@
+"""`rayml serve up | status | down | build`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
+from rayml.config import ServeJobConfig
+
+app = typer.Typer(
+    help="Serve registered models on Ray Serve: weighted canary, shadow, sticky A/B (Open Inference Protocol v2 + KServe v1).",
+    no_args_is_help=True,
+)
+
+
+def _flags(config: Path | None, set_: list[str] | None) -> str:
+    parts = [f"--config {config}"] if config else []
+    parts += [f"--set {s}" for s in set_ or []]
+    return " ".join(parts)
+
+
+def print_state(state, verbose: bool = False) -> None:
+    """The deployments (health, replicas, constructor errors) and the routing table of an application."""
+    rows = []
+    for d in state.deployments:
+        running = d.replicas.get("RUNNING", 0)
+        other = ", ".join(f"{k.lower()} {v}" for k, v in sorted(d.replicas.items()) if k != "RUNNING")
+        message = d.message if (d.status != "HEALTHY" or verbose) else ""
+        rows.append([d.name, d.status, f"{running}/{d.target_replicas}" + (f" ({other})" if other else ""), message])
+    console.print(table(f"Application {state.name}: {state.status}", ["deployment", "status", "replicas", "message"], rows))
+    if state.message and state.status != "RUNNING":
+        console.print(f"[red]{state.message}[/]")
+    if state.spec is not None:
+        routes = []
+        for m in state.spec.models.values():
+            for v in m.versions:
+                role = "shadow" if m.shadow and m.shadow.version == v.version else ("primary" if v.weight > 0 else "idle")
+                extra = f"{m.shadow.percent:g}% mirrored" if role == "shadow" else ""
+                routes.append([m.name, m.kind, v.version, f"{v.weight:.2%}", role, extra, m.sticky_header or "-"])
+        console.print(table("Routing", ["model", "kind", "version", "weight", "role", "shadow", "sticky header"], routes))
+    console.print(f"URL: {state.url}")
+
+
+@app.command("up")
+def up(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
+    """Deploy (or update in place, without downtime) the Serve application described by the config.
+
+    On a laptop, a local Ray is started for serving and keeps running after this command returns; with RAY_ADDRESS
+    set, the application goes to that cluster. Updating a running application adds new versions first (no traffic),
+    then moves traffic (ingress reconfigure, no restart), then drains and removes versions that are gone.
+    """
+    from rayml.serve import deploy
+
+    setup_logging(verbose)
+    cfg = load(ServeJobConfig, config, set_)
+    state = deploy(cfg)
+    print_state(state)
+    first = next(iter(state.spec.models)) if state.spec else "MODEL"
+    console.print(
+        f"Try: curl -s {state.url}/v2/models/{first}   (POST {state.url}/v2/models/{first}/infer to predict)\n"
+        f"Next: rayml serve status {_flags(config, set_)}   |   rayml rollout start --model {first} --candidate VERSION "
+        f"{_flags(config, set_)}"
+    )
+
+
+@app.command("status")
+def status(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
+    """Show every deployment's health and replicas (with replica constructor errors) and the routing table."""
+    from rayml.serve import serve_status
+
+    setup_logging(verbose)
+    cfg = load(ServeJobConfig, config, set_)
+    state = serve_status(cfg.serve)
+    if state is None:
+        console.print(f"Application {cfg.serve.app_name!r} is not deployed. Next: rayml serve up {_flags(config, set_)}")
+        raise typer.Exit(1)
+    print_state(state, verbose)
+    if not state.healthy:
+        console.print(f"[yellow]Not healthy.[/] Fix the errors above, then: rayml serve up {_flags(config, set_)}")
+        raise typer.Exit(1)
+    console.print(
+        f"Next: rayml rollout status --model MODEL {_flags(config, set_)}   |   rayml serve down {_flags(config, set_)}"
+    )
+
+
+@app.command("down")
+def down(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    keep_ray: Annotated[bool, typer.Option(help="Keep the local Ray rayml started, even with no application left.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Remove the application (in-flight requests finish first); stop the local serving Ray once nothing is left."""
+    from rayml.serve import undeploy
+
+    setup_logging(verbose)
+    cfg = load(ServeJobConfig, config, set_)
+    existed, stopped = undeploy(cfg.serve, keep_ray=keep_ray)
+    console.print(f"Application {cfg.serve.app_name!r} {'removed' if existed else 'was not deployed'}.")
+    if stopped:
+        console.print("Stopped the local Ray that `rayml serve up` started (no application left).")
+    console.print(f"Next: rayml serve up {_flags(config, set_)}")
+
+
+@app.command("build")
+def build(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the YAML here instead of printing it.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the Ray Serve config (for `serve deploy` or KubeRay RayService serveConfigV2), versions resolved.
+
+    Weights and shadow live in the Ingress deployment's user_config: change them there and Serve reconfigures the
+    ingress without restarting anything. Changing `args` (e.g. adding a version) makes Serve restart every replica.
+    """
+    from rayml.serve import build_serve_config
+
+    setup_logging(verbose)
+    cfg = load(ServeJobConfig, config, set_)
+    text = build_serve_config(cfg)
+    if out is None:
+        typer.echo(text)
+        return
+    out.write_text(text)
+    console.print(f"Wrote {out}. Next: serve deploy {out}   (or paste `applications` into RayService spec.serveConfigV2)")
