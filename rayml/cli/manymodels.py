@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typer
+from rich.table import Table
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load, setup_logging, table
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load, setup_logging
 from rayml.config import ManyModelsJobConfig
 
 app = typer.Typer(
@@ -59,7 +60,10 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = F
             rows.append([label, f"{m[key]:.1%}" if key.endswith("share") else f"{m[key]:.4g}"])
     if not result.already_done:
         rows.append(["training wall time", f"{result.train_wall_s:.1f}s ({result.models_per_min:.0f} models/min)"])
-    console.print(table(f"Model set {result.name}", ["", ""], rows))
+    summary = Table(title=f"Model set {result.name} (run {result.run_name})", title_justify="left", show_header=False)
+    for label, value in rows:
+        summary.add_row(label, str(value))
+    console.print(summary)
     for key, error in sorted(result.failed.items())[:10]:
         err_console.print(f"  failed segment {key!r}: {error}")
     if len(result.failed) > 10:
@@ -76,8 +80,13 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = F
         console.print(
             f"Registered model set: {v.name} version {v.version}" + (f" (aliases: {', '.join(v.aliases)})" if v.aliases else "")
         )
+        source = cfg.data.source
+        if source == "synthetic":  # no files to score yet: make some with the same generator
+            n = cfg.data.synthetic.segments
+            console.print(f"Next: rayml data generate --out data/sales --segments {n} --rows-per-segment 100 --files 4")
+            source = "data/sales"
         console.print(
-            f"Next: rayml batch --model {v.name}:{v.version} --input DATA --output OUT   |   "
+            f"Next: rayml batch --model {v.name}:{v.version} --input {source} --output out/{v.name}-v{v.version}   |   "
             f"rayml models alias {v.name} {v.version} production"
         )
     else:
