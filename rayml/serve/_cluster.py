@@ -30,6 +30,7 @@ from rayml.errors import RaymlError, UserError
 logger = logging.getLogger("rayml.serve")
 
 ADDRESS_FILE = "ray_current_cluster"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 STARTED_MARKER = "rayml_started_head"
 
 
@@ -80,7 +81,10 @@ def connect(start_local: bool = False, metrics_export_port: int | None = None) -
                 hint="start one with `rayml serve up --config FILE`, or set RAY_ADDRESS to your cluster",
             )
         address = _start_local_head(metrics_export_port)
-    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    # Let Ray discover the head through the address file in its private temp dir (not by passing the address):
+    # Ray turns token auth on by itself only for a discovered cluster, never for an explicit address.
+    head_dir = str(constants.serve_head_dir())
+    ray.init(address="auto", _temp_dir=head_dir, log_to_driver=False, logging_level=logging.WARNING)
     return f"local Ray at {address} (temp dir {constants.serve_head_dir()})"
 
 
@@ -97,13 +101,19 @@ def _start_local_head(metrics_export_port: int | None) -> str:
         "--include-dashboard=false",
         "--disable-usage-stats",
     ]
+    env = os.environ.copy()
+    if env.get(AUTH_MODE_ENV) is None:
+        # token auth on, whatever the machine's defaults: this Ray listens on the node's address
+        env[AUTH_MODE_ENV] = "token"
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        subprocess.run([ray_bin, "get-auth-token", "--generate"], capture_output=True, timeout=60, env=env)
     cpus = constants.ray_num_cpus()
     if cpus:
         cmd.append(f"--num-cpus={cpus}")
     if metrics_export_port:
         cmd.append(f"--metrics-export-port={metrics_export_port}")
     logger.info("starting a local Ray for serving: %s", " ".join(cmd))
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=os.environ.copy())
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     if result.returncode != 0:
         raise RaymlError(f"`ray start` failed (exit {result.returncode}): {result.stderr[-2000:] or result.stdout[-2000:]}")
     (head_dir / STARTED_MARKER).write_text(str(port))
