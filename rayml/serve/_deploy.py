@@ -162,9 +162,24 @@ def _failure_text(state: AppState) -> str:
     return "\n".join(lines)
 
 
+def _without_failed(old: AppSpec | None, new: AppSpec) -> AppSpec | None:
+    """``old`` minus the versions that are going away and whose deployment failed: nothing to drain, remove at once."""
+    state = app_state(new.app_name) if old is not None else None
+    if old is None or state is None:
+        return old
+    failed = {d.name for d in state.deployments if d.status in ("DEPLOY_FAILED", "UNHEALTHY")}
+    keep = _keyed(new)
+    models = {}
+    for name, m in old.models.items():
+        versions = [v for v in m.versions if v.deployment not in failed or (name, v.version) in keep]
+        if versions:
+            models[name] = m.model_copy(update={"versions": versions})
+    return old.model_copy(update={"models": models})
+
+
 def apply_spec(spec: AppSpec, timeout_s: float, drain_s: float = DRAIN_S) -> list[AppSpec]:
     """Move the running application to ``spec`` in stages (see the module docstring); returns the stages deployed."""
-    stages = plan_stages(current_spec(spec.app_name), spec)
+    stages = plan_stages(_without_failed(current_spec(spec.app_name), spec), spec)
     for i, stage in enumerate(stages):
         if i == len(stages) - 1 and i > 0 and _keyed(stages[i - 1]) - _keyed(stage):
             time.sleep(drain_s)  # requests already routed to a version that is going away finish first

@@ -361,3 +361,36 @@ def test_metrics_are_exported_to_prometheus(env: dict) -> None:
     labels = ('model="sales-model"', 'version="2"', 'route="primary"', 'code="200"')
     lines = [x for x in text.splitlines() if x.startswith("ray_rayml_requests_total{")]
     assert any(all(label in x for label in labels) for x in lines), lines[:5]
+
+
+# --- failures are visible --------------------------------------------------------------------------------------------
+def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(env: dict, tmp_path: Path) -> None:
+    from rayml.cli import serve as serve_cli
+    from rayml.serve import ServeDeployError
+
+    registry: Registry = env["registry"]
+    good = registry.load(f"{MODEL}:1")
+    broken = tmp_path / "broken"
+    shutil.copytree(good.path, broken)
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX graph")
+    run_id = registry.create_run("serve-tests", "broken")
+    version = registry.register(MODEL, broken, run_id, {"rayml.run_id": run_id}).version
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")
+    with pytest.raises(ServeDeployError) as e:
+        up(
+            env,
+            f"{MODEL}: {{versions: [{{version: 1, weight: 0.5}}, {{version: {version}, weight: 0.5}}]}}",
+            f"serve.models.{MODEL}.deployment.max_constructor_retry_count=1",
+        )
+    assert f"model-{MODEL}-v{version}" in str(e.value) and "cannot load ONNX model" in str(e.value)
+    state = app_state("rayml")
+    failed = next(d for d in state.deployments if d.name == f"model-{MODEL}-v{version}")
+    assert failed.status == "DEPLOY_FAILED" and "cannot load ONNX model" in failed.message
+    with serve_cli.console.capture() as captured:
+        serve_cli.print_state(state)
+    assert "DEPLOY_FAILED" in captured.get() and "cannot load ONNX model" in captured.get()  # what `serve status` shows
+    # the broken version never received traffic (stage 1 adds it at weight 0), so v1 kept serving throughout
+    r = httpx.post(f"{env['url']}/v1/models/{MODEL}:predict", json={"instances": ROWS[:1]}, timeout=30)
+    assert r.status_code == 200 and r.headers["x-rayml-model-version"] == "1"
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")  # recovers: the failed deployment is removed
+    assert app_state("rayml").healthy
