@@ -92,3 +92,30 @@ def v2_body(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         datatype = "BYTES" if isinstance(values[0], str) else "FP32"
         inputs.append({"name": c, "shape": [len(values)], "datatype": datatype, "data": values})
     return {"inputs": inputs, **extra}
+
+
+def register_tiny_model_set(
+    registry: Any, name: str = "store-models", segments: tuple[str, ...] = ("store_000", "store_001", "store_002")
+) -> Any:
+    """Register a model set (one untrained model per segment, plus a fallback) as a new version of ``name``."""
+    from rayml.data import infer_schema
+    from rayml.models import build_model, build_spec, export_onnx
+    from rayml.registry import ModelSetWriter
+
+    df = sample_frame()
+    schema = infer_schema(df, DataConfig(segment=["store_id"]))
+    spec = build_spec(df, schema, [8], 0.0, 2)
+    out = Path(tempfile.mkdtemp(prefix="rayml-tiny-set-"))
+    writer = ModelSetWriter(out, ["store_id"])
+    for i, key in enumerate(segments):
+        writer.add_segment(key, i, export_onnx(build_model(spec, seed=100 + i)), rows=50)
+    writer.finish(
+        export_onnx(build_model(spec, seed=99)),
+        serve_fallback=True,
+        meta={"task": "regression", "target": "sales", "schema": schema.to_dict(), "name": name},
+        reference_stats={"global": {}, "segments": {}},
+    )
+    run_id = registry.create_run("serve-tests", f"tiny-set-{name}")
+    info = registry.register(name, out, run_id, {"rayml.run_id": run_id}, description="tiny model set for serving tests")
+    registry.set_model_tag(name, "rayml.kind", "model_set")
+    return info

@@ -26,7 +26,7 @@ from scipy.stats import binom
 from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
 from rayml.serve._deploy import app_state, deploy
-from rayml.serve._testing import instances, register_tiny_model, v2_body
+from rayml.serve._testing import instances, register_tiny_model, register_tiny_model_set, v2_body
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -56,6 +56,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
     registry = Registry(f"sqlite:///{db}")
     for seed in (0, 1, 2):  # versions 1, 2, 3: same signature, different predictions
         register_tiny_model(registry, MODEL, seed=seed)
+    register_tiny_model_set(registry, "store-models")  # a many-models family: one model per store + a fallback
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield {"registry": registry, "port": port, "url": f"http://127.0.0.1:{port}"}
@@ -394,3 +395,39 @@ def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(env: dic
     assert r.status_code == 200 and r.headers["x-rayml-model-version"] == "1"
     up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")  # recovers: the failed deployment is removed
     assert app_state("rayml").healthy
+
+
+# --- many models -----------------------------------------------------------------------------------------------------
+def test_a_model_set_is_served_multiplexed_by_segment(env: dict) -> None:
+    import pandas as pd
+
+    from rayml.registry import ModelSet
+
+    up(
+        env,
+        f"{MODEL}: {{versions: [{{version: 1}}]}}, store-models: {{versions: [{{version: 1}}], "
+        "deployment: {num_cpus: 0.1, max_models_per_replica: 2}}",
+    )
+    local = ModelSet.from_loaded(env["registry"].load("store-models:1"))
+    rows = instances(3, drop=("sales", "high_sales", "date"))  # stores 000, 001, 002, with their store_id column
+    expected, _ = local.predict(pd.DataFrame(rows))
+    c = httpx.Client(base_url=env["url"], timeout=30)
+    features = [{k: v for k, v in r.items() if k != "store_id"} for r in rows]
+    for i, key in enumerate(["store_000", "store_001", "store_002", "store_000"]):  # 3 segments through an LRU of 2
+        j = i % 3
+        r = c.post("/v2/models/store-models/infer", json=v2_body([features[j]], parameters={"segment": key}))
+        assert r.status_code == 200, r.text
+        assert r.json()["parameters"]["served_by"] == key and r.json()["parameters"]["segment"] == key
+        assert r.json()["outputs"][0]["data"][0] == pytest.approx(float(expected[j]), rel=1e-5)
+    v1 = c.post("/v1/models/store-models:predict", json={"instances": [features[1]], "segment": "store_001"})
+    assert v1.status_code == 200 and v1.json()["predictions"][0] == pytest.approx(float(expected[1]), rel=1e-5)
+    from_rows = c.post("/v1/models/store-models:predict", json={"instances": [rows[2]]})  # segment from store_id
+    assert from_rows.status_code == 200 and from_rows.json()["predictions"][0] == pytest.approx(float(expected[2]), rel=1e-5)
+    unknown = c.post("/v2/models/store-models/infer", json=v2_body([features[0]], parameters={"segment": "store_999"}))
+    assert unknown.status_code == 200 and unknown.json()["parameters"]["served_by"] == "__fallback__"
+    missing = c.post("/v1/models/store-models:predict", json={"instances": [features[0]]})
+    assert missing.status_code == 422 and "model set" in missing.json()["error"]
+    mixed = c.post("/v1/models/store-models:predict", json={"instances": rows[:2]})
+    assert mixed.status_code == 422 and "2 segments" in mixed.json()["error"]
+    meta = c.get("/v2/models/store-models").json()
+    assert "store_id" not in {i["name"] for i in meta["inputs"]} and "segment" in meta["parameters"]
