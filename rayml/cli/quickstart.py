@@ -190,6 +190,7 @@ def _gate(ctx: _Ctx) -> None:
     run_id = ctx.registry.create_run("quickstart", "broken-candidate")
     broken = ctx.registry.register(MODEL, broken_dir, run_id, {**prod.info.tags, "rayml.note": "quickstart: broken on purpose"})
     holdout = ctx.df.sample(frac=0.3, random_state=3)
+    ctx.versions["broken"] = broken.version
     report = run_gate(ctx.registry, MODEL, broken.version, holdout, GateConfig(), baseline_alias="production")
     verdict = "[bold green]PASSED[/]" if report.passed else "[bold red]REFUSED[/]"
     console.print(f"  candidate v{broken.version} vs production v{report.baseline}: {verdict}")
@@ -219,12 +220,40 @@ def _write_broken_copy(src: Path, dst: Path) -> None:
     onnx.save(m, str(dst / "model.onnx"))
 
 
+def _serve(ctx: _Ctx) -> None:
+    from rayml.serve import canary_demo
+
+    stable = ctx.versions["trained"]
+    canary = ctx.versions.get("tuned") or _copy_version(ctx, stable, "canary")
+    shadow = ctx.versions.get("broken") or _copy_version(ctx, stable, "shadow")
+    _step(f"Serve on Ray Serve: v{stable} stable, v{canary} as a 10% canary, v{shadow} in shadow; then promote v{canary}")
+    result = canary_demo(
+        ctx.tracking_uri,
+        MODEL,
+        ctx.df.sample(200, random_state=5),
+        versions=(stable, canary, shadow),
+        requests=300,
+        report=lambda line: console.print(f"  {line}"),
+    )
+    if result.failed:
+        console.print(f"  [bold red]{result.failed} request(s) failed[/]")
+    console.print(f"  the old version stays as {MODEL}@previous: `rayml rollback --model {MODEL}` restores it in one command")
+
+
+def _copy_version(ctx: _Ctx, version: int, why: str) -> int:
+    """Another version of the same model (when the step that makes one was skipped)."""
+    loaded = ctx.registry.load(f"{MODEL}:{version}")
+    run_id = ctx.registry.create_run("quickstart", f"{why}-copy")
+    return ctx.registry.register(MODEL, loaded.path, run_id, {**loaded.info.tags, "rayml.note": f"quickstart {why} copy"}).version
+
+
 STEPS: dict[str, Callable[[_Ctx], None]] = {
     "train": _data_and_train,
     "tune": _tune,
     "manymodels": _many_models,
     "batch": _batch,
     "gate": _gate,
+    "serve": _serve,
 }
 _step_no = 0
 
@@ -255,8 +284,8 @@ def quickstart(
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate data, train on Ray Train with checkpoints, register in MLflow, reload the ONNX model and predict; then
-    tune with ASHA, train one model per store, batch-score with the model set, and show the validation gate refusing
-    a broken model.
+    tune with ASHA, train one model per store, batch-score with the model set, show the validation gate refusing a
+    broken model, and serve: a weighted canary with the broken model in shadow, then promotion.
 
     Everything is kept under --workdir (it becomes $RAYML_HOME for this run), so it never touches your other runs.
     """

@@ -13,7 +13,7 @@ def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> 
     out = run_cli(args, cli_env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 8", "Done in"):
+    for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 8", "Step 9", "Done in"):
         assert step in text, step
     assert "sales-model version 1" in text and "data fingerprint" in text
     assert "predicted" in text and "ONNX inputs: price:FP32" in text
@@ -21,6 +21,7 @@ def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> 
     assert "6 segments: 6 trained" in text  # many models
     assert "the same command again: 0 committed, 2 skipped" in text  # batch, exactly once
     assert "REFUSED" in text and "does not beat predicting the training mean" in text  # the gate
+    assert "as a 10% canary" in text and "failed 0" in text and "promoted v2" in text  # serving
     assert "rayml models list" in text  # the next command to try
     assert (work / "mlflow.db").is_file() and any((work / "runs").iterdir())
 
