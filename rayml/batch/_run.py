@@ -284,8 +284,9 @@ def _score_on_ray(todo: list[InputFile], spec: ScoreSpec, b: BatchConfig, summar
         fn_constructor_kwargs={"spec": spec},
         batch_size=1,
         batch_format="pandas",
-        # one file in flight per actor: a queue behind a busy actor would leave another actor idle at the end
-        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+        # Ray Data's default queue of a few files per actor: with max_tasks_in_flight_per_actor=1 it measurably ran
+        # one file at a time across the whole pool (the actors took turns)
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=b.cpus_per_actor,
     )
     try:

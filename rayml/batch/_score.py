@@ -154,17 +154,16 @@ class FileScorer:
             self.out.fs.delete_file(self.out.staging_path(self.spec.attempt, f))
 
     def _chunks(self, f: InputFile):
-        """(columns present, iterator of DataFrames of at most batch_size rows, an empty frame with the file's types)."""
+        """(columns present, iterator of Arrow tables of at most batch_size rows, an empty table with the file's types)."""
         size = self.spec.batch_size
         try:
             if self.spec.fmt == "csv":
-                from rayml.data.loading import read_file
+                import pyarrow.csv as pacsv
 
-                df = read_file(self.spec.input_fs, f.path, "csv")
-                return list(df.columns), (df.iloc[i : i + size] for i in range(0, len(df), size)), df.head(0)
+                with self.spec.input_fs.open_input_stream(f.path) as stream:
+                    table = pacsv.read_csv(stream)  # whole file: CSV type inference needs every row
+                return table.column_names, (table.slice(i, size) for i in range(0, table.num_rows, size)), table.slice(0, 0)
             pf = pq.ParquetFile(self.spec.input_fs.open_input_file(f.path))
-        except DataError:
-            raise
         except (pa.ArrowException, OSError) as e:
             raise DataError(
                 f"cannot read {self.spec.fmt} file {f.path!r}: {e}", hint="the file is corrupt or not in that format"
@@ -178,11 +177,11 @@ class FileScorer:
         def gen():
             try:
                 for rb in pf.iter_batches(batch_size=size, columns=wanted):
-                    yield rb.to_pandas()
+                    yield pa.Table.from_batches([rb])
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"cannot read parquet file {f.path!r}: {e}", hint="the file is corrupt") from e
 
-        return present, gen(), pf.schema_arrow.empty_table().to_pandas()
+        return present, gen(), pf.schema_arrow.empty_table()
 
     def _score_to_staging(self, f: InputFile) -> int:
         present, chunks, empty = self._chunks(f)
@@ -200,14 +199,14 @@ class FileScorer:
         writer = None
         with self.out.open_staging(self.spec.attempt, f) as stream:
             try:
-                for df in chunks:
-                    table = self._score_chunk(df, keys, f)
+                for chunk in chunks:
+                    table = self._score_chunk(chunk, keys)
                     if writer is None:
                         writer = pq.ParquetWriter(stream, table.schema)
                     writer.write_table(table.cast(writer.schema))
-                    rows += len(df)
+                    rows += chunk.num_rows
                 if writer is None:  # an empty input still commits (an empty output says "done, 0 rows")
-                    table = self._score_chunk(empty, keys, f)
+                    table = self._score_chunk(empty, keys)
                     writer = pq.ParquetWriter(stream, table.schema)
                     writer.write_table(table)
             finally:
@@ -215,9 +214,12 @@ class FileScorer:
                     writer.close()
         return rows
 
-    def _score_chunk(self, df: pd.DataFrame, keys: list[str], f: InputFile) -> pa.Table:
-        n = len(df)
-        error = np.full(n, None, dtype=object)
+    def _score_chunk(self, chunk: pa.Table, keys: list[str]) -> pa.Table:
+        """Predict one chunk; the output keeps the key columns as they were read (Arrow, no pandas round trip)."""
+        n = chunk.num_rows
+        # only what the model reads becomes pandas: ids, timestamps and labels pass through untouched
+        df = chunk.select(list(dict.fromkeys([*self.segment_columns, *self.inputs]))).to_pandas()
+        error = pa.nulls(n, pa.string())
         if self.model_set is not None:
             preds, served = self.model_set.predict(df, unknown="nan")
             unknown = served == ""
@@ -225,22 +227,27 @@ class FileScorer:
                 from rayml.registry import segment_groups
 
                 codes, seg_keys = segment_groups(df.loc[unknown], self.segment_columns)
-                error[unknown] = [f"segment {seg_keys[c]!r} has no model and the model set has no fallback" for c in codes]
-            served_by = np.where(unknown, None, served)
+                messages = np.full(n, None, dtype=object)
+                messages[unknown] = [f"segment {seg_keys[c]!r} has no model and the model set has no fallback" for c in codes]
+                error = pa.array(messages, type=pa.string())
+            served_by = pa.array(np.where(unknown, None, served), type=pa.string())
         else:
             preds = self.predictor.predict(df) if n else np.zeros(0, dtype=np.float32)
-            served_by = np.full(n, None, dtype=object)
-        out: dict[str, Any] = {c: df[c].reset_index(drop=True) for c in keys}  # keeps nullable dtypes
-        out[self.spec.prediction_column] = np.asarray(preds, dtype=np.float32)
-        out["model_name"] = np.full(n, self.spec.model_name, dtype=object)
-        out["model_version"] = np.full(n, self.spec.model_version, dtype=np.int64)
-        out["segment_model"] = served_by
-        out["batch_run_id"] = np.full(n, self.spec.batch_run_id, dtype=object)
-        out["error"] = error
-        table = pa.Table.from_pandas(pd.DataFrame(out, index=None), preserve_index=False)
-        # fixed types for the columns rayml adds, so every chunk and every file has the same output schema
-        fixed = {"model_name": pa.string(), "segment_model": pa.string(), "batch_run_id": pa.string(), "error": pa.string()}
-        for name, typ in fixed.items():
-            i = table.schema.get_field_index(name)
-            table = table.set_column(i, name, table.column(name).cast(typ))
-        return table
+            served_by = pa.nulls(n, pa.string())
+        columns = [chunk.column(c) for c in keys]
+        names = list(keys)
+        # the columns rayml adds have fixed types, so every chunk and every file has the same output schema
+        added = {
+            self.spec.prediction_column: pa.array(np.asarray(preds, dtype=np.float32)),
+            "model_name": _constant(self.spec.model_name, n),
+            "model_version": pa.array(np.full(n, self.spec.model_version, dtype=np.int64)),
+            "segment_model": served_by,
+            "batch_run_id": _constant(self.spec.batch_run_id, n),
+            "error": error,
+        }
+        return pa.Table.from_arrays([*columns, *added.values()], names=[*names, *added])
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    """A string column holding one value (built from a one-entry dictionary: no per-row Python objects)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value])).cast(pa.string())

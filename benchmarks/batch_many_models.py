@@ -1,0 +1,188 @@
+"""Rows per second of `rayml batch` (the library path) with a model set, against two baselines, in one run.
+
+Data: --segments stores x --rows-per-segment rows (default 1,000 x 8,000 = 8M rows) in --files parquet files
+(split by whole stores, as `rayml data generate --files` writes them); a model set with one MLP per store plus the
+fallback (weights are random: scoring costs the same as with trained weights, and setup stays short). The files
+are read once before timing so every side finds them in the page cache; Ray is started before timing.
+
+- library: `rayml.batch.run_batch` end to end (resolve the version, list inputs, actor pool start-up with one model
+  set load per actor, read, score, stage, commit, ledger);
+- single process: pandas + onnxruntime, every model loaded once up front; per file: read it, `groupby` the store,
+  predict each group with its model, write the same output columns to parquet;
+- naive Ray Data: `read_parquet().groupby(store).map_groups(fn)` where fn loads the group's ONNX model and predicts
+  (task-based, with enough partitions not to deadlock), then `write_parquet`.
+
+    RESULT batch_many_models vs_single_process=<library rows/s / single-process rows/s> target>=1.6 PASS|MISS
+    RESULT batch_many_models vs_naive_map_groups=<library rows/s / naive rows/s> target>=3 PASS|MISS
+
+The default size amortises `rayml batch`'s fixed start-up (Ray Data starting the actor pool, each actor importing
+and loading the set: ~3 s on 2 cores, printed below); at 1M rows that start-up is most of the run (see the README).
+
+Usage: python benchmarks/batch_many_models.py [--segments 1000] [--rows-per-segment 8000] [--files 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TARGET_SINGLE = 1.6
+TARGET_NAIVE = 3.0
+NAME = "bench-stores"
+
+
+def build_model_set(df: pd.DataFrame, work: Path, tracking_uri: str) -> tuple[str, Path]:
+    from rayml.config import DataConfig
+    from rayml.data import infer_schema
+    from rayml.models import build_model, build_spec, export_onnx
+    from rayml.registry import KIND_MODEL_SET, KIND_TAG, ModelSetWriter, Registry
+
+    schema = infer_schema(df, DataConfig())
+    writer = ModelSetWriter(work / "model_set", ["store_id"])
+    for i, (key, part) in enumerate(df.groupby("store_id", sort=True)):
+        writer.add_segment(str(key), i, export_onnx(build_model(build_spec(part, schema, [32, 16], 0.0, 4), seed=i)), len(part))
+    global_onnx = export_onnx(build_model(build_spec(df, schema, [32, 16], 0.0, 4), seed=0))
+    meta = {"task": "regression", "target": "sales", "schema": schema.to_dict()}
+    path = writer.finish(global_onnx, serve_fallback=True, meta=meta, reference_stats={"global": {}, "segments": {}})
+    reg = Registry(tracking_uri)
+    info = reg.register(NAME, path, reg.create_run("bench", "batch"), {})
+    reg.set_model_tag(NAME, KIND_TAG, KIND_MODEL_SET)
+    return info.ref, path
+
+
+def single_process(files: list[Path], model_dir: Path, out: Path) -> float:
+    """pandas groupby + onnxruntime in one process, every model loaded once. Returns seconds."""
+    import json
+
+    from rayml.models import OnnxPredictor
+
+    t0 = time.perf_counter()
+    meta = json.loads((model_dir / "rayml_model.json").read_text())
+    models = {key: OnnxPredictor(model_dir / e["file"]) for key, e in meta["segments"].items()}
+    fallback = OnnxPredictor(model_dir / "fallback.onnx")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        df = pd.read_parquet(f)
+        pred = np.empty(len(df), dtype=np.float32)
+        served = np.empty(len(df), dtype=object)
+        for key, idx in df.groupby("store_id", sort=False).indices.items():
+            model = models.get(key)
+            pred[idx] = (model or fallback).predict(df.iloc[idx])
+            served[idx] = key if model else "__fallback__"
+        result = df[["store_id", "date", "sales", "high_sales"]].copy()
+        result["prediction"] = pred
+        result["model_name"], result["model_version"], result["segment_model"] = NAME, 1, served
+        result["batch_run_id"], result["error"] = "single", None
+        result.to_parquet(out / f.name, index=False)
+    return time.perf_counter() - t0
+
+
+def naive_map_groups(input_dir: Path, model_dir: Path, out: Path, partitions: int) -> float:
+    """Ray Data groupby().map_groups() loading the group's model in each group. Returns seconds."""
+    import json
+
+    import ray.data
+
+    meta = json.loads((model_dir / "rayml_model.json").read_text())
+    files = {k: str(model_dir / e["file"]) for k, e in meta["segments"].items()}
+    fallback = str(model_dir / "fallback.onnx")
+
+    def score_group(group: pd.DataFrame) -> pd.DataFrame:
+        from rayml.models import OnnxPredictor
+
+        key = str(group["store_id"].iloc[0])
+        result = group[["store_id", "date", "sales", "high_sales"]].copy()
+        result["prediction"] = OnnxPredictor(files.get(key, fallback)).predict(group)
+        result["segment_model"] = key if key in files else "__fallback__"
+        return result
+
+    t0 = time.perf_counter()
+    ds = ray.data.read_parquet(str(input_dir)).groupby("store_id", num_partitions=partitions)
+    ds.map_groups(score_group, batch_format="pandas").write_parquet(str(out))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--segments", type=int, default=1000)
+    parser.add_argument("--rows-per-segment", type=int, default=8000)
+    parser.add_argument("--files", type=int, default=32)
+    parser.add_argument("--partitions", type=int, default=32, help="groupby partitions of the naive baseline")
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="rayml-bench-batch-"))
+    os.environ["RAYML_HOME"] = str(work)
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+
+    import ray
+
+    from rayml._private.ray_session import ensure_ray
+    from rayml.batch import run_batch
+    from rayml.config import SyntheticConfig
+    from rayml.data import generate_sales, write_dataset
+
+    df = generate_sales(SyntheticConfig(segments=args.segments, rows_per_segment=args.rows_per_segment, seed=1))
+    files = write_dataset(df, work / "in", files=args.files)
+    rows = len(df)
+    t0 = time.perf_counter()
+    ref, model_dir = build_model_set(df, work, tracking_uri)
+    setup_s = time.perf_counter() - t0
+    print(f"setup: {rows:,} rows in {len(files)} files, model set {ref} of {args.segments} models ({setup_s:.0f}s)")
+    del df
+    for f in files:  # page cache: every side reads warm files
+        pd.read_parquet(f)
+    ensure_ray()
+    print(f"{int(ray.cluster_resources().get('CPU', 1))} CPUs, load {os.getloadavg()[0]:.1f}")
+
+    from rayml.config import BatchJobConfig
+
+    cfg = BatchJobConfig.model_validate({"registry": {"tracking_uri": tracking_uri}})
+    first: list[float] = []
+    t0 = time.perf_counter()
+
+    def on_file(_result, done: int, _total: int) -> None:
+        if done == 1:
+            first.append(time.perf_counter() - t0)
+
+    summary = run_batch(cfg, model=ref, input=str(work / "in"), output=str(work / "out-rayml"), progress=on_file)
+    if not summary.ok or summary.rows != rows:
+        raise SystemExit(f"rayml batch failed: {summary}")
+    lib_rate = rows / summary.wall_s
+    print(
+        f"rayml batch: {summary.wall_s:.1f}s = {lib_rate:,.0f} rows/s ({summary.actors} actors; first file committed "
+        f"after {first[0]:.1f}s)"
+    )
+
+    single_s = single_process(files, model_dir, work / "out-single")
+    single_rate = rows / single_s
+    print(f"single process (pandas groupby + onnxruntime): {single_s:.1f}s = {single_rate:,.0f} rows/s")
+    ratio_single = lib_rate / single_rate
+
+    ratio_naive = None
+    if not args.skip_naive:
+        naive_s = naive_map_groups(work / "in", model_dir, work / "out-naive", args.partitions)
+        naive_rate = rows / naive_s
+        print(f"naive Ray Data groupby().map_groups(): {naive_s:.1f}s = {naive_rate:,.0f} rows/s")
+        ratio_naive = lib_rate / naive_rate
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+    print(
+        f"RESULT batch_many_models vs_single_process={ratio_single:.2f} target>={TARGET_SINGLE} "
+        f"{'PASS' if ratio_single >= TARGET_SINGLE else 'MISS'}"
+    )
+    if ratio_naive is not None:
+        print(
+            f"RESULT batch_many_models vs_naive_map_groups={ratio_naive:.2f} target>={TARGET_NAIVE:g} "
+            f"{'PASS' if ratio_naive >= TARGET_NAIVE else 'MISS'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
