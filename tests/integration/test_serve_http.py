@@ -253,22 +253,24 @@ def test_a_raising_shadow_never_fails_a_primary_and_its_errors_are_counted(env: 
     )
     since = time.time() - 1
 
-    def shadow_errors_above(floor: int) -> int:
-        deadline = time.monotonic() + 20  # counts reach the stats deployment on the ingress's next flush
+    def window_when(done) -> dict:
+        deadline = time.monotonic() + 20  # counts reach the stats deployment on each ingress's next flush
         while time.monotonic() < deadline:
-            s = stats_window(MODEL, since).get((3, "shadow"))
-            if s is not None and s.errors > floor:
-                return s.errors
+            w = stats_window(MODEL, since)
+            if done(w):
+                return w
             time.sleep(0.3)
-        raise AssertionError(f"shadow errors did not rise above {floor}")
+        raise AssertionError(f"stats never reached the expected counts: {w}")
+
+    def shadow_errors(w: dict) -> int:
+        return w[(3, "shadow")].errors if (3, "shadow") in w else 0
 
     first = fire(env, 60)
-    errors_1 = shadow_errors_above(0)
+    errors_1 = shadow_errors(window_when(lambda w: shadow_errors(w) > 0))
     second = fire(env, 60)
-    errors_2 = shadow_errors_above(errors_1)
+    w = window_when(lambda w: shadow_errors(w) > errors_1 and (1, "primary") in w and w[(1, "primary")].requests >= 120)
     assert {s for s, _ in first + second} == {200} and {v for _, v in first + second} == {"1"}
-    assert 0 < errors_1 < errors_2  # rising, and never seen by a caller
-    w = stats_window(MODEL, since)
+    assert 0 < errors_1 < shadow_errors(w)  # rising, and never seen by a caller
     assert w[(1, "primary")].errors == 0 and w[(1, "primary")].requests >= 120
 
 
