@@ -128,10 +128,15 @@ class StateStore:
     Args:
         root: the state directory (``rollout.state_dir`` or ``$RAYML_HOME/rollouts``).
         app_name: the Serve application.
-        model: the model name (validated upstream, so it is a safe file name).
+        model: the model name (validated here: it becomes a file name).
     """
 
     def __init__(self, root: str | Path, app_name: str, model: str) -> None:
+        from rayml.registry import validate_name
+
+        # both end up in file names: never let a user-supplied value walk out of the state directory
+        validate_name(app_name, "application name")
+        validate_name(model)
         self.dir = Path(root) / app_name
         self.state_path = self.dir / f"{model}.json"
         self.audit_path = self.dir / f"{model}.audit.jsonl"

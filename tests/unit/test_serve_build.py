@@ -60,3 +60,38 @@ def test_unknown_models_and_versions_are_user_errors_listing_what_exists(registr
     assert "has no version 7" in msg and "existing versions: [1]" in msg and "'other' is not registered" in msg
     with pytest.raises(UserError, match="serve.models is empty"):
         resolve_spec(load_config(ServeJobConfig, None, []), registry)
+
+
+def test_deploy_job_exits_2_on_a_user_error_before_touching_ray(tmp_path, tracking_uri: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "RAYML_HOME": str(tmp_path / "home")}
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "jobs/deploy.py",
+            "--config",
+            "jobs/configs/serve.yaml",
+            "--set",
+            f"registry.tracking_uri={tracking_uri}",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "model 'sales-model' is not registered" in bad.stderr
+    typo = subprocess.run(
+        [sys.executable, "jobs/deploy.py", "--config", "jobs/configs/serve.yaml", "--set", "serve.prot=1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert typo.returncode == 2 and "serve.prot: unknown field" in typo.stderr

@@ -212,3 +212,11 @@ def test_evaluate_reports_every_failed_criterion_at_once() -> None:
     check = evaluate(state, {(1, "primary"): vs(), (2, "primary"): vs(errors=50, latency_ms=80.0)})
     assert not check.passed and len(check.reasons) == 3  # error rate, absolute p95, p95 ratio
     assert check.snapshot["candidate"]["errors"] == 50 and check.snapshot["baseline"]["version"] == 1
+
+
+def test_names_that_would_escape_the_state_directory_are_refused(tmp_path: Path) -> None:
+    from rayml.errors import InvalidNameError
+
+    for app, model in (("app", "../../etc/passwd"), ("..", "m"), ("app", "a/b")):
+        with pytest.raises(InvalidNameError):
+            StateStore(tmp_path, app, model)
