@@ -131,17 +131,24 @@ def started_local_head() -> bool:
 
 def _head_pids(head_dir: Path) -> list[int]:
     """Processes of the local Ray rayml started: their command lines name its private temp dir, and nothing else does."""
-    needle = str(head_dir).encode()
+    import psutil  # a Ray dependency
+
+    needle = str(head_dir)
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info["pid"] != os.getpid() and any(needle in part for part in cmdline):
+            pids.append(proc.info["pid"])
     return pids
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def stop_local_head(timeout_s: float = 15.0) -> int:
@@ -160,9 +167,9 @@ def stop_local_head(timeout_s: float = 15.0) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.2)
-        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        pids = [p for p in pids if _alive(p)]
         if not pids:
             break
     for name in (STARTED_MARKER, ADDRESS_FILE):

@@ -21,7 +21,7 @@ import pytest
 from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
 from rayml.serve._deploy import app_state, deploy
-from rayml.serve._rollout_runtime import load_state, rollback_to_previous, start_rollout
+from rayml.serve._rollout_runtime import approve, load_state, rollback_to_previous, start_rollout
 from rayml.serve._testing import instances, register_tiny_model
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -109,7 +109,13 @@ class Load:
 
 
 def run_rollout(
-    env: dict, candidate: int, *overrides: str, faults: dict[str, str] | None = None, crash: bool = False, timeout_s: float = 120
+    env: dict,
+    candidate: int,
+    *overrides: str,
+    faults: dict[str, str] | None = None,
+    crash: bool = False,
+    approve_note: str | None = None,
+    timeout_s: float = 120,
 ):
     import ray
 
@@ -118,7 +124,7 @@ def run_rollout(
     cfg = env["cfg"].model_copy(deep=True)
     for item in overrides:
         key, value = item.split("=", 1)
-        setattr(cfg.rollout, key, [float(x) for x in value.split(",")] if key == "steps" else float(value))
+        setattr(cfg.rollout, key, [float(x) for x in value.split(",")] if key in ("steps", "manual_steps") else float(value))
     start_rollout(cfg, MODEL, candidate, env["registry"], faults=faults)
     env["crashed"] = False
     deadline = time.monotonic() + timeout_s
@@ -126,6 +132,10 @@ def run_rollout(
         state, store = load_state(cfg, MODEL)
         if state.done:
             return state, store.history()
+        if approve_note is not None and state.phase == "waiting_approval":
+            env["waited_at"] = state.step_percent
+            approve(cfg, MODEL, approve_note)  # through the running controller actor, as `rayml rollout approve` does
+            approve_note = None
         if crash and state.applied and state.step_index == 1:
             crash = False  # kill the controller's process mid-step once; Ray restarts it and it resumes from disk
             ray.kill(ray.get_actor(actor_name(cfg.serve.app_name, MODEL), namespace=NAMESPACE), no_restart=False)
@@ -139,13 +149,17 @@ def weights(env: dict) -> dict[int, float]:
     return spec.models[MODEL].weights
 
 
-def test_a_good_candidate_is_promoted_step_by_step_even_when_the_controller_crashes(env: dict) -> None:
+def test_a_good_candidate_is_promoted_after_approval_even_when_the_controller_crashes(env: dict) -> None:
     t0 = time.time()
-    state, history = run_rollout(env, 2, "steps=50,100", crash=True)
+    state, history = run_rollout(env, 2, "steps=50,100", "manual_steps=50", crash=True, approve_note="looks good")
     assert state.phase == "promoted", (state.reason, state.last_check)
     events = [r["event"] for r in history]
     assert events[0] == "started" and events[-1] == "promoted" and events.count("check_passed") == 2
     assert env["crashed"] and events.count("step_applied") == 2  # the crash mid-step 2 repeated nothing
+    assert env["waited_at"] == 50.0 and events.index("waiting_for_approval") < events.index("approved")
+    approval = next(r for r in history if r["event"] == "approved")["approval"]
+    assert approval["note"] == "looks good" and approval["step_percent"] == 50.0 and approval["by"]
+    assert state.approvals == [approval]
     passed = [r for r in history if r["event"] == "check_passed"]
     assert [r["step_passed"] for r in passed] == [50.0, 100.0]
     assert all(r["snapshot"]["candidate"]["requests"] >= 10 for r in passed)  # decided on real, aggregated traffic
