@@ -265,6 +265,19 @@ def status(cfg: ServeConfig) -> AppState | None:
     return app_state(cfg.app_name)
 
 
+def _stop_rollouts(app_name: str) -> None:
+    """Stop the rollout controllers of an application that is going away (their state files stay, as a record)."""
+    import ray
+
+    from rayml.serve._rollout_runtime import NAMESPACE, actor_name
+
+    prefix = actor_name(app_name, "")
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry.get("namespace") == NAMESPACE and entry.get("name", "").startswith(prefix):
+            ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE), no_restart=True)
+            logger.info("stopped rollout controller %s", entry["name"])
+
+
 def down(cfg: ServeConfig, keep_ray: bool = False) -> tuple[bool, bool]:
     """Delete the application; stop the local Ray rayml started once no application is left (unless ``keep_ray``).
 
@@ -275,6 +288,7 @@ def down(cfg: ServeConfig, keep_ray: bool = False) -> tuple[bool, bool]:
 
     connect(start_local=False)
     existed = app_state(cfg.app_name) is not None
+    _stop_rollouts(cfg.app_name)
     if existed:
         serve.delete(cfg.app_name)
     stopped = False

@@ -98,7 +98,7 @@ def test_serve_up_status_rollout_rollback_down(cli_env: dict[str, str], tmp_path
                     "--candidate",
                     "2",
                     "--steps",
-                    "50,100",
+                    "100",
                     "--interval-s",
                     "2",
                     *flags,
@@ -131,8 +131,6 @@ def test_serve_up_status_rollout_rollback_down(cli_env: dict[str, str], tmp_path
         while _head_pids(home) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _head_pids(home) == []
-        gone = run_cli(["serve", "status", *flags], cli_env, timeout=60)
-        assert gone.returncode == 2 and "no rayml serving Ray is running" in gone.stderr
     finally:
         for pid in _head_pids(home):  # never leave a Ray behind, whatever failed above
             with contextlib.suppress(ProcessLookupError):
