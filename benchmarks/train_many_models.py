@@ -21,6 +21,7 @@ Usage: python benchmarks/train_many_models.py [--segments 300] [--rows 400] [--e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import tempfile
@@ -55,7 +56,7 @@ def sequential(cfg, df) -> tuple[float, int]:
     import torch
 
     from rayml.data import infer_schema
-    from rayml.manymodels import fit_settings, fit_with_retries, segment_table, split_trainable
+    from rayml.manymodels import base_settings, fit_settings, fit_with_retries, segment_table, split_trainable
     from rayml.manymodels._plan import VAL_COLUMN
 
     torch.set_num_threads(1)
@@ -72,7 +73,11 @@ def sequential(cfg, df) -> tuple[float, int]:
         if out.status != "trained":
             raise RuntimeError(out.error)
     is_val = frame[VAL_COLUMN].to_numpy()
-    fit_with_retries("__global__", -1, frame[~is_val], frame[is_val], schema, candidates[:1], 0)
+    global_train = frame[~is_val]
+    if len(global_train) > cfg.manymodels.global_max_rows:
+        global_train = global_train.sample(n=cfg.manymodels.global_max_rows, random_state=cfg.train.seed)
+    settings = dataclasses.replace(base_settings(cfg), batch_size=cfg.manymodels.global_batch_size)
+    fit_with_retries("__global__", -1, global_train, frame[is_val], schema, [settings], 0)
     return time.perf_counter() - t0, len(trainable) + 1
 
 

@@ -789,7 +789,13 @@ class ManyModelsConfig(_Section):
         "failed, or unknown at scoring time. false = those rows get no prediction (an error column in batch output).",
     )
     global_max_rows: int = Field(
-        default=1_000_000, ge=1, description="Most training rows (a seeded sample) the global model trains on."
+        default=200_000, ge=1, description="Most training rows (a seeded sample) the global fallback model trains on."
+    )
+    global_batch_size: int = Field(
+        default=512,
+        ge=1,
+        description="Mini-batch size of the global model: it sees far more rows than one segment, and must not become "
+        "the run's longest task.",
     )
     max_segments: int = Field(
         default=100_000,

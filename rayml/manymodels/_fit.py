@@ -51,9 +51,9 @@ class FitSettings:
         return FitSettings(**{**self.__dict__, **changes})
 
 
-def fit_settings(cfg: ManyModelsJobConfig) -> list[FitSettings]:
-    """The settings of every candidate (one when ``manymodels.candidates`` is empty)."""
-    base = FitSettings(
+def base_settings(cfg: ManyModelsJobConfig) -> FitSettings:
+    """The `model:` / `train:` settings (what every candidate starts from, and what the global model uses)."""
+    return FitSettings(
         hidden_sizes=tuple(cfg.model.hidden_sizes),
         dropout=cfg.model.dropout,
         embedding_dim=cfg.model.embedding_dim,
@@ -65,6 +65,11 @@ def fit_settings(cfg: ManyModelsJobConfig) -> list[FitSettings]:
         patience=cfg.train.early_stopping_patience,
         min_delta=cfg.train.early_stopping_min_delta,
     )
+
+
+def fit_settings(cfg: ManyModelsJobConfig) -> list[FitSettings]:
+    """The settings of every candidate (one when ``manymodels.candidates`` is empty)."""
+    base = base_settings(cfg)
     return [base.with_candidate(c) for c in cfg.manymodels.candidates] or [base]
 
 

@@ -100,7 +100,9 @@ def _config_hash(cfg: ManyModelsJobConfig, data_fingerprint: str) -> str:
                 "early_stopping_min_delta",
             },
         ),
-        "manymodels": cfg.manymodels.model_dump(mode="json", include={"min_rows", "candidates", "fallback", "global_max_rows"}),
+        "manymodels": cfg.manymodels.model_dump(
+            mode="json", include={"min_rows", "candidates", "fallback", "global_max_rows", "global_batch_size"}
+        ),
         "fingerprint": data_fingerprint,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]

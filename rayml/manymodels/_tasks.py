@@ -73,18 +73,24 @@ def run_tasks(
     train_global: bool,
 ) -> SegmentOutcome | None:
     """Run the global task and every chunk; ``on_outcome`` gets each segment's outcome as soon as its task ends."""
+    import dataclasses
+
     import ray
+
+    from rayml.manymodels._fit import base_settings
 
     m = cfg.manymodels
     opts = {"num_cpus": m.cpus_per_task, "max_retries": m.max_retries, "retry_exceptions": False}
     chunk_task = ray.remote(_train_chunk).options(**opts, name="rayml.manymodels.train_chunk")
     schema_dict = schema.to_dict()
     pending: dict[Any, list[Segment] | None] = {}
+    # the global model trains on the model/train settings (not a candidate's), with its own, larger batches
+    global_settings = dataclasses.replace(base_settings(cfg), batch_size=m.global_batch_size)
     if train_global:  # first: the longest single task should not be the last one to start
         ref = (
             ray.remote(_train_global)
             .options(**opts, name="rayml.manymodels.train_global")
-            .remote(table_ref, schema_dict, candidates[0], m.global_max_rows, m.max_retries, fail)
+            .remote(table_ref, schema_dict, global_settings, m.global_max_rows, m.max_retries, fail)
         )
         pending[ref] = None
     for segments in work:
