@@ -151,7 +151,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop_local_head(timeout_s: float = 15.0) -> int:
+def stop_local_head(timeout_s: float = 3.0) -> int:
     """Stop the local Ray that rayml started (by the ids of its own processes; never `ray stop`, which stops every Ray).
 
     Returns:
