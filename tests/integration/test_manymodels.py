@@ -135,3 +135,20 @@ def test_a_segment_that_kills_its_worker_fails_alone(
     result = train_model_set(_cfg(path, tracking_uri, tmp_path, "manymodels.max_retries=0", "registry.register_version=false"))
     assert result.ok and list(result.failed) == ["store_001"] and result.trained == 6
     assert "Error" in result.failed["store_001"]  # the worker's death, as Ray reported it
+
+
+def test_multi_column_segments(ray_session, tracking_uri: str, tmp_path: Path, stores) -> None:
+    df, path = stores
+    cfg = _cfg(
+        path, tracking_uri, tmp_path, "data.segment=[region, category]", "data.ignore_columns=[date, high_sales, store_id]"
+    )
+    result = train_model_set(cfg)
+    assert result.ok and result.segments == df.groupby(["region", "category"]).ngroups
+    ms = ModelSet.from_loaded(Registry(tracking_uri).load(result.model_version.ref))
+    assert ms.segment_columns == ["region", "category"]
+    big = df.groupby(["region", "category"]).size().idxmax()
+    key = "|".join(big)
+    assert key in ms.segments and ms.segment_model_for(key) == key
+    preds, served_by = ms.predict(df)
+    rows = ((df.region == big[0]) & (df.category == big[1])).to_numpy()
+    assert set(served_by[rows]) == {key} and not np.isnan(preds).any()
