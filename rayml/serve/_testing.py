@@ -8,6 +8,7 @@ same metadata layout as the trainer (``rayml_model.json``).
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,10 @@ def register_tiny_model(
     (out / "rayml_model.json").write_text(json.dumps(meta, indent=2))
     run_id = registry.create_run("serve-tests", f"tiny-{name}-{seed}", tags={"rayml.data_fingerprint": f"tiny-{seed}"})
     tags = {"rayml.data_fingerprint": f"tiny-{seed}", "rayml.run_id": run_id, "rayml.git_commit": "test"}
-    return registry.register(name, out, run_id, tags, description="tiny untrained model for serving tests")
+    try:
+        return registry.register(name, out, run_id, tags, description="tiny untrained model for serving tests")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # the registry keeps its own copy
 
 
 def instances(n: int, seed: int = 1, drop: tuple[str, ...] = ("sales", "high_sales", "date", "store_id")) -> list[dict[str, Any]]:
@@ -116,6 +120,9 @@ def register_tiny_model_set(
         reference_stats={"global": {}, "segments": {}},
     )
     run_id = registry.create_run("serve-tests", f"tiny-set-{name}")
-    info = registry.register(name, out, run_id, {"rayml.run_id": run_id}, description="tiny model set for serving tests")
+    try:
+        info = registry.register(name, out, run_id, {"rayml.run_id": run_id}, description="tiny model set for serving tests")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     registry.set_model_tag(name, "rayml.kind", "model_set")
     return info

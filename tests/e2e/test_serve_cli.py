@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -31,9 +32,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _head_dir(home: Path) -> str:
+    """The local serving Ray's temp dir of this $RAYML_HOME (same derivation as rayml._private.constants)."""
+    return f"/tmp/rayml-serve-{hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]}"
+
+
 def _head_pids(home: Path) -> list[int]:
-    """Processes of the local serving Ray of this $RAYML_HOME (same derivation as rayml._private.constants)."""
-    needle = f"/tmp/rayml-serve-{hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]}".encode()
+    """Processes of the local serving Ray of this $RAYML_HOME."""
+    needle = _head_dir(home).encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -135,3 +141,4 @@ def test_serve_up_status_rollout_rollback_down(cli_env: dict[str, str], tmp_path
         for pid in _head_pids(home):  # never leave a Ray behind, whatever failed above
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(_head_dir(home), ignore_errors=True)
