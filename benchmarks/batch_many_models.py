@@ -24,8 +24,10 @@ Usage: python benchmarks/batch_many_models.py [--segments 1000] [--rows-per-segm
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -121,6 +123,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="rayml-bench-batch-"))
     os.environ["RAYML_HOME"] = str(work)
+    atexit.register(shutil.rmtree, work, True)  # gigabytes of generated data and outputs
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
 
     import ray

@@ -21,9 +21,11 @@ Usage: python benchmarks/train_many_models.py [--segments 300] [--rows 400] [--e
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import time
 
@@ -173,6 +175,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     work = tempfile.mkdtemp(prefix="rayml-bench-mm-")
     os.environ["RAYML_HOME"] = work
+    atexit.register(shutil.rmtree, work, True)  # gigabytes of generated data and outputs
 
     import ray
 
