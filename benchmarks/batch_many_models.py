@@ -12,6 +12,9 @@ are read once before timing so every side finds them in the page cache; Ray is s
 - naive Ray Data: `read_parquet().groupby(store).map_groups(fn)` where fn loads the group's ONNX model and predicts
   (task-based, with enough partitions not to deadlock), then `write_parquet`.
 
+The library and single-process sides run --repeat times (default 2), alternating, and each side's best run counts
+(other processes on a shared machine slow both alike); every run's time is printed.
+
     RESULT batch_many_models vs_single_process=<library rows/s / single-process rows/s> target>=1.6 PASS|MISS
     RESULT batch_many_models vs_naive_map_groups=<library rows/s / naive rows/s> target>=3 PASS|MISS
 
