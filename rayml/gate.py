@@ -27,6 +27,7 @@ from rayml.config import GateConfig
 from rayml.data import fingerprint, validate
 from rayml.data.schema import Schema
 from rayml.errors import DataError, ModelNotFoundError
+from rayml.models.metrics import roc_auc
 from rayml.monitor._scoring import predict_frame
 from rayml.registry import PRODUCTION, LoadedModel, Registry
 
@@ -43,20 +44,11 @@ _LINEAGE_TAGS = (
 )
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    pos = y > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(p).rank().to_numpy()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def metrics_for(task: str, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     if task == "binary":
         clipped = np.clip(p, 1e-7, 1 - 1e-7)
         return {
-            "auc": _auc(y, p),
+            "auc": roc_auc(y, p),
             "accuracy": float(((p > 0.5) == (y > 0.5)).mean()),
             "logloss": float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))),
         }

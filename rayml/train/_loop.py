@@ -23,6 +23,7 @@ from torch import nn
 
 from rayml._private import faults as _faults
 from rayml._private.ray_session import quiet_ray_data
+from rayml.models.metrics import roc_auc
 from rayml.models.mlp import ModelSpec, TabularMLP, build_model, encode_categorical, encode_numeric, encode_target
 from rayml.train._checkpoints import META_FILE, STATE_FILE, newest_checkpoint
 from rayml.train._tracking import EpochMetricsLogger, worker_can_log
@@ -41,15 +42,6 @@ def _tensors(df: pd.DataFrame, spec: ModelSpec, target: str) -> tuple[torch.Tens
         torch.from_numpy(encode_categorical(df, spec)),
         torch.from_numpy(encode_target(df, spec, target)),
     )
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    pos = y > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(p).rank().to_numpy()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def evaluate(model: TabularMLP, num: torch.Tensor, cat: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
@@ -71,7 +63,7 @@ def evaluate(model: TabularMLP, num: torch.Tensor, cat: torch.Tensor, y: torch.T
         loss = float(nn.functional.binary_cross_entropy_with_logits(raw, y)) if len(y) else float("nan")
         prob = torch.sigmoid(raw).numpy()
         yy = y.numpy()
-        return {"val_loss": loss, "val_accuracy": float(((prob > 0.5) == (yy > 0.5)).mean()), "val_auc": _auc(yy, prob)}
+        return {"val_loss": loss, "val_accuracy": float(((prob > 0.5) == (yy > 0.5)).mean()), "val_auc": roc_auc(yy, prob)}
     loss = float(nn.functional.mse_loss(raw, y)) if len(y) else float("nan")
     err = (raw - y).numpy() * spec.target_std
     return {"val_loss": loss, "val_rmse": float(np.sqrt(np.mean(err**2))), "val_mae": float(np.mean(np.abs(err)))}

@@ -102,3 +102,15 @@ def test_frames_with_pandas_string_dtype(data) -> None:
     as_str = df.head(5).astype({"category": "string", "region": "string", "promo": "string"})
     np.testing.assert_allclose(predictor.predict(as_str), predictor.predict(df.head(5)), atol=1e-6)
     assert isinstance(pd.Series(predictor.predict(as_str)).iloc[0], float | np.floating)
+
+
+def test_roc_auc_matches_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from rayml.models.metrics import roc_auc
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.round(rng.random(200) * 0.5 + y * 0.3, 2)  # with ties
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))
