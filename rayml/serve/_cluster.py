@@ -25,6 +25,7 @@ from pathlib import Path
 import ray
 
 from rayml._private import constants
+from rayml._private.net import free_port
 from rayml.errors import RaymlError, UserError
 
 logger = logging.getLogger("rayml.serve")
@@ -53,12 +54,6 @@ def _local_address() -> str | None:
             return address
     except (OSError, ValueError):
         return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def connect(start_local: bool = False, metrics_export_port: int | None = None) -> str:
@@ -91,7 +86,7 @@ def connect(start_local: bool = False, metrics_export_port: int | None = None) -
 def _start_local_head(metrics_export_port: int | None) -> str:
     head_dir = constants.serve_head_dir()
     head_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(Path(sys.executable).parent / "ray"),
         "start",

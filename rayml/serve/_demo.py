@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayml._private.net import free_port
 from rayml.config import ServeJobConfig, load_config
 
 
@@ -25,12 +25,6 @@ class DemoResult:
     promoted: int
     elapsed_s: float
     steps: list[str] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def canary_demo(
@@ -73,7 +67,7 @@ def canary_demo(
     t0 = time.perf_counter()
     stable, canary, shadow = versions
     registry = Registry(tracking_uri)
-    port = port or _free_port()
+    port = port or free_port()
     base = [
         f"serve.port={port}",
         f"registry.tracking_uri={tracking_uri}",

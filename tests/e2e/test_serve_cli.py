@@ -12,24 +12,18 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
+from rayml._private.net import free_port
 from rayml.registry import Registry
 from rayml.serve._testing import instances, register_tiny_model
 from tests.e2e.helpers import run_cli
 
 CONFIG = "jobs/configs/serve.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _head_dir(home: Path) -> str:
@@ -56,7 +50,7 @@ def test_serve_up_status_rollout_rollback_down(cli_env: dict[str, str], tmp_path
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
     register_tiny_model(registry, "sales-model", seed=0)  # v1, as `rayml train --config jobs/configs/train.yaml` would
     register_tiny_model(registry, "sales-model", seed=0, output_scale=1.02)  # v2: the candidate
-    port = _free_port()
+    port = free_port()
     sets = [
         f"serve.port={port}",
         "serve.ingress.num_cpus=0.25",

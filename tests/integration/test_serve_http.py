@@ -13,7 +13,6 @@ import asyncio
 import json
 import math
 import shutil
-import socket
 import statistics
 import threading
 import time
@@ -23,6 +22,7 @@ import httpx
 import pytest
 from scipy.stats import binom
 
+from rayml._private.net import free_port
 from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
 from rayml.serve._deploy import app_state, deploy
@@ -41,12 +41,6 @@ LIGHT = [  # small CPU reservations: the whole app fits the 4 logical CPUs of th
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
     from ray import serve
@@ -57,7 +51,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
     for seed in (0, 1, 2):  # versions 1, 2, 3: same signature, different predictions
         register_tiny_model(registry, MODEL, seed=seed)
     register_tiny_model_set(registry, "store-models")  # a many-models family: one model per store + a fallback
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield {"registry": registry, "port": port, "url": f"http://127.0.0.1:{port}"}
     serve.delete("rayml")

@@ -9,7 +9,6 @@ ONNX model whose last layer is scaled by 100.
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rayml._private.net import free_port
 from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
 from rayml.serve._deploy import app_state, deploy
@@ -28,12 +28,6 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 MODEL = "sales-model"
 ROWS = instances(2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
     register_tiny_model(registry, MODEL, seed=0, output_scale=1.03)  # v2: a good candidate (3% different)
     register_tiny_model(registry, MODEL, seed=0, output_scale=100.0)  # v3: wild outputs
     register_tiny_model(registry, MODEL, seed=0, output_scale=1.01)  # v4: raises (fault hook)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     state_root = tmp_path_factory.mktemp("rollouts")
     cfg = load_config(
