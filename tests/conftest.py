@@ -41,7 +41,14 @@ def ray_session():
 
     quiet_ray_data()
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            # export application metrics every second (default 10 s) so tests can read them from the metrics port
+            _system_config={"metrics_report_interval_ms": 1000},
+        )
     yield ray
     ray.shutdown()
 

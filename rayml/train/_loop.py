@@ -25,6 +25,7 @@ from rayml._private import faults as _faults
 from rayml._private.ray_session import quiet_ray_data
 from rayml.models.metrics import roc_auc
 from rayml.models.mlp import ModelSpec, TabularMLP, build_model, encode_categorical, encode_numeric, encode_target
+from rayml.monitor.training import WorkerResources
 from rayml.train._checkpoints import META_FILE, STATE_FILE, newest_checkpoint
 from rayml.train._tracking import EpochMetricsLogger, worker_can_log
 
@@ -167,6 +168,11 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     mlflow_log = EpochMetricsLogger(tracking_uri if can_log else None, config.get("mlflow_run_id"))
     mlflow_log.log({"resumed_from_epoch": start_epoch}, step=start_epoch)
 
+    run_dir = config.get("run_dir")
+    resources = WorkerResources(
+        config.get("model_name") or "unknown", os.path.basename(run_dir.rstrip("/")) if run_dir else "", rank
+    )
+
     val_num, val_cat, val_y = _tensors(session.validation_frame(), spec, target)
     cached = _tensors(session.train_frame(), spec, target) if config["cache_shard_in_memory"] else None
     loss_fn = nn.BCEWithLogitsLoss() if spec.task == "binary" else nn.MSELoss()
@@ -202,6 +208,8 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
         metrics = {"epoch": epoch, "train_loss": total / max(count, 1), **evaluate(core, val_num, val_cat, val_y, device)}
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics.update(wall)
+        # worker<rank>_cpu_percent / _memory_rss_bytes / _gpu_memory_bytes; rank > 0 reach MLflow via the controller
+        metrics.update(resources.sample(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None))
         improved = metrics["val_loss"] < best - min_delta
         best, since_best = (metrics["val_loss"], 0) if improved else (best, since_best + 1)
         stop = patience > 0 and since_best >= patience

@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 from ray.train import UserCallback
 
+from rayml.monitor.training import RESOURCE_KEYS
+
+RESOURCE_SUFFIXES = tuple(f"_{k}" for k in RESOURCE_KEYS)
+
 logger = logging.getLogger("rayml.train")
 
 
@@ -70,7 +74,8 @@ class EpochMetricsLogger:
 
 
 class MlflowReportCallback(UserCallback):
-    """Runs in the Ray Train controller: logs rank 0's metrics of every report, and each attempt's start epoch."""
+    """Runs in the Ray Train controller: logs rank 0's metrics of every report (unless rank 0 logged them itself), each
+    attempt's start epoch, and the resource samples of the other ranks."""
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.logger = EpochMetricsLogger(tracking_uri, run_id)
@@ -80,6 +85,9 @@ class MlflowReportCallback(UserCallback):
         if not metrics:
             return
         m = metrics[0]
+        for other in metrics[1:]:  # the other ranks' resource samples (rank 0's travel with its own metrics)
+            resources = {k: v for k, v in other.items() if k.startswith("worker") and k.endswith(RESOURCE_SUFFIXES)}
+            self.logger.log(resources, step=int(other.get("epoch", m["epoch"])))
         if m.get("logged_by_worker"):
             return
         start = int(m.get("resumed_from_epoch", 0))

@@ -28,6 +28,7 @@ from rayml.config import DataConfig, TrainJobConfig, dump_config
 from rayml.data import Schema, fingerprint, infer_schema, load_table, reference_stats, train_validation_split, validate
 from rayml.errors import ConfigError, TrainingError
 from rayml.models import ModelSpec, build_model, build_spec, check_parity, export_onnx, torch_predict
+from rayml.monitor.training import TrainingOutcome, record_training_outcome
 from rayml.registry import META_FILE, MODEL_FILE, REF_STATS_FILE, ModelVersionInfo, Registry
 
 logger = logging.getLogger("rayml.train")
@@ -140,6 +141,7 @@ def loop_config(
     t = cfg.train
     return {
         "spec": spec.to_dict(),
+        "model_name": cfg.model.name,  # labels the workers' resource gauges
         "target": target,
         "epochs": t.epochs,
         "batch_size": t.batch_size,
@@ -347,14 +349,50 @@ def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
 
     spec = build_spec(prepared.train, prepared.schema, cfg.model.hidden_sizes, cfg.model.dropout, cfg.model.embedding_dim)
     try:
-        result = fit(cfg, prepared, spec, run_name, storage_path, registry.tracking_uri, run_id)
+        out = _fit_and_register(cfg, registry, prepared, spec, run_name, storage_path, state_path, run_id, t0)
     except Exception as e:
-        registry.client.set_terminated(run_id, status="FAILED")
+        _record_failure(cfg, registry, run_id, t0, e)
         fs.write_json(state_path, {"status": "failed", "mlflow_run_id": run_id, "run_name": run_name, "error": str(e)[:2000]})
+        if isinstance(e, TrainingError):
+            raise
         raise TrainingError(
             f"training run {run_name!r} failed: {e}",
             hint="re-run the same command to resume from the last checkpoint; raise train.max_failures for flaky workers",
         ) from e
+    record_training_outcome(
+        TrainingOutcome(cfg.model.name, "train", True, out.metrics["train_time_s"], time.time(), run_id),
+        registry.tracking_uri,
+    )
+    return out
+
+
+def _record_failure(cfg: TrainJobConfig, registry: Registry, run_id: str, t0: float, error: Exception) -> None:
+    """A failed run: FAILED in MLflow with its duration and reason, and counted for Prometheus."""
+    duration = time.perf_counter() - t0
+    try:
+        registry.client.log_metric(run_id, "train_time_s", duration)
+        registry.client.set_tag(run_id, "rayml.failure", str(error)[:4000])
+        registry.client.set_terminated(run_id, status="FAILED")
+    except Exception as e:  # keep the original error: it is what the user needs
+        logger.warning("could not mark MLflow run %s as failed: %s", run_id, e)
+    record_training_outcome(
+        TrainingOutcome(cfg.model.name, "train", False, duration, time.time(), run_id, str(error)[:500]),
+        registry.tracking_uri,
+    )
+
+
+def _fit_and_register(
+    cfg: TrainJobConfig,
+    registry: Registry,
+    prepared: PreparedData,
+    spec: ModelSpec,
+    run_name: str,
+    storage_path: str,
+    state_path: str,
+    run_id: str,
+    t0: float,
+) -> TrainResult:
+    result = fit(cfg, prepared, spec, run_name, storage_path, registry.tracking_uri, run_id)
 
     best = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
     if best is None:
@@ -363,10 +401,15 @@ def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
     best_epoch = int(state_dict["epoch"])
     last = dict(result.metrics or {})
     best_metrics = _metrics_at(result, best_epoch) or last
-    metrics = {k: float(v) for k, v in best_metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
+    metrics = {
+        k: float(v)
+        for k, v in best_metrics.items()
+        if isinstance(v, (int, float)) and k != "epoch" and not k.startswith("worker")  # resources stay in MLflow
+    }
     metrics["early_stopped"] = float(last.get("early_stopped", 0))
     metrics["train_time_s"] = time.perf_counter() - t0
     registry.client.log_batch(run_id, metrics=_final_metrics(metrics, best_epoch))
+    registry.client.log_metric(run_id, "train_time_s", metrics["train_time_s"])
     epochs, starts = _history(registry, run_id)
 
     out = TrainResult(

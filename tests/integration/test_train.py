@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rayml.config import TrainJobConfig, load_config
-from rayml.errors import DataValidationError
+from rayml.errors import DataValidationError, TrainingError
+from rayml.monitor.training import training_status
 from rayml.registry import Registry
 from rayml.train import train
 
@@ -109,11 +112,55 @@ def test_early_stopping_registers_the_best_checkpoint(tmp_path: Path, tracking_u
     assert result.model_version.tags["rayml.best_epoch"] == str(best)
 
 
-def test_ddp_with_two_workers(tmp_path: Path, tracking_uri: str) -> None:
+def test_ddp_with_two_workers_records_time_and_each_workers_resources(tmp_path: Path, tracking_uri: str) -> None:
     result = train(small_cfg(tmp_path, tracking_uri, "train.num_workers=2", "train.epochs=2", "model.name=ddp-model"))
     assert result.epochs_completed == 2
     assert result.model_version is not None and result.model_version.name == "ddp-model"
     assert np.isfinite(result.metrics["val_rmse"])
+
+    client = Registry(tracking_uri).client
+    for rank in (0, 1):  # rank 0 logs its own; rank 1's samples reach MLflow through the controller callback
+        rss = client.get_metric_history(result.mlflow_run_id, f"worker{rank}_memory_rss_bytes")
+        cpu = client.get_metric_history(result.mlflow_run_id, f"worker{rank}_cpu_percent")
+        assert sorted(m.step for m in rss) == [1, 2] and all(m.value > 50e6 for m in rss)  # a torch worker: > 50 MB
+        assert len(cpu) == 2 and all(m.value >= 0 for m in cpu)
+    assert client.get_run(result.mlflow_run_id).data.metrics["train_time_s"] > 0
+
+    status = training_status()["ddp-model"]
+    assert status["runs"] == 1 and status["failures"] == 0
+    assert abs(status["last_success"] - time.time()) < 120
+
+
+def test_a_failed_run_is_marked_in_mlflow_and_counted_for_prometheus(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAYML_FAULT_INJECT", "raise@epoch=1")
+    with pytest.raises(TrainingError) as e:
+        train(small_cfg(tmp_path, tracking_uri, "train.epochs=2", "train.max_failures=0", "model.name=failing-model"))
+    assert "re-run the same command" in e.value.hint
+
+    reg = Registry(tracking_uri)
+    (run,) = reg.client.search_runs([reg.experiment_id("rayml")])
+    assert run.info.status == "FAILED" and "injected" in run.data.tags["rayml.failure"]
+    assert run.data.metrics["train_time_s"] > 0
+    status = training_status()["failing-model"]
+    assert status["failures"] == 1 and "last_success" not in status
+    assert status["last_outcome"]["ok"] is False and status["last_outcome"]["kind"] == "train"
+
+    # and Ray exports it (the session Ray reports metrics every second, see conftest)
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    line = None
+    deadline = time.monotonic() + 30
+    while line is None and time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        line = next(
+            (x for x in text.splitlines() if x.startswith("ray_rayml_training_failures_total{") and 'model="failing-model"' in x),
+            None,
+        )
+        time.sleep(0.5)
+    assert line is not None and float(line.rsplit(" ", 1)[1]) == 1.0
 
 
 def test_bad_data_fails_before_any_run_is_created(tmp_path: Path, tracking_uri: str) -> None:

@@ -1,0 +1,205 @@
+"""Training health for Prometheus: run outcomes, duration, last success (staleness) and per-worker resources.
+
+Two sources, because a training job's driver exits when it is done and its metrics would leave with it:
+
+- :class:`TrainingStatus` is a detached, zero-CPU actor (``rayml_training_status`` in namespace ``rayml``) on the
+  connected Ray. Every ``rayml train`` / ``tune`` / ``manymodels train`` records its outcome there (best effort:
+  monitoring never fails a training run), and the actor exports ``rayml_training_runs_total{model,kind,outcome}``,
+  ``rayml_training_failures_total{model,kind}``, ``rayml_training_duration_seconds{model,kind,outcome}`` (the last
+  run's wall time) and ``rayml_last_training_success_timestamp_seconds{model}``. When the actor (re)starts it seeds the
+  last-success gauge from the registry (the newest version's creation time), so a restarted cluster does not report
+  every model as never trained. On a cluster that outlives the jobs (KubeRay, ``clusters/local.sh``, the Ray of
+  ``rayml serve up`` via ``RAY_ADDRESS``) Prometheus scrapes these like any other Ray metric; a laptop run on a
+  throw-away local Ray keeps the same numbers in MLflow only.
+- :class:`WorkerResources` runs inside every training worker: each epoch it samples the process's CPU use, resident
+  memory and (on GPU) peak CUDA memory, returns them for MLflow (``worker<rank>_cpu_percent`` ...) and sets the
+  ``rayml_training_worker_*{model,run,rank}`` gauges, exported while the worker runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+logger = logging.getLogger("rayml.monitor")
+
+STATUS_ACTOR = "rayml_training_status"
+NAMESPACE = "rayml"
+RESOURCE_KEYS = ("cpu_percent", "memory_rss_bytes", "gpu_memory_bytes")
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """How one training run (train, tune or many models) ended."""
+
+    model: str
+    kind: str  # train | tune | manymodels
+    ok: bool
+    duration_s: float
+    finished_at: float  # unix seconds
+    run_id: str | None = None
+    error: str | None = None
+
+
+class _StatusActor:
+    """The state behind the Prometheus metrics; also answers :func:`training_status` for tests and the CLI."""
+
+    def __init__(self, tracking_uri: str | None) -> None:
+        from ray.util import metrics
+
+        self._runs = metrics.Counter(
+            "rayml_training_runs_total",
+            description="Finished training runs, by model, kind (train|tune|manymodels) and outcome (success|failure).",
+            tag_keys=("model", "kind", "outcome"),
+        )
+        self._failures = metrics.Counter(
+            "rayml_training_failures_total",
+            description="Training runs that failed after their retries, by model and kind.",
+            tag_keys=("model", "kind"),
+        )
+        self._duration = metrics.Gauge(
+            "rayml_training_duration_seconds",
+            description="Wall time of the model's last training run, in seconds.",
+            tag_keys=("model", "kind", "outcome"),
+        )
+        self._last_success = metrics.Gauge(
+            "rayml_last_training_success_timestamp_seconds",
+            description="Unix time of the model's last successful training (alert on time() minus this: staleness).",
+            tag_keys=("model",),
+        )
+        self._state: dict[str, dict[str, Any]] = {}
+        self._seed(tracking_uri)
+
+    def _seed(self, tracking_uri: str | None) -> None:
+        if not tracking_uri:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri)
+            for rm in client.search_registered_models():
+                newest = max((v.creation_timestamp for v in rm.latest_versions or []), default=None)
+                if newest:
+                    self._set_success(rm.name, newest / 1000.0)
+        except Exception as e:  # the registry may be unreachable from this node: start empty
+            logger.warning("training status: could not read last successes from %s: %s", tracking_uri, e)
+
+    def _set_success(self, model: str, ts: float) -> None:
+        entry = self._state.setdefault(model, {"runs": 0, "failures": 0})
+        if ts >= entry.get("last_success", 0.0):
+            entry["last_success"] = ts
+            self._last_success.set(ts, tags={"model": model})
+
+    def record(self, outcome: dict[str, Any]) -> None:
+        o = TrainingOutcome(**outcome)
+        result = "success" if o.ok else "failure"
+        entry = self._state.setdefault(o.model, {"runs": 0, "failures": 0})
+        entry["runs"] += 1
+        entry["last_outcome"] = asdict(o)
+        self._runs.inc(tags={"model": o.model, "kind": o.kind, "outcome": result})
+        self._duration.set(o.duration_s, tags={"model": o.model, "kind": o.kind, "outcome": result})
+        if o.ok:
+            self._set_success(o.model, o.finished_at)
+        else:
+            entry["failures"] += 1
+            self._failures.inc(tags={"model": o.model, "kind": o.kind})
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self._state.items()}
+
+
+def _actor(tracking_uri: str | None, create: bool = True):
+    import ray
+
+    if create:
+        return (
+            ray.remote(_StatusActor)
+            .options(
+                name=STATUS_ACTOR,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=-1,
+            )
+            .remote(tracking_uri)
+        )
+    return ray.get_actor(STATUS_ACTOR, namespace=NAMESPACE)
+
+
+def record_training_outcome(outcome: TrainingOutcome, tracking_uri: str | None = None, timeout_s: float = 30.0) -> bool:
+    """Record ``outcome`` in the connected Ray's training-status actor; False (logged) when that is not possible.
+
+    Never raises: a monitoring hiccup must not turn a finished training run into a failed one.
+    """
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return False
+        ray.get(_actor(tracking_uri).record.remote(asdict(outcome)), timeout=timeout_s)
+        return True
+    except Exception as e:
+        logger.warning("could not record the training outcome of %s for Prometheus: %s", outcome.model, e)
+        return False
+
+
+def training_status() -> dict[str, dict[str, Any]]:
+    """Per model: runs, failures, last successful training (unix s) and the last outcome, from the connected Ray.
+
+    Returns {} when no training has been recorded on this Ray.
+    """
+    import ray
+
+    try:
+        actor = _actor(None, create=False)
+    except ValueError:
+        return {}
+    return ray.get(actor.snapshot.remote())
+
+
+class WorkerResources:
+    """Per-epoch resource samples of one training worker (see the module docstring)."""
+
+    def __init__(self, model: str, run: str, rank: int) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)  # the first call starts the measurement interval
+        self._tags = {"model": model, "run": run, "rank": str(rank)}
+        self.rank = rank
+        self._gauges: dict[str, Any] | None = None
+
+    def sample(self, gpu_memory_bytes: float | None = None) -> dict[str, float]:
+        """``worker<rank>_<metric>`` -> value since the previous sample; also sets the Prometheus gauges."""
+        values = {"cpu_percent": self._proc.cpu_percent(None), "memory_rss_bytes": float(self._proc.memory_info().rss)}
+        if gpu_memory_bytes is not None:
+            values["gpu_memory_bytes"] = float(gpu_memory_bytes)
+        self._export(values)
+        return {f"worker{self.rank}_{k}": v for k, v in values.items()}
+
+    def _export(self, values: dict[str, float]) -> None:
+        try:
+            if self._gauges is None:
+                from ray.util import metrics
+
+                keys = ("model", "run", "rank")
+                self._gauges = {
+                    "cpu_percent": metrics.Gauge(
+                        "rayml_training_worker_cpu_percent", description="CPU use of a training worker (100 = one core).",
+                        tag_keys=keys,
+                    ),
+                    "memory_rss_bytes": metrics.Gauge(
+                        "rayml_training_worker_memory_bytes", description="Resident memory of a training worker.", tag_keys=keys
+                    ),
+                    "gpu_memory_bytes": metrics.Gauge(
+                        "rayml_training_worker_gpu_memory_bytes",
+                        description="Peak CUDA memory allocated by a training worker.",
+                        tag_keys=keys,
+                    ),
+                }
+            for k, v in values.items():
+                self._gauges[k].set(v, tags=self._tags)
+        except Exception as e:  # outside Ray (a plain loop) there is nothing to export to
+            logger.debug("training worker gauges not exported: %s", e)
