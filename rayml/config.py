@@ -1111,3 +1111,109 @@ class ServeJobConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The Serve application.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Progressive delivery of a candidate.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+
+
+# --- pipeline ------------------------------------------------------------------------------------------------------
+class PipelineConfig(_Section):
+    """Continuous training: validate new data -> train or tune -> gate -> register -> roll out or promote."""
+
+    name: str | None = Field(
+        default=None, description="Pipeline name (its state folder and MLflow run names); null = model.name."
+    )
+    gate_data: str | None = Field(
+        default=None,
+        description="Labelled, fixed validation data the gate judges candidate and production on (parquet/CSV path, "
+        "directory or URI); null = the held-out validation split of the new data (data.validation_fraction, "
+        "train.seed).",
+    )
+    block_on_drift: bool = Field(
+        default=False,
+        description="Fail the data-validation stage when the new data drifts (any feature at alert) from the production "
+        "model's reference; false = report the drift (drift.json/html in the run folder) and go on: drift is usually "
+        "why a model is retrained.",
+    )
+    rollout: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Last stage. auto: when the serve application (serve.app_name) is up and serves model.name, roll the "
+        "candidate out through it (rollout.*) and wait for promote or rollback; otherwise promote without serving (see "
+        "promote_without_serving). always: serving must be up (else the stage fails). never: never roll out.",
+    )
+    promote_without_serving: bool = Field(
+        default=True,
+        description="When no rollout runs: point `production` at the candidate (the old version becomes `previous`), so "
+        "batch jobs on NAME@production pick it up. false = leave it as `canary` for a person to promote.",
+    )
+    rollout_timeout_s: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="Longest wait for a rollout to promote or roll back; past it the stage fails (the rollout goes on; "
+        "re-running the pipeline waits for it again).",
+    )
+    serve_config: str | None = Field(
+        default=None,
+        description="A serve YAML (as for `rayml serve up`) whose serve/rollout sections are used; null = this file's "
+        "serve/rollout sections.",
+    )
+    state_dir: str | None = Field(
+        default=None,
+        description="Where run state lives (<state_dir>/<name>/<run-id>/state.json, drift report, gate report); local "
+        "dir or pyarrow URI; null = $RAYML_HOME/pipelines.",
+    )
+    experiment: str = Field(default="rayml-pipeline", description="MLflow experiment of the pipeline runs.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str | None) -> str | None:
+        if v is not None and (not _NAME_RE.match(v) or v in (".", "..")):
+            raise ValueError(f"pipeline.name {v!r} may only contain letters, digits, '_', '.' and '-'")
+        return v
+
+
+class PipelineJobConfig(TrainJobConfig):
+    """`rayml pipeline run --config FILE` / `jobs/pipeline.py`: a training config (plus an optional `tune:` search)
+    and the settings of the gate, drift check, serving and rollout that follow it."""
+
+    tune: TuneConfig | None = Field(
+        default=None, description="A hyperparameter search instead of one training run (as in `rayml tune`); null = train."
+    )
+    gate: GateConfig = Field(default_factory=GateConfig, description="Gate thresholds (candidate vs production).")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift thresholds of the data-validation stage.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The Serve application to roll out through.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Canary steps and checks of the rollout.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Stages, state and promotion.")
+
+    @model_validator(mode="after")
+    def _pipeline_owns_production(self) -> PipelineJobConfig:
+        problems = []
+        if self.registry.alias is not None:
+            problems.append(
+                f"registry.alias is {self.registry.alias!r}; the pipeline moves aliases itself (production only in its "
+                "last stage), leave registry.alias null"
+            )
+        if not self.registry.register_version:
+            problems.append("registry.register_version is false; the gate judges a registered version, set it true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.tune is not None:
+            self.tune_job()  # a bad search fails at load time, with every problem listed
+        return self
+
+    @property
+    def pipeline_name(self) -> str:
+        """``pipeline.name``, or the model name."""
+        return self.pipeline.name or self.model.name
+
+    def train_job(self) -> TrainJobConfig:
+        """The training part of this config."""
+        return TrainJobConfig(data=self.data, model=self.model, train=self.train, registry=self.registry)
+
+    def tune_job(self) -> TuneJobConfig:
+        """The search part of this config (only when ``tune`` is set)."""
+        return TuneJobConfig(data=self.data, model=self.model, train=self.train, registry=self.registry, tune=self.tune)
+
+    def serve_job(self) -> ServeJobConfig:
+        """The serve/rollout settings: from ``pipeline.serve_config`` when set, else this file's sections."""
+        if self.pipeline.serve_config:
+            loaded = load_config(ServeJobConfig, self.pipeline.serve_config)
+            return ServeJobConfig(serve=loaded.serve, rollout=loaded.rollout, registry=self.registry)
+        return ServeJobConfig(serve=self.serve, rollout=self.rollout, registry=self.registry)

@@ -15,6 +15,7 @@ from rayml.cli import data as data_cmd
 from rayml.cli import manymodels as manymodels_cmd
 from rayml.cli import models as models_cmd
 from rayml.cli import monitor as monitor_cmd
+from rayml.cli import pipeline as pipeline_cmd
 from rayml.cli import quickstart as quickstart_cmd
 from rayml.cli import rollout as rollout_cmd
 from rayml.cli import serve as serve_cmd
@@ -35,6 +36,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(manymodels_cmd.app, name="manymodels")
 app.add_typer(monitor_cmd.app, name="monitor")
+app.add_typer(pipeline_cmd.app, name="pipeline")
 app.add_typer(serve_cmd.app, name="serve")
 app.add_typer(rollout_cmd.app, name="rollout")
 app.command("rollback")(rollout_cmd.rollback_previous)

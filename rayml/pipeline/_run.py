@@ -1,0 +1,210 @@
+"""Run (or resume) one pipeline run: identify it, load or create its state, run the unfinished stages, log them.
+
+Run identity: ``<state_dir>/<pipeline name>/<run id>/state.json`` with run id = a hash of what determines the
+candidate (the data, model, train and tune sections, less how a run is executed: storage, retries) and the content
+fingerprint of the new data. The same command on the same data is the same run, so re-running it resumes; new data
+or a changed model/training config is a new run. Gate, drift, serving and pipeline settings are not part of the
+identity: a run that failed at the gate is re-judged with new thresholds by re-running with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayml._private import constants, fs
+from rayml.config import PipelineJobConfig, dump_config
+from rayml.pipeline._stages import STAGE_NAMES, STAGES, Release, ServeRelease, StageContext
+from rayml.pipeline._state import DONE, STATE_FILE, PipelineState, StageRecord, StateStore, run_stages
+from rayml.registry import Registry
+from rayml.train import prepare_data
+
+logger = logging.getLogger("rayml.pipeline")
+
+LATEST_FILE = "latest.json"
+# how a run executes, not what it produces: changing these resumes the same run
+_EXECUTION_FIELDS = {"storage_path", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"}
+
+
+@dataclass
+class PipelineResult:
+    """A finished run (every stage done)."""
+
+    state: PipelineState
+    run_dir: str
+    resumed_at: str | None  # the first stage this invocation ran (None: the run was already complete)
+
+    @property
+    def version(self) -> int:
+        return int(self.state.stage("train").outputs["version"])
+
+    @property
+    def outcome(self) -> str:
+        return str(self.state.stage("promote").outputs.get("outcome"))
+
+
+def state_root(cfg: PipelineJobConfig) -> str:
+    root = cfg.pipeline.state_dir or str(constants.rayml_home() / "pipelines")
+    return root if "://" in root else str(Path(root).expanduser().resolve())
+
+
+def run_id_for(cfg: PipelineJobConfig, data_fingerprint: str) -> str:
+    """What the candidate depends on: data, model, train and tune settings and the data's content fingerprint."""
+    relevant = {
+        "data": cfg.data.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude=_EXECUTION_FIELDS),
+        "tune": cfg.tune.model_dump(mode="json") if cfg.tune else None,
+        "fingerprint": data_fingerprint,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_pipeline(
+    cfg: PipelineJobConfig, *, restart: bool = False, registry: Registry | None = None, release: Release | None = None
+) -> PipelineResult:
+    """Run the pipeline ``cfg`` describes, resuming its run at the first unfinished stage.
+
+    Stages: ``validate_data`` -> ``train`` -> ``gate`` -> ``register`` -> ``promote`` (see
+    :mod:`rayml.pipeline._stages`). Each attempt of a stage is recorded in the run's ``state.json`` (status, start,
+    end, duration, outputs, error), logged by ``rayml.pipeline`` and to the run's MLflow run (experiment
+    ``pipeline.experiment``: metric ``<stage>_duration_s``, tag ``rayml.stage.<stage>``).
+
+    Args:
+        cfg: the pipeline config.
+        restart: start the run over (every stage runs again). Training and tuning still reuse a model they already
+            registered for the same config and data; change the config or ``train.run_name`` to train anew.
+        registry: MLflow registry; None = ``registry.tracking_uri``.
+        release: how the last stage reaches serving; None = the Serve application of the config.
+
+    Returns:
+        The :class:`PipelineResult` (every stage done).
+
+    Raises:
+        UserError: bad config or data (exit 2); nothing ran, or the failing stage is recorded.
+        RaymlError: a stage failed (the gate refused, training failed, the rollout rolled back; exit 1); re-running
+            the same command resumes at that stage.
+
+    Example:
+        >>> cfg = load_config(PipelineJobConfig, "jobs/configs/pipeline.yaml")
+        >>> run_pipeline(cfg).outcome
+        'promoted'
+    """
+    logger.info("resolved config:\n%s", dump_config(cfg))
+    registry = registry or Registry(cfg.registry.tracking_uri)
+    prepared = prepare_data(cfg.data, cfg.train.seed)  # bad data fails here, before any state is written
+    run_id = run_id_for(cfg, prepared.fingerprint)
+    name = cfg.pipeline_name
+    run_dir = fs.join(state_root(cfg), name, run_id)
+    store = StateStore(run_dir)
+    state = None if restart else store.load()
+    if state is None:
+        identity = {"model": cfg.model.name, "data_source": cfg.data.source, "data_fingerprint": prepared.fingerprint}
+        state = PipelineState.new(name, run_id, STAGE_NAMES, identity=identity)
+        logger.info("pipeline %s: new run %s in %s", name, run_id, run_dir)
+    else:
+        logger.info("pipeline %s: resuming run %s at stage %s", name, run_id, state.next_stage or "(complete)")
+    resumed_at = state.next_stage
+    state.mlflow_run_id = _open_mlflow_run(registry, cfg, state)
+    store.save(state)
+    fs.write_json(fs.join(state_root(cfg), name, LATEST_FILE), {"run_id": run_id, "run_dir": run_dir, "at": time.time()})
+
+    if cfg.pipeline.rollout != "never" and resumed_at is not None:
+        ServeRelease.connect()  # join the serving Ray first when there is one: a process has one Ray, training too
+    ctx = StageContext(
+        cfg=cfg,
+        registry=registry,
+        state=state,
+        run_dir=run_dir,
+        prepared=prepared,
+        release=release or ServeRelease(cfg.serve_job(), registry),
+        save=lambda: store.save(state),
+    )
+    try:
+        run_stages(state, STAGES, store, ctx, on_stage_end=lambda st, rec: _log_stage(registry, st, rec))
+    finally:
+        _close_mlflow_run(registry, state, store)
+    return PipelineResult(state=state, run_dir=run_dir, resumed_at=resumed_at)
+
+
+def _open_mlflow_run(registry: Registry, cfg: PipelineJobConfig, state: PipelineState) -> str:
+    if state.mlflow_run_id and registry.run_exists(state.mlflow_run_id):
+        registry.client.update_run(state.mlflow_run_id, status="RUNNING")
+        return state.mlflow_run_id
+    tags = {
+        "rayml.pipeline": state.pipeline,
+        "rayml.pipeline_run": state.run_id,
+        "rayml.model": cfg.model.name,
+        "rayml.data_fingerprint": state.identity.get("data_fingerprint", ""),
+    }
+    return registry.create_run(cfg.pipeline.experiment, f"{state.pipeline}-{state.run_id}", tags=tags)
+
+
+def _log_stage(registry: Registry, state: PipelineState, rec: StageRecord) -> None:
+    from mlflow.entities import Metric
+
+    if not state.mlflow_run_id:
+        return
+    ts = int(time.time() * 1000)
+    registry.client.log_batch(
+        state.mlflow_run_id,
+        metrics=[Metric(f"{rec.name}_duration_s", float(rec.duration_s or 0.0), ts, rec.attempts)],
+        tags=[_tag(f"rayml.stage.{rec.name}", rec.status)],
+    )
+
+
+def _tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
+def _close_mlflow_run(registry: Registry, state: PipelineState, store: StateStore) -> None:
+    if not state.mlflow_run_id:
+        return
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / STATE_FILE
+            path.write_text(json.dumps(state.to_dict(), indent=2, default=str))
+            registry.client.log_artifact(state.mlflow_run_id, str(path))
+        done = state.status == DONE
+        registry.client.set_tag(state.mlflow_run_id, "rayml.pipeline_status", state.status)
+        registry.client.set_terminated(state.mlflow_run_id, status="FINISHED" if done else "FAILED")
+    except Exception as e:  # the state file is the record; MLflow is a view of it
+        logger.warning("could not update the pipeline's MLflow run %s: %s", state.mlflow_run_id, e)
+
+
+def load_run(cfg: PipelineJobConfig, run_id: str | None = None) -> tuple[PipelineState | None, str]:
+    """A run's state (default: the pipeline's most recent run) and its folder; (None, folder) when there is none."""
+    base = fs.join(state_root(cfg), cfg.pipeline_name)
+    if run_id is None:
+        latest = fs.read_json(fs.join(base, LATEST_FILE))
+        if not latest:
+            return None, base
+        run_id = str(latest["run_id"])
+    from rayml.registry import validate_name
+
+    run_dir = fs.join(base, validate_name(run_id, "run id"))
+    return StateStore(run_dir).load(), run_dir
+
+
+def list_runs(cfg: PipelineJobConfig) -> list[PipelineState]:
+    """Every run of the pipeline, most recent first."""
+    import pyarrow.fs as pafs
+
+    filesystem, base = fs.filesystem(fs.join(state_root(cfg), cfg.pipeline_name))
+    if filesystem.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    runs = []
+    for info in filesystem.get_file_info(pafs.FileSelector(base)):
+        if info.type == pafs.FileType.Directory:
+            raw = fs.read_json(fs.join(fs.join(state_root(cfg), cfg.pipeline_name), info.base_name, STATE_FILE))
+            if raw:
+                runs.append(PipelineState.from_dict(raw))
+    return sorted(runs, key=lambda s: -s.updated)
