@@ -1019,6 +1019,16 @@ class ServeConfig(_Section):
         default=2.0, gt=0.0, description="How often the ingress checks that each version's deployment answers."
     )
     deploy_timeout_s: float = Field(default=300.0, gt=0.0, description="Longest wait for the application to be running.")
+    drift_window_s: float = Field(
+        default=300.0,
+        gt=0.0,
+        description="Online drift: length of the tumbling window (wall clock, aligned across replicas) in which served "
+        "rows are counted into the reference bins; the drift gauges show the current window once it has "
+        "drift.min_rows rows, else the last complete one.",
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig, description="Online drift thresholds (status per feature and version) and min_rows."
+    )
     metrics_export_port: int | None = Field(
         default=None,
         ge=1,

@@ -121,13 +121,19 @@ def count_categorical(values: Any, ref: Mapping[str, Any]) -> FeatureCounts:
     known = {c: i for i, c in enumerate(cats) if c != OTHER}
     other_idx = cats.index(OTHER) if OTHER in cats else len(cats) - 1
     strings = as_category_strings(pd.Series(values))
-    idx = np.fromiter((known.get(v, -2 if v == UNKNOWN else other_idx) for v in strings), dtype="int64", count=len(strings))
+    # look up each distinct value once (a request batch has few), then spread the answers with numpy
+    uniq, inverse = np.unique(strings.astype(str), return_inverse=True)
+    uniq_idx = np.fromiter((known.get(v, -2 if v == UNKNOWN else other_idx) for v in uniq), dtype="int64", count=len(uniq))
+    idx = uniq_idx[inverse.reshape(-1)] if len(strings) else np.zeros(0, dtype="int64")
     missing = int((idx == -2).sum())
     present = idx[idx >= 0]
     bins = np.bincount(present, minlength=len(cats)).astype("int64")
     # "unseen" = not a category of the training data at all (not merely outside the top-K kept as bins)
     seen_all = set(ref.get("seen", cats))
-    unseen = int(sum(1 for v in strings if v != UNKNOWN and v not in known and v not in seen_all))
+    uniq_counts = np.bincount(inverse.reshape(-1), minlength=len(uniq)) if len(strings) else np.zeros(0, dtype="int64")
+    unseen = int(
+        sum(int(c) for v, c in zip(uniq, uniq_counts, strict=True) if v != UNKNOWN and v not in known and v not in seen_all)
+    )
     return FeatureCounts("categorical", bins, missing=missing, unseen=unseen)
 
 

@@ -2,7 +2,7 @@
 shadow), ONNX model deployments with dynamic batching, many-models sets, and metric-gated rollouts."""
 
 from rayml.serve._demo import canary_demo
-from rayml.serve._deploy import AppState, ServeDeployError, app_state, deploy
+from rayml.serve._deploy import AppState, ServeDeployError, app_state, deploy, drift_status
 from rayml.serve._deploy import down as undeploy
 from rayml.serve._deploy import status as serve_status
 from rayml.serve._rollout import RolloutController, RolloutState
@@ -20,6 +20,7 @@ __all__ = [
     "build_serve_config",
     "canary_demo",
     "deploy",
+    "drift_status",
     "override",
     "rollback_to_previous",
     "serve_status",

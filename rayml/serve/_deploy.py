@@ -300,3 +300,33 @@ def down(cfg: ServeConfig, keep_ray: bool = False) -> tuple[bool, bool]:
             stop_local_head()
             stopped = True
     return existed, stopped
+
+
+def drift_status(app_name: str = "rayml", model: str | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+    """The online drift of every served version, merged over all replicas: ``{model: {version: report}}``.
+
+    A report has ``status`` (ok | warn | alert | insufficient_data), ``rows`` and ``replicas`` of the window shown,
+    ``window_start``/``window_end`` (wall-clock seconds), ``complete`` (the last complete window, else the current
+    one), ``features`` (per feature: ``metrics`` psi/js or linf/js, ``status``, ``rows``, ``quality``),
+    ``prediction`` (prediction drift), ``drifted_features`` and ``warned_features``; model sets add ``segments``.
+    Versions that have answered no rows in the last two windows, or have no reference bins, are absent.
+
+    Args:
+        app_name: the Serve application (``serve.app_name``).
+        model: only this model (default: all).
+
+    Raises:
+        ServeNotRunningError: no serving Ray to connect to.
+
+    Example:
+        >>> from rayml.serve import drift_status
+        >>> drift_status("rayml")["sales-model"][2]["drifted_features"]   # ['price']
+    """
+    from ray import serve
+
+    from rayml.serve._spec import STATS
+
+    connect(start_local=False)
+    if app_state(app_name) is None:
+        return {}
+    return serve.get_deployment_handle(STATS, app_name).drift_report.remote(model).result(timeout_s=30)

@@ -89,3 +89,62 @@ class ModelMetrics:
             description="Exceptions raised by model code (answered 500).",
             tag_keys=("model", "version"),
         )
+        self.drift_errors = metrics.Counter(
+            "rayml_drift_errors_total",
+            description="Batches not counted for online drift (counting failed, or its queue was full); answered anyway.",
+            tag_keys=("model", "version"),
+        )
+
+
+class DriftMetrics:
+    """Online drift gauges and data-quality counters, set by the stats deployment from counts merged over every model
+    replica (see :mod:`rayml.serve._drift` for the window they show)."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.feature = metrics.Gauge(
+            "rayml_feature_drift",
+            description="Drift of a served feature against its training reference bins in the drift window: "
+            "metric psi|js (numeric), linf|js (categorical).",
+            tag_keys=("model", "version", "feature", "metric"),
+        )
+        self.feature_status = metrics.Gauge(
+            "rayml_feature_drift_status",
+            description="Drift status of a served feature: -1 insufficient data, 0 ok, 1 warn, 2 alert (serve.drift thresholds).",
+            tag_keys=("model", "version", "feature"),
+        )
+        self.prediction = metrics.Gauge(
+            "rayml_prediction_drift",
+            description="Drift of a version's predictions against its reference prediction bins: metric psi|js.",
+            tag_keys=("model", "version", "metric"),
+        )
+        self.prediction_status = metrics.Gauge(
+            "rayml_prediction_drift_status",
+            description="Prediction drift status: -1 insufficient data, 0 ok, 1 warn, 2 alert.",
+            tag_keys=("model", "version"),
+        )
+        self.window_rows = metrics.Gauge(
+            "rayml_drift_window_rows",
+            description="Rows counted (all replicas) in the drift window the drift gauges show.",
+            tag_keys=("model", "version"),
+        )
+        self.quality = metrics.Counter(
+            "rayml_data_quality_total",
+            description="Served values with a data-quality problem: missing (null/NaN), wrong_type, out_of_range "
+            "(outside the training min/max), unseen (a category never seen in training); feature __prediction__ for outputs.",
+            tag_keys=("model", "version", "feature", "problem"),
+        )
+
+    def publish(self, model: str, version: int, values: dict[str, Any]) -> None:
+        """Set every gauge of one version from :func:`rayml.serve._drift.gauge_values`."""
+        base = {"model": model, "version": str(version)}
+        for (feature, metric), v in values["feature"].items():
+            self.feature.set(v, tags={**base, "feature": feature, "metric": metric})
+        for feature, code in values["feature_status"].items():
+            self.feature_status.set(code, tags={**base, "feature": feature})
+        for metric, v in values["prediction"].items():
+            self.prediction.set(v, tags={**base, "metric": metric})
+        if values["prediction_status"] is not None:
+            self.prediction_status.set(values["prediction_status"], tags=base)
+        self.window_rows.set(values["rows"], tags=base)

@@ -6,6 +6,11 @@ merges concurrent calls into one ONNX Runtime run (``max_batch_size`` / ``batch_
 only its own rows back. Results are plain dicts, never exceptions, so a bad request in a batch fails alone and the
 ingress can tell a client's mistake (422) from a model failure (500).
 
+Online drift: after each batch is answered, its rows and predictions are counted into the version's reference bins
+on a one-thread executor (never awaited by the request; a failure is logged and counted in
+``rayml_drift_errors_total``), and the counts are pushed to the stats deployment every flush interval
+(see :mod:`rayml.serve._drift`).
+
 Test-only fault hook (``VersionSpec.fault``, set from Python by tests, never from config): ``raise`` makes every
 prediction raise, ``sleep:S`` sleeps S seconds before predicting, ``scale:K`` multiplies outputs by K ("wild outputs").
 """
@@ -16,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,14 @@ logger = logging.getLogger("rayml.serve")
 
 META_FILE = "rayml_model.json"
 MODEL_FILE = "model.onnx"
+REF_STATS_FILE = "reference_stats.json"
+DRIFT_MAX_QUEUED = 64  # batches waiting to be counted per replica; beyond, a batch is skipped (and counted as skipped)
+
+
+def read_reference(path: Path) -> dict[str, Any]:
+    """The reference statistics saved with a model dir ({} when it has none)."""
+    f = path / REF_STATS_FILE
+    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def parse_fault(fault: str | None) -> tuple[str, float]:
@@ -77,15 +91,81 @@ class _BatchedPredict:
     _fault: tuple[str, float]
     _tags: dict[str, str]
 
-    def _init_batching(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    def _init_batching(
+        self, max_batch_size: int, batch_wait_timeout_s: float, drift_window_s: float, drift_flush_interval_s: float
+    ) -> None:
+        from rayml.serve._drift import DriftRecorder
         from rayml.serve._metrics import ModelMetrics
 
         self._metrics = ModelMetrics()
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._drift = DriftRecorder(drift_window_s)
+        self._drift_flush_s = drift_flush_interval_s
+        self._drift_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayml-drift")
+        self._drift_queued = 0
+        self._drift_task: asyncio.Task | None = None
+        self._drift_last_log = 0.0
 
     async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
+
+    def _reference_for(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """(reference key, reference bins) that rows of multiplexed id ``key`` are counted against; None: no bins."""
+        raise NotImplementedError
+
+    # --- online drift -------------------------------------------------------------------------------------------
+    def _count_drift(self, key: str, feeds: list[dict[str, np.ndarray]], outputs: list[Any]) -> None:
+        """Schedule counting of answered rows; returns at once and never raises (a prediction must not fail here)."""
+        try:
+            ref = self._reference_for(key)
+            if ref is None or not feeds:
+                return
+            if self._drift_queued >= DRIFT_MAX_QUEUED:
+                self._drift_failed(RuntimeError(f"{DRIFT_MAX_QUEUED} batches already wait to be counted; skipped one"))
+                return
+            from rayml.serve._drift import concat_columns
+
+            columns = concat_columns(feeds)
+            predictions = np.concatenate([np.asarray(o, dtype="float64").reshape(-1) for o in outputs])
+            loop = asyncio.get_running_loop()
+            self._drift_queued += 1
+            future = loop.run_in_executor(self._drift_pool, self._drift.observe, ref[0], ref[1], columns, predictions)
+            future.add_done_callback(self._drift_counted)
+            if self._drift_task is None:
+                self._drift_task = loop.create_task(self._flush_drift_forever())
+        except Exception as e:
+            self._drift_failed(e)
+
+    def _drift_counted(self, future: Any) -> None:
+        self._drift_queued -= 1
+        if not future.cancelled() and future.exception() is not None:
+            self._drift_failed(future.exception())
+
+    def _drift_failed(self, error: BaseException) -> None:
+        self._metrics.drift_errors.inc(tags=self._tags)
+        now = time.monotonic()
+        if now - self._drift_last_log > 10.0:  # one line per 10 s
+            self._drift_last_log = now
+            logger.warning("drift counting for %s:%s failed (rayml_drift_errors_total): %s", self.model, self.version, error)
+
+    async def _flush_drift_forever(self) -> None:
+        from rayml.serve._spec import STATS
+
+        ctx = serve.get_replica_context()
+        replica = str(getattr(getattr(ctx, "replica_id", None), "unique_id", None) or id(self))
+        stats = serve.get_deployment_handle(STATS, ctx.app_name)
+        while True:
+            await asyncio.sleep(self._drift_flush_s)
+            rows = self._drift.drain()
+            if not rows:
+                continue
+            try:
+                refs = self._drift.references({k for _, k, _ in rows})
+                await stats.push_drift.remote(replica, self.model, self.version, refs, rows)
+            except Exception as e:  # kept for the next flush: counts are neither lost nor doubled
+                self._drift.restore(rows)
+                logger.warning("could not push drift counts to %s: %s", STATS, e)
 
     async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
         """Predict for one request: ``{"ok": True, "outputs": [array per output]}`` or a failure dict."""
@@ -113,6 +193,10 @@ class _BatchedPredict:
             outputs = await asyncio.to_thread(self._run_isolated, predictor.session, [prepared[i] for i in ok])
             for i, out in zip(ok, outputs, strict=True):
                 results[i] = {**out, **extra} if out["ok"] else out
+            answered = [i for i in ok if results[i]["ok"]]
+            self._count_drift(
+                serve.get_multiplexed_model_id(), [feeds[i] for i in answered], [results[i]["outputs"][0] for i in answered]
+            )
         return results
 
     def _run_isolated(self, session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
@@ -158,6 +242,8 @@ class ModelServer(_BatchedPredict):
         max_batch_size: most requests per ONNX Runtime call.
         batch_wait_timeout_s: longest wait for a batch to fill.
         fault: test-only fault hook (see the module docstring).
+        drift_window_s: online drift window (see :mod:`rayml.serve._drift`).
+        drift_flush_interval_s: how often drift counts go to the stats deployment.
     """
 
     def __init__(
@@ -170,6 +256,8 @@ class ModelServer(_BatchedPredict):
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.002,
         fault: str | None = None,
+        drift_window_s: float = 300.0,
+        drift_flush_interval_s: float = 1.0,
     ) -> None:
         from rayml.models.predictor import OnnxPredictor
 
@@ -182,12 +270,18 @@ class ModelServer(_BatchedPredict):
         self.predictor = OnnxPredictor(path / MODEL_FILE, intra_op_threads=intra_op_threads)
         self.load_time_s = time.perf_counter() - t0
         self._tags = {"model": model, "version": str(self.version)}
-        self._init_batching(max_batch_size, batch_wait_timeout_s)
+        self._reference = read_reference(path)
+        self._init_batching(max_batch_size, batch_wait_timeout_s, drift_window_s, drift_flush_interval_s)
         self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
         logger.info("loaded %s:%s in %.2fs from %s", model, version, self.load_time_s, path)
 
     async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
         return self.predictor, {}
+
+    def _reference_for(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        from rayml.serve._drift import GLOBAL, has_bins
+
+        return (GLOBAL, self._reference) if has_bins(self._reference) else None
 
     def metadata(self) -> dict[str, Any]:
         """Signature (from the ONNX graph), task and lineage of this version."""

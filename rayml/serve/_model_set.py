@@ -14,7 +14,7 @@ from typing import Any
 
 from ray import serve
 
-from rayml.serve._model import MODEL_FILE, _BatchedPredict, lineage, load_model_dir, parse_fault
+from rayml.serve._model import MODEL_FILE, _BatchedPredict, lineage, load_model_dir, parse_fault, read_reference
 
 logger = logging.getLogger("rayml.serve")
 
@@ -33,6 +33,8 @@ class ModelSetServer(_BatchedPredict):
         batch_wait_timeout_s: longest wait for a batch to fill.
         fault: test-only fault hook (see :mod:`rayml.serve._model`).
         max_models_per_replica: segment models kept loaded per replica (LRU beyond).
+        drift_window_s: online drift window (see :mod:`rayml.serve._drift`).
+        drift_flush_interval_s: how often drift counts go to the stats deployment.
     """
 
     def __init__(
@@ -46,6 +48,8 @@ class ModelSetServer(_BatchedPredict):
         batch_wait_timeout_s: float = 0.002,
         fault: str | None = None,
         max_models_per_replica: int = 8,
+        drift_window_s: float = 300.0,
+        drift_flush_interval_s: float = 1.0,
     ) -> None:
         from rayml.registry import ModelSet
 
@@ -60,7 +64,10 @@ class ModelSetServer(_BatchedPredict):
             raise FileNotFoundError(f"{path} has no {MODEL_FILE}")
         self.load_time_s = time.perf_counter() - t0
         self._tags = {"model": model, "version": str(self.version)}
-        self._init_batching(max_batch_size, batch_wait_timeout_s)
+        stats = read_reference(path)
+        self._global_reference = stats.get("global", stats)
+        self._segment_references = stats.get("segments") or {}
+        self._init_batching(max_batch_size, batch_wait_timeout_s, drift_window_s, drift_flush_interval_s)
         self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
         # The LRU bound comes from config, so the multiplexed loader is wrapped per instance (Serve detects it at
         # runtime). A plain function, not the bound method: Serve stores its LRU as an attribute of what it wraps.
@@ -83,6 +90,15 @@ class ModelSetServer(_BatchedPredict):
             raise LookupError(f"model set {self.model} needs a segment (multiplexed model id)")
         predictor, served_by = await self._load_segment(key)
         return predictor, {"served_by": served_by}
+
+    def _reference_for(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """A segment's own reference bins when the set has them, else the set's global ones."""
+        from rayml.serve._drift import GLOBAL, has_bins
+
+        own = self._segment_references.get(key)
+        if has_bins(own):
+            return key, own
+        return (GLOBAL, self._global_reference) if has_bins(self._global_reference) else None
 
     def metadata(self) -> dict[str, Any]:
         """The shared signature of the set's models, its segment columns and lineage."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rayml.config import IngressConfig, ModelDeploymentConfig, ServeConfig, ServeJobConfig
+from rayml.config import DriftConfig, IngressConfig, ModelDeploymentConfig, ServeConfig, ServeJobConfig
 from rayml.errors import ConfigError, UserError
 from rayml.serve._router import ModelRoute, Shadow, check_weights
 
@@ -92,6 +92,10 @@ class AppSpec(_Spec):
     stats_flush_interval_s: float
     health_check_interval_s: float
     auth: list[AuthKey] = Field(default_factory=list)
+    drift_window_s: float = Field(
+        default=ServeConfig.model_fields["drift_window_s"].default, description="Online drift window (serve.drift_window_s)."
+    )
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Online drift thresholds (serve.drift).")
 
     def to_user_config(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -229,6 +233,8 @@ def resolve_spec(cfg: ServeJobConfig, registry: Any, faults: dict[str, str] | No
         stats_flush_interval_s=s.stats_flush_interval_s,
         health_check_interval_s=s.health_check_interval_s,
         auth=keys,
+        drift_window_s=s.drift_window_s,
+        drift=s.drift,
     )
     check_spec(spec)
     return spec

@@ -39,7 +39,7 @@ def register_tiny_model(
     """
     import torch
 
-    from rayml.data import infer_schema
+    from rayml.data import infer_schema, reference_stats
     from rayml.models import build_model, build_spec, export_onnx
     from rayml.models.predictor import OnnxPredictor
 
@@ -73,6 +73,9 @@ def register_tiny_model(
         "name": name,
     }
     (out / "rayml_model.json").write_text(json.dumps(meta, indent=2))
+    # reference bins of the frame it was built from, as training saves them (online drift counts against these)
+    ref = reference_stats(df, schema, predictions=predictor.predict(df))
+    (out / "reference_stats.json").write_text(json.dumps(ref))
     run_id = registry.create_run("serve-tests", f"tiny-{name}-{seed}", tags={"rayml.data_fingerprint": f"tiny-{seed}"})
     tags = {"rayml.data_fingerprint": f"tiny-{seed}", "rayml.run_id": run_id, "rayml.git_commit": "test"}
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from rayml.serve._drift import DriftStore, Row, gauge_values, quality_deltas
 from rayml.serve._ingress import Ingress
 from rayml.serve._model import ModelServer
 from rayml.serve._spec import INGRESS, STATS, AppSpec, ModelSpec, VersionSpec, check_spec, code_version
@@ -28,16 +29,47 @@ logger = logging.getLogger("rayml.serve")
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class RaymlStats:
-    """Aggregates per-version counts pushed by every ingress replica; the rollout controller reads windows."""
+    """Aggregates what every replica pushes: per-version request counts from the ingress replicas (the rollout
+    controller reads windows) and online drift counts from the model replicas (it sets the drift gauges).
 
-    def __init__(self) -> None:
+    Args:
+        drift_window_s: online drift window (see :mod:`rayml.serve._drift`).
+        drift: thresholds and ``min_rows`` as a :class:`~rayml.config.DriftConfig` dict.
+    """
+
+    def __init__(self, drift_window_s: float = 300.0, drift: dict[str, Any] | None = None) -> None:
+        from rayml.config import DriftConfig
+        from rayml.serve._metrics import DriftMetrics
+
         self.store = StatsStore()
+        self.drift = DriftStore(drift_window_s, DriftConfig.model_validate(drift or {}))
+        self._drift_metrics = DriftMetrics()
 
     def push(self, rows: list[tuple[int, str, int, str, dict[str, Any]]]) -> None:
         self.store.push(rows)
 
     def window(self, model: str, since: float, until: float | None = None) -> dict[str, dict[str, Any]]:
         return self.store.window(model, since, until)
+
+    def push_drift(self, replica: str, model: str, version: int, references: dict[str, Any], rows: list[Row]) -> int:
+        """Merge one model replica's drift counts, count data-quality problems and refresh the version's gauges."""
+        merged = self.drift.push(replica, model, version, references, rows)
+        tags = {"model": model, "version": str(version)}
+        for (feature, problem), n in quality_deltas(rows).items():
+            self._drift_metrics.quality.inc(n, tags={**tags, "feature": feature, "problem": problem})
+        report = self.drift.report(model, version)
+        if report is not None:
+            self._drift_metrics.publish(model, version, gauge_values(report))
+        return merged
+
+    def drift_report(self, model: str | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+        """``{model: {version: report}}`` for every served version with counts (see :mod:`rayml.serve._drift`)."""
+        out: dict[str, dict[int, dict[str, Any]]] = {}
+        for m, v in self.drift.versions(model):
+            report = self.drift.report(m, v)
+            if report is not None:
+                out.setdefault(m, {})[v] = report
+        return out
 
 
 def _hash(*parts: Any) -> str:
@@ -86,6 +118,8 @@ def model_deployment(spec: AppSpec, m: ModelSpec, v: VersionSpec) -> Application
         "max_batch_size": d.max_batch_size,
         "batch_wait_timeout_s": d.batch_wait_timeout_s,
         "fault": v.fault,
+        "drift_window_s": spec.drift_window_s,
+        "drift_flush_interval_s": spec.stats_flush_interval_s,
     }
     cls: Any = ModelServer
     if m.kind == "model_set":
@@ -108,7 +142,8 @@ def build_application(spec: AppSpec) -> Application:
     """The Serve application for ``spec``: ingress (with ``spec`` as user_config), stats, one deployment per version."""
     check_spec(spec)
     bound = {v.deployment: model_deployment(spec, m, v) for m in spec.models.values() for v in m.versions}
-    stats = _pin_version(RaymlStats.options(name=STATS), _hash(code_version(), "stats")).bind()
+    drift = {"drift_window_s": spec.drift_window_s, "drift": spec.drift.model_dump()}
+    stats = _pin_version(RaymlStats.options(name=STATS), _hash(code_version(), "stats", drift)).bind(**drift)
     ingress = Ingress.options(
         name=INGRESS,
         user_config=spec.to_user_config(),
