@@ -851,6 +851,11 @@ class BatchConfig(_Section):
         "null = every input column that is not a model input; [] = none.",
     )
     prediction_column: str = Field(default="prediction", description="Name of the prediction column in the output.")
+    drift: bool = Field(
+        default=True,
+        description="Count every scored row into the model's reference bins and write the run's drift summary "
+        "(<output>/_rayml_batch/drift.json); false skips the counting.",
+    )
     overwrite: bool = Field(
         default=False,
         description="Start over: delete the output's ledger and committed files first. Without it, a rerun skips files "
@@ -863,6 +868,7 @@ class BatchJobConfig(_Section):
 
     batch: BatchConfig = Field(default_factory=BatchConfig, description="What to score, with which model, where to.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Thresholds of the run's drift summary.")
 
 
 # --- serving & rollout ---------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ CONTROL_DIR = "_rayml_batch"
 MANIFEST_FILE = "manifest.json"
 LEDGER_DIR = "ledger"
 STAGING_DIR = "staging"
+DRIFT_DIR = "drift"  # per input file: its rows' counts in the model's reference bins (written before the commit)
+DRIFT_FILE = "drift.json"  # the run's drift summary over every committed file
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -154,6 +156,24 @@ class OutputDir:
                 logger.warning("input %s changed since it was committed (size/mtime); scoring it again", f.path)
             todo.append(f)
         return todo, done
+
+    # --- drift counts ------------------------------------------------------------------------------------------------
+    def write_drift_counts(self, f: InputFile, counts: dict[str, Any]) -> None:
+        """``f``'s drift counts; written before its commit, so a committed file always has the counts of its output."""
+        fs.write_json(self.path(CONTROL_DIR, DRIFT_DIR, f"{f.input_id}.json"), counts)
+
+    def drift_counts(self, inputs: list[InputFile]) -> dict[str, dict[str, Any]]:
+        """The drift counts of each committed input that has them, by input path."""
+        out = {}
+        for f in inputs:
+            counts = fs.read_json(self.path(CONTROL_DIR, DRIFT_DIR, f"{f.input_id}.json"))
+            if counts is not None:
+                out[f.path] = counts
+        return out
+
+    @property
+    def drift_summary_path(self) -> str:
+        return self.path(CONTROL_DIR, DRIFT_FILE)
 
     # --- writing and committing ------------------------------------------------------------------------------------
     def open_staging(self, attempt: str, f: InputFile):

@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rayml._private import constants
+from rayml._private import constants, fs
 from rayml.batch._ledger import InputFile, OutputDir, list_inputs, new_attempt_id
 from rayml.batch._score import FileScorer, ScoreSpec
 from rayml.config import BatchConfig, BatchJobConfig, dump_config
 from rayml.data import resolve_files
 from rayml.errors import ConfigError, RaymlError
+from rayml.monitor import DriftCounter, drift_report
 from rayml.registry import KIND_MODEL_SET, ModelSet, Registry, parse_ref
 
 logger = logging.getLogger("rayml.batch")
@@ -58,6 +59,8 @@ class BatchSummary:
     rows_skipped: int = 0  # rows of files committed by earlier invocations
     wall_s: float = 0.0
     actors: int = 0
+    drift: dict | None = None  # {"status", "drifted_features", "rows", "files", "path"}; None when not counted
+
 
     @property
     def ok(self) -> bool:
@@ -238,6 +241,7 @@ def run_batch(
             id_columns=tuple(b.id_columns) if b.id_columns is not None else None,
             prediction_column=b.prediction_column,
             max_cached_models=b.max_cached_models,
+            drift=b.drift,
             faults=constants.fault_injection(),
         )
         try:
@@ -252,6 +256,8 @@ def run_batch(
                     progress(r, finished, len(inputs))
         finally:
             out.discard_staging(attempt)
+    if b.drift:
+        summary.drift = _write_drift_summary(out, inputs, loaded.reference_stats, cfg, summary)
     summary.wall_s = time.perf_counter() - t0
     logger.info(
         "%d committed, %d skipped, %d failed; %d rows in %.1fs (%.0f rows/s)",
@@ -263,6 +269,48 @@ def run_batch(
         summary.rows_per_s,
     )
     return summary
+
+
+def _write_drift_summary(
+    out: OutputDir, inputs: list[InputFile], stats: dict, cfg: BatchJobConfig, summary: BatchSummary
+) -> dict | None:
+    """Merge the drift counts of every committed file (this and earlier invocations) into the run's drift summary.
+
+    The same report as ``rayml monitor drift`` (without label drift), against the version's global reference, written
+    to ``<output>/_rayml_batch/drift.json``. Counts are per committed file, so a rerun after a crash counts every row
+    exactly once, like the output.
+    """
+    reference = stats.get("global", stats) if isinstance(stats, dict) else {}
+    if not reference.get("features"):
+        logger.warning("%s has no reference statistics: no drift summary", summary.model_ref)
+        return None
+    committed = out.ledger()
+    counts = out.drift_counts([f for f in inputs if f.path in committed])
+    counter = DriftCounter(reference)
+    for c in counts.values():
+        counter = counter.merge(DriftCounter.from_dict(reference, c))
+    report = drift_report(counter, cfg.drift)
+    fs.write_json(
+        out.drift_summary_path,
+        {
+            "model": summary.model_ref,
+            "batch_run_id": summary.batch_run_id,
+            "files": len(counts),
+            "thresholds": cfg.drift.model_dump(mode="json"),
+            "report": report,
+            "counts": counter.to_dict(),
+            "written_at": time.time(),
+        },
+    )
+    if report["status"] != "ok":
+        logger.warning("drift %s in %s: %s", report["status"], out.uri, ", ".join(report["drifted_features"]) or "-")
+    return {
+        "status": report["status"],
+        "drifted_features": report["drifted_features"],
+        "rows": report["rows"],
+        "files": len(counts),
+        "path": out.drift_summary_path,
+    }
 
 
 def _score_on_ray(todo: list[InputFile], spec: ScoreSpec, b: BatchConfig, summary: BatchSummary):

@@ -13,6 +13,7 @@ its staged output deleted; the actor goes on with the next file.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -27,6 +28,8 @@ import pyarrow.parquet as pq
 from rayml._private import faults as _faults
 from rayml.batch._ledger import InputFile, OutputDir
 from rayml.errors import DataError, DataValidationError, RaymlError
+from rayml.monitor import DriftCounter
+from rayml.registry import REF_STATS_FILE
 
 logger = logging.getLogger("rayml.batch")
 
@@ -51,6 +54,7 @@ class ScoreSpec:
     id_columns: tuple[str, ...] | None
     prediction_column: str
     max_cached_models: int
+    drift: bool = True  # count rows into the model's reference bins (see rayml.batch._run: the run's drift summary)
     faults: str | None = None
 
 
@@ -109,6 +113,7 @@ class FileScorer:
             self.predictor = OnnxPredictor(os.path.join(path, "model.onnx"))
             self.inputs = self.predictor.input_names
             self.segment_columns = []
+        self.reference = _reference(path) if spec.drift else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [
@@ -197,10 +202,11 @@ class FileScorer:
         keys = key_columns(present, self.inputs, self.segment_columns, self.spec.id_columns, self.spec.prediction_column)
         rows = 0
         writer = None
+        counter = DriftCounter(self.reference) if self.reference else None
         with self.out.open_staging(self.spec.attempt, f) as stream:
             try:
                 for chunk in chunks:
-                    table = self._score_chunk(chunk, keys)
+                    table = self._score_chunk(chunk, keys, counter)
                     if writer is None:
                         writer = pq.ParquetWriter(stream, table.schema)
                     writer.write_table(table.cast(writer.schema))
@@ -212,9 +218,11 @@ class FileScorer:
             finally:
                 if writer is not None:
                     writer.close()
+        if counter is not None:
+            self.out.write_drift_counts(f, counter.to_dict())
         return rows
 
-    def _score_chunk(self, chunk: pa.Table, keys: list[str]) -> pa.Table:
+    def _score_chunk(self, chunk: pa.Table, keys: list[str], counter: DriftCounter | None = None) -> pa.Table:
         """Predict one chunk; the output keeps the key columns as they were read (Arrow, no pandas round trip)."""
         n = chunk.num_rows
         # only what the model reads becomes pandas: ids, timestamps and labels pass through untouched
@@ -234,6 +242,8 @@ class FileScorer:
         else:
             preds = self.predictor.predict(df) if n else np.zeros(0, dtype=np.float32)
             served_by = pa.nulls(n, pa.string())
+        if counter is not None and n:
+            counter.update(df, predictions=preds[np.isfinite(preds)])  # unknown segments predict NaN
         columns = [chunk.column(c) for c in keys]
         names = list(keys)
         # the columns rayml adds have fixed types, so every chunk and every file has the same output schema
@@ -246,6 +256,17 @@ class FileScorer:
             "error": error,
         }
         return pa.Table.from_arrays([*columns, *added.values()], names=[*names, *added])
+
+
+def _reference(model_path: str) -> dict[str, Any] | None:
+    """The version's reference bins (a model set's global ones); None when it has none (no drift counts then)."""
+    p = os.path.join(model_path, REF_STATS_FILE)
+    if not os.path.isfile(p):
+        return None
+    with open(p) as fh:
+        stats = json.load(fh)
+    stats = stats.get("global", stats)
+    return stats if stats.get("features") else None
 
 
 def _constant(value: str, n: int) -> pa.Array:

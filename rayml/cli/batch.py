@@ -66,6 +66,14 @@ def batch(
         + (f"; {summary.rows_skipped:,} rows were committed earlier" if summary.skipped else "")
     )
     console.print(f"Output: {summary.output}")
+    if summary.drift is not None:
+        d = summary.drift
+        color = {"ok": "green", "warn": "yellow", "alert": "red"}.get(d["status"], "white")
+        console.print(
+            f"Drift vs training data: [{color}]{d['status']}[/]"
+            + (f" ({', '.join(d['drifted_features'])})" if d["drifted_features"] else "")
+            + f" over {d['rows']:,} rows of {d['files']} file(s); summary: {d['path']}"
+        )
     if summary.failed:
         for path, error in sorted(summary.failed.items()):
             err_console.print(f"[bold red]failed:[/] {path}: {error}")

@@ -4,6 +4,7 @@ command, run again, finishes: every input row exactly once in the output."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -82,3 +83,7 @@ def test_batch_killed_mid_run_then_rerun_scores_every_row_exactly_once(cli_env: 
     assert set(keys) == set(zip(data.store_id, data.date, strict=True)), "missing or extra rows"
     assert set(got.loc[got.store_id.isin(["store_006", "store_007"]), "segment_model"]) == {"__fallback__"}
     assert set(got.model_version) == {1} and got.batch_run_id.nunique() == 1  # one logical run across the restart
+    # the drift summary counts every row once too: files committed before the kill keep their counts
+    assert "Drift vs training data:" in again.stdout
+    summary = json.loads((out / "_rayml_batch" / "drift.json").read_text())
+    assert summary["files"] == FILES and summary["report"]["rows"] == len(data)

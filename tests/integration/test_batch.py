@@ -155,3 +155,35 @@ def test_single_model_and_the_version_is_pinned_for_the_whole_run(ray_session, r
     assert set(got.model_version) == {1} and got.segment_model.isna().all() and len(got) == len(sales)
     with pytest.raises(ConfigError, match="it was started with global:1, not global:2"):
         run_batch(CFG, model="global:2", input=str(only_first), output=str(out), registry=registry)
+
+
+def test_the_run_records_a_drift_summary_that_counts_every_row_once(ray_session, registry, tmp_path: Path, sales) -> None:
+    from rayml.data import reference_stats
+    from rayml.data.synthetic import apply_drift, parse_drift
+
+    d = tmp_path / "with-reference"
+    d.mkdir()
+    from rayml.models import OnnxPredictor
+
+    onnx = _onnx(sales, 3)
+    (d / "model.onnx").write_bytes(onnx)
+    (d / "rayml_model.json").write_text(json.dumps({"kind": "model", "task": "regression", "target": "sales"}))
+    stats = reference_stats(sales, infer_schema(sales, DataConfig()), predictions=OnnxPredictor(onnx).predict(sales))
+    (d / "reference_stats.json").write_text(json.dumps(stats))
+    registry.register("withref", d, registry.create_run("rayml", "r"), {})
+    inp = tmp_path / "in"
+    inp.mkdir()
+    sales.to_parquet(inp / "a-clean.parquet")
+
+    clean = run_batch(CFG, model="withref:1", input=str(inp), output=str(tmp_path / "out"), registry=registry)
+    assert clean.drift["status"] == "ok" and clean.drift["rows"] == len(sales) and clean.drift["files"] == 1
+
+    (shift,) = parse_drift(["shift:price=3"])
+    apply_drift(sales, shift, np.random.default_rng(0)).to_parquet(inp / "b-drifted.parquet")  # a new file arrives
+    more = run_batch(CFG, model="withref:1", input=str(inp), output=str(tmp_path / "out"), registry=registry)
+    assert (more.committed, more.skipped) == (1, 1)
+    assert more.drift["status"] == "alert" and "price" in more.drift["drifted_features"]
+    summary = json.loads(Path(more.drift["path"]).read_text())
+    assert summary["files"] == 2 and summary["report"]["rows"] == 2 * len(sales)  # the earlier file once, the new one once
+    assert summary["counts"]["prediction"] is not None and summary["report"]["features"]["price"]["metrics"]["psi"] > 0.25
+    assert len(pd.read_parquet(tmp_path / "out")) == 2 * len(sales)  # the summary file does not disturb the output
