@@ -16,6 +16,8 @@ from rayml._private import constants
 
 logger = logging.getLogger("rayml")
 
+_started_here = False  # this process started its own local Ray (it ends with the process)
+
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Initialise Ray once per process (a no-op when already initialised, e.g. inside a Ray job or a test session)."""
@@ -30,6 +32,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     cpus = num_cpus if num_cpus is not None else constants.ray_num_cpus()
     logger.info("starting a local Ray (num_cpus=%s, dashboard on 127.0.0.1)", cpus or "auto")
     ray.init(num_cpus=cpus, dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+    global _started_here
+    _started_here = True
+
+
+def is_throwaway() -> bool:
+    """Whether the connected Ray is one this process started for itself (nothing outlives the process there)."""
+    return _started_here and ray.is_initialized()
 
 
 def quiet_ray_data() -> None:

@@ -129,14 +129,17 @@ def _actor(tracking_uri: str | None, create: bool = True):
 
 
 def record_training_outcome(outcome: TrainingOutcome, tracking_uri: str | None = None, timeout_s: float = 30.0) -> bool:
-    """Record ``outcome`` in the connected Ray's training-status actor; False (logged) when that is not possible.
+    """Record ``outcome`` in the connected Ray's training-status actor; False when not possible (logged) or pointless
+    (a local Ray this process started and takes down with it).
 
     Never raises: a monitoring hiccup must not turn a finished training run into a failed one.
     """
     try:
         import ray
 
-        if not ray.is_initialized():
+        from rayml._private.ray_session import is_throwaway
+
+        if not ray.is_initialized() or is_throwaway():  # nothing would scrape it: the Ray ends with this process
             return False
         ray.get(_actor(tracking_uri).record.remote(asdict(outcome)), timeout=timeout_s)
         return True
