@@ -44,6 +44,49 @@ def print_state(state, verbose: bool = False) -> None:
     console.print(f"URL: {state.url}")
 
 
+def print_drift(app_name: str, model: str | None = None) -> None:
+    """Online drift per served version (all replicas, the window the gauges show); nothing when no rows were counted."""
+    from rayml.serve import drift_status
+
+    try:
+        reports = drift_status(app_name, model)
+    except Exception as e:  # drift is extra information: status still shows health when it cannot be read
+        console.print(f"[yellow]Drift: not available ({type(e).__name__}: {e})[/]")
+        return
+    rows = []
+    colour = {"alert": "red", "warn": "yellow", "ok": "green"}
+    for name, versions in sorted(reports.items()):
+        for version, r in sorted(versions.items()):
+            status = f"[{colour.get(r['status'], 'dim')}]{r['status']}[/]"
+            pred = r.get("prediction") or {}
+            detail = [f"{f} ({_top_metric(r['features'][f])})" for f in r["drifted_features"]]
+            rows.append(
+                [
+                    name,
+                    version,
+                    status,
+                    r["rows"],
+                    "complete" if r["complete"] else "current",
+                    ", ".join(detail) or "-",
+                    ", ".join(r["warned_features"]) or "-",
+                    pred.get("status", "-"),
+                ]
+            )
+    if rows:
+        console.print(
+            table(
+                "Drift (online, all replicas)",
+                ["model", "version", "status", "rows", "window", "alert", "warn", "predictions"],
+                rows,
+            )
+        )
+
+
+def _top_metric(feature: dict) -> str:
+    name, value = max(feature["metrics"].items(), key=lambda kv: kv[1])
+    return f"{name} {value:.2f}"
+
+
 @app.command("up")
 def up(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Deploy (or update in place, without downtime) the Serve application described by the config.
@@ -68,7 +111,7 @@ def up(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = Fals
 
 @app.command("status")
 def status(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
-    """Show every deployment's health and replicas (with replica constructor errors) and the routing table."""
+    """Show every deployment's health and replicas (with replica constructor errors), the routing table and online drift."""
     from rayml.serve import serve_status
 
     setup_logging(verbose)
@@ -78,6 +121,7 @@ def status(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = 
         console.print(f"Application {cfg.serve.app_name!r} is not deployed. Next: rayml serve up {_flags(config, set_)}")
         raise typer.Exit(1)
     print_state(state, verbose)
+    print_drift(state.name)
     if not state.healthy:
         console.print(f"[yellow]Not healthy.[/] Fix the errors above, then: rayml serve up {_flags(config, set_)}")
         raise typer.Exit(1)

@@ -33,6 +33,7 @@ logger = logging.getLogger("rayml.serve")
 ADDRESS_FILE = "ray_current_cluster"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 STARTED_MARKER = "rayml_started_head"
+SD_FILE = "prom_metrics_service_discovery.json"  # the name Ray gives its own service-discovery file
 
 
 class ServeNotRunningError(UserError):
@@ -80,7 +81,26 @@ def connect(start_local: bool = False, metrics_export_port: int | None = None) -
     # Ray turns token auth on by itself only for a discovered cluster, never for an explicit address.
     head_dir = str(constants.serve_head_dir())
     ray.init(address="auto", _temp_dir=head_dir, log_to_driver=False, logging_level=logging.WARNING)
+    with contextlib.suppress(Exception):  # monitoring aid only: never fail serving over it
+        write_service_discovery(constants.serve_head_dir())
     return f"local Ray at {address} (temp dir {constants.serve_head_dir()})"
+
+
+def write_service_discovery(head_dir: Path) -> Path:
+    """Write Prometheus file-based service discovery for the local serving Ray: ``<temp dir>/SD_FILE``.
+
+    Ray writes this file from its dashboard, which the local serving Ray runs without; rayml writes the same format
+    (one target per alive node's metrics export port) in the same place, so a Prometheus ``file_sd_configs`` entry
+    pointing at it scrapes the serving Ray (see clusters/prometheus/prometheus.yml).
+    """
+    import json
+
+    targets = [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes() if n.get("Alive")]
+    path = head_dir / SD_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
+    tmp.replace(path)
+    return path
 
 
 def _start_local_head(metrics_export_port: int | None) -> str:
