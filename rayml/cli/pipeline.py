@@ -39,7 +39,8 @@ def _summary(name: str, out: dict[str, Any]) -> str:
         verdict = "passed" if out.get("passed") else "FAILED"
         reg = out.get("regression")
         vs = f" vs v{out['baseline']}, regression {reg:+.1%} (max {out['max_regression']:.1%})" if reg is not None else ""
-        return f"{verdict}: {out.get('metric')} {out.get('candidate_metric', float('nan')):.4g}{vs}"
+        value = out.get("candidate_metric")
+        return f"{verdict}: {out.get('metric')} {value if value is None else format(value, '.4g')}{vs}"
     if name == "register":
         return f"v{out.get('version')} -> @{out.get('alias')}"
     if name == "promote":
@@ -86,11 +87,12 @@ def run(
     setup_logging(verbose)
     cfg = load(PipelineJobConfig, config, set_)
     flags = _flags(config, set_)
+    started = time.time()
     try:
         result = run_pipeline(cfg, restart=restart)
     except RaymlError:
         state, run_dir = load_run(cfg)
-        if state is not None:
+        if state is not None and state.updated >= started:  # not an older run's table when this one never started
             print_state(state, run_dir)
             console.print(f"Stage {state.next_stage} failed; production is unchanged. Next (resume): rayml pipeline run{flags}")
         raise
