@@ -1,0 +1,207 @@
+"""Real Ray jobs on a real multi-node cluster: `clusters/local.sh up`, `ray job submit jobs/train.py`, a node killed.
+
+One cluster for the module (head with 0 CPUs + 3 worker nodes with 1 CPU each, free ports, its own temp dir, token
+auth on): starting it is the slowest part. Jobs run with the cluster's Python (this venv, shared by every node on this
+machine: nothing is installed per job), MLflow on SQLite and checkpoints in the test's tmp dir (a disk every node sees).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayml._private.net import free_port
+from tests.e2e.helpers import ROOT
+
+LOCAL_SH = ROOT / "clusters" / "local.sh"
+VENV_BIN = Path(sys.executable).parent
+SMALL = ["--set", "data.synthetic.segments=4", "--set", "data.synthetic.rows_per_segment=80", "--set", "model.hidden_sizes=[16]"]
+
+
+def _free_range(n: int) -> int:
+    """A base port with base..base+n-1 free (per-node ports are base + node index)."""
+    for _ in range(200):
+        base = random.randint(20000, 60000 - n)
+        try:
+            with contextlib.ExitStack() as stack:
+                for p in range(base, base + n):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+@dataclass
+class LocalCluster:
+    env: dict[str, str]  # the environment local.sh and `ray job ...` run with (ports, temp dir, token)
+    dashboard: str
+    dir: Path
+
+    def sh(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([str(LOCAL_SH), *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    def nodes(self) -> dict[str, int]:
+        lines = (self.dir / "nodes").read_text().split("\n")
+        return {name: int(pgid) for name, pgid in (line.split() for line in lines if line.strip())}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    workers = 3  # 2 training workers + 1 spare node, so the job can finish after a node dies
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYML_", "MLFLOW_", "RAY_"))}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # nodes, and the jobs' `python`, use this venv
+        RAYML_LOCAL_DIR=str(temp_dir),
+        RAYML_LOCAL_WORKERS=str(workers),
+        RAYML_LOCAL_HEAD_CPUS="0",
+        RAYML_LOCAL_WORKER_CPUS="1",
+        RAYML_LOCAL_GCS_PORT=str(free_port()),
+        RAYML_LOCAL_DASHBOARD_PORT=str(free_port()),
+        RAYML_LOCAL_CLIENT_PORT=str(free_port()),
+        RAYML_LOCAL_METRICS_PORT=str(_free_range(workers + 1)),
+        RAYML_LOCAL_AGENT_PORT=str(_free_range(workers + 1)),
+        RAY_DATA_DISABLE_PROGRESS_BARS="1",
+    )
+    c = LocalCluster(env=env, dashboard=f"http://127.0.0.1:{env['RAYML_LOCAL_DASHBOARD_PORT']}", dir=temp_dir)
+    try:
+        up = c.sh("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"ray job submit --address {c.dashboard}" in up.stdout and "RAY_AUTH_TOKEN_PATH=" in up.stdout
+        # clients authenticate as `status` says
+        c.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(temp_dir / "auth_token"))
+        yield c
+    finally:
+        down = c.sh("down", timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        left = subprocess.run(["pgrep", "-f", f"{temp_dir}/session_"], capture_output=True, text=True).stdout.split()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"processes of the local cluster left running: {left}"
+
+
+def _runtime_env(tmp_path: Path, **env_vars: str) -> Path:
+    """jobs/runtime_env.yaml as shipped, plus this test's tracking URI and storage (what a user edits per cluster)."""
+    runtime_env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    runtime_env["env_vars"].update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+        RAYML_HOME=str(tmp_path / "home"),
+        RAYML_GIT_COMMIT="e2e",
+        **env_vars,
+    )
+    path = tmp_path / "runtime_env.yaml"
+    path.write_text(yaml.safe_dump(runtime_env))
+    return path
+
+
+def _submit(c: LocalCluster, runtime_env: Path, *entrypoint: str, wait: bool = True, timeout: float = 240):
+    args = ["ray", "job", "submit", "--address", c.dashboard, "--runtime-env", str(runtime_env), "--working-dir", "."]
+    args += [] if wait else ["--no-wait"]
+    return subprocess.run([*args, "--", *entrypoint], env=c.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_job_on_a_local_multinode_cluster_registers_the_model(cluster: LocalCluster, tmp_path: Path) -> None:
+    status = cluster.sh("status")
+    assert status.returncode == 0 and status.stdout.count(": running") == 4, status.stdout
+
+    runtime_env = _runtime_env(tmp_path)
+    job = ["python", "jobs/train.py", "--config", "jobs/configs/train.yaml", *SMALL, "--set", "train.epochs=2"]
+    out = _submit(cluster, runtime_env, *job)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "registered sales-model version 1" in out.stdout and "succeeded" in out.stdout + out.stderr
+
+    from rayml.registry import Registry
+
+    v = Registry(f"sqlite:///{tmp_path}/mlflow.db").resolve("sales-model:1")
+    assert v.tags["rayml.git_commit"] == "e2e"
+    assert list((tmp_path / "home" / "runs").glob("sales-model-*/checkpoint_*"))  # checkpoints on the shared disk
+
+
+def _max_checkpoint_epoch(run_root: Path) -> int:
+    epochs = [0]
+    for meta in run_root.glob("*/checkpoint_*/rayml_checkpoint.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):  # a checkpoint being written
+            epochs.append(json.loads(meta.read_text())["epoch"])
+    return max(epochs)
+
+
+def _node_running_a_train_worker(c: LocalCluster) -> tuple[str, int]:
+    import psutil
+
+    for name, pgid in c.nodes().items():
+        if name == "head":
+            continue
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                is_raylet = proc.info["name"] == "raylet" and os.getpgid(proc.pid) == pgid
+                if is_raylet and any("RayTrainWorker" in " ".join(ch.cmdline()) for ch in proc.children()):
+                    return name, pgid
+    raise AssertionError("no worker node runs a Ray Train worker")
+
+
+def test_training_job_survives_a_worker_node_killed_mid_run(cluster: LocalCluster, tmp_path: Path) -> None:
+    # slow epochs (2 s) so the node dies between checkpoints, mid-run; 3 Ray Train restarts allowed (train_ddp.yaml)
+    runtime_env = _runtime_env(tmp_path, RAYML_FAULT_INJECT="sleep@seconds=2")
+    job = ["python", "jobs/train.py", "--config", "jobs/configs/train_ddp.yaml", *SMALL]
+    job += ["--set", "train.epochs=5", "--set", "train.early_stopping_patience=0"]
+    submitted = _submit(cluster, runtime_env, *job, wait=False, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = next(
+        w.strip("'")
+        for line in submitted.stdout.splitlines() + submitted.stderr.splitlines()
+        for w in line.split()
+        if w.strip("'").startswith("raysubmit_")
+    )
+
+    runs = tmp_path / "home" / "runs"
+    deadline = time.monotonic() + 200
+    while _max_checkpoint_epoch(runs) < 1:
+        assert time.monotonic() < deadline, "no epoch-1 checkpoint in time"
+        time.sleep(0.3)
+    name, pgid = _node_running_a_train_worker(cluster)
+    os.killpg(pgid, signal.SIGKILL)  # the whole node: raylet, object store, agents (its workers die with the raylet)
+    killed_at = _max_checkpoint_epoch(runs)
+    assert killed_at < 5
+
+    logs = subprocess.run(
+        ["ray", "job", "logs", "--address", cluster.dashboard, "--follow", job_id],
+        env=cluster.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=max(10.0, deadline - time.monotonic()),
+    )
+    status = subprocess.run(
+        ["ray", "job", "status", "--address", cluster.dashboard, job_id], env=cluster.env, capture_output=True, text=True
+    )
+    assert "succeeded" in status.stdout.lower(), (logs.stdout + status.stdout)[-5000:]
+    assert "registered sales-model-ddp version 1" in logs.stdout
+    assert cluster.sh("status").stdout.count(f"{name}: DOWN") == 1
+
+    from rayml.registry import Registry
+
+    reg = Registry(f"sqlite:///{tmp_path}/mlflow.db")
+    v = reg.resolve("sales-model-ddp:1")
+    starts = [int(m.value) for m in reg.client.get_metric_history(v.run_id, "resumed_from_epoch")]
+    assert 0 in starts and max(starts) >= 1, starts  # the restarted worker group continued from a checkpoint
+    steps = {m.step for m in reg.client.get_metric_history(v.run_id, "val_loss")}
+    # every epoch after the resume point is logged once the job is done (the epoch whose report died with the node
+    # may be missing: its checkpoint reached storage, its metrics never reached the controller)
+    assert set(range(max(starts) + 1, 6)) <= steps and max(steps) == 5, (starts, steps)
