@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted(p for p in (ROOT / "jobs").glob("*.py"))
@@ -41,3 +42,13 @@ def test_a_user_mistake_exits_2_with_what_was_wrong(
 
     assert _run(job, ["--config", str(tmp_path / "missing.yaml")], monkeypatch) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_runtime_envs_ship_the_same_files_and_the_pip_one_lists_rayml_dependencies() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    plain = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    pip = yaml.safe_load((ROOT / "jobs" / "runtime_env_pip.yaml").read_text())
+    assert plain["working_dir"] == pip["working_dir"] == "." and plain["excludes"] == pip["excludes"]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert pip["pip"]["packages"] == [d for d in deps if not d.startswith("ray[")]  # the cluster's Ray stays
