@@ -32,12 +32,13 @@ def drift_of_frame(
 
 
 def _plot(name: str, entry: dict[str, Any], labels: list[str], path: Path) -> None:
-    import matplotlib
+    # A Figure with its own Agg canvas, not pyplot: no global backend switch (a notebook keeps showing its own plots)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     x = np.arange(len(entry["reference_shares"]))
     ax.bar(x - 0.2, entry["reference_shares"], width=0.4, label="reference (training)", color="#4C72B0")
     ax.bar(x + 0.2, entry["current_shares"], width=0.4, label="current", color="#DD8452")
@@ -49,7 +50,6 @@ def _plot(name: str, entry: dict[str, Any], labels: list[str], path: Path) -> No
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _bin_labels(ref: dict[str, Any]) -> list[str]:

@@ -109,3 +109,17 @@ def test_offline_report_files_and_label_drift(reference, tmp_path: Path) -> None
     assert len(pngs) == len(report["features"]) + 2  # + prediction + label
     assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(paths["json"].read_text())["status"] == "alert"
+
+
+def test_report_leaves_the_matplotlib_backend_alone(reference, tmp_path: Path) -> None:
+    """A notebook's inline backend must survive writing a report (it used to be switched to Agg for good)."""
+    import matplotlib
+
+    df, ref = reference
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a notebook's backend: anything but Agg
+    try:
+        write_report(drift_of_frame(ref, df, None, None, DriftConfig()), ref, tmp_path / "r", title="t")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
