@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 PROMTOOL ?= promtool
 
-.PHONY: install demo test lint alerts unit integration e2e bench clean
+.PHONY: install demo test lint alerts unit integration e2e bench strip-notebooks clean
 
 $(BIN)/rayml: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ e2e: install
 
 bench: install
 	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+# Notebooks are committed without outputs (tests/unit/test_notebooks_clean.py checks); run this before committing one.
+strip-notebooks: install
+	$(BIN)/python notebooks/strip_outputs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -6,7 +6,7 @@ from rayml.serve._deploy import AppState, ServeDeployError, app_state, deploy, d
 from rayml.serve._deploy import down as undeploy
 from rayml.serve._deploy import status as serve_status
 from rayml.serve._rollout import RolloutController, RolloutState
-from rayml.serve._rollout_runtime import approve, override, rollback_to_previous, start_rollout
+from rayml.serve._rollout_runtime import approve, override, rollback_to_previous, start_rollout, traffic_stats
 from rayml.serve.app import build_app, build_serve_config
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "rollback_to_previous",
     "serve_status",
     "start_rollout",
+    "traffic_stats",
     "undeploy",
 ]

@@ -76,6 +76,42 @@ class ServeStats:
         return by_version(handle.window.remote(model, since, until).result(timeout_s=30))
 
 
+def traffic_stats(app_name: str, model: str, since: float, until: float | None = None) -> dict[tuple[int, str], VersionStats]:
+    """Per-version traffic of a served model over a time window, summed over every ingress replica.
+
+    Ingress replicas flush their counts every ``serve.stats_flush_interval_s`` (1 s by default): wait that long after
+    the last request before reading it.
+
+    Args:
+        app_name: the Serve application (``serve.app_name``).
+        model: the served model's name.
+        since: start of the window (wall-clock seconds, ``time.time()``).
+        until: end of the window; None = now.
+
+    Returns:
+        ``(version, route) -> VersionStats``; route is ``primary`` (weighted traffic), ``pinned`` (version URLs) or
+        ``shadow`` (mirrored calls: ``compared_rows`` and ``disagreement(task)`` compare them with the primary answer).
+
+    Example:
+        >>> stats = traffic_stats("rayml", "sales-model", since=t0)
+        >>> stats[(2, "shadow")].disagreement("regression")
+        0.043
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read() -> dict[tuple[int, str], VersionStats]:
+        return ServeStats(app_name).window(model, since, time.time() + 1 if until is None else until)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return read()
+    # a caller inside an event loop (a Jupyter cell): Serve refuses blocking handle calls there, so block in a thread
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(read).result()
+
+
 class RegistryPromoter:
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
