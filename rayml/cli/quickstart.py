@@ -31,6 +31,8 @@ class _Ctx:
     df: Any = None
     versions: dict[str, int] = field(default_factory=dict)
     registry: Any = None
+    serve_url: str | None = None  # the serve step leaves the app up when the drift step follows
+    skip: list[str] = field(default_factory=list)
 
 
 def _data_and_train(ctx: _Ctx) -> None:
@@ -227,6 +229,7 @@ def _serve(ctx: _Ctx) -> None:
     canary = ctx.versions.get("tuned") or _copy_version(ctx, stable, "canary")
     shadow = ctx.versions.get("broken") or _copy_version(ctx, stable, "shadow")
     _step(f"Serve on Ray Serve: v{stable} stable, v{canary} as a 10% canary, v{shadow} in shadow; then promote v{canary}")
+    keep = "drift" not in ctx.skip
     result = canary_demo(
         ctx.tracking_uri,
         MODEL,
@@ -234,10 +237,70 @@ def _serve(ctx: _Ctx) -> None:
         versions=(stable, canary, shadow),
         requests=300,
         report=lambda line: console.print(f"  {line}"),
+        keep_running=keep,
     )
+    ctx.versions["served"] = result.promoted
+    ctx.serve_url = result.url if keep else None
     if result.failed:
         console.print(f"  [bold red]{result.failed} request(s) failed[/]")
     console.print(f"  the old version stays as {MODEL}@previous: `rayml rollback --model {MODEL}` restores it in one command")
+
+
+def _drift(ctx: _Ctx) -> None:
+    import httpx
+    import numpy as np
+
+    from rayml.config import ServeConfig
+    from rayml.data.synthetic import apply_drift, parse_drift
+    from rayml.serve import drift_status, undeploy
+
+    _step("Online drift: the served model counts every row into its training bins; a price shift is caught")
+    if ctx.serve_url is None:
+        console.print("  skipped: needs the serve step")
+        return
+    try:
+        served, previous = ctx.versions["served"], ctx.versions["trained"]
+        rows = ctx.df.sample(600, random_state=11, replace=len(ctx.df) < 600)
+        (shift,) = parse_drift(["shift:price=2"])
+        drifted = apply_drift(rows, shift, np.random.default_rng(0))
+        with httpx.Client(base_url=ctx.serve_url, timeout=30) as client:
+            types = {i["name"]: i["datatype"] for i in client.get(f"/v2/models/{MODEL}").json()["inputs"]}
+            inputs = list(types)
+            # clean rows pinned to the previous version, drifted rows (prices up 2 std) through the production route
+            for i in range(0, len(rows), 100):
+                clean = rows.iloc[i : i + 100][inputs].to_dict("records")
+                client.post(f"/v2/models/{MODEL}/versions/{previous}/infer", json=_v2(clean, types)).raise_for_status()
+                bad = drifted.iloc[i : i + 100][inputs].to_dict("records")
+                client.post(f"/v1/models/{MODEL}:predict", json={"instances": bad}).raise_for_status()
+        console.print(f"  sent {len(rows)} clean rows to v{previous} and {len(rows)} rows with prices shifted up to v{served}")
+        report: dict = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # replicas push their counts every stats flush (about 1 s)
+            report = drift_status(model=MODEL).get(MODEL, {})
+            if report.get(served, {}).get("status") == "alert" and previous in report:
+                break
+            time.sleep(1.0)
+        headers = ["version", "rows", "status", "price PSI", "alerting features"]
+        rows_out = []
+        for version in sorted(report):
+            r = report[version]
+            price = r["features"].get("price", {}).get("metrics", {})
+            drifted_names = ", ".join(r.get("drifted_features", [])) or "-"
+            rows_out.append([f"v{version}", r["rows"], r["status"], f"{price.get('psi', float('nan')):.3f}", drifted_names])
+        console.print(table("  drift per served version", headers, rows_out))
+        console.print("  the same numbers are Prometheus gauges: ray_rayml_feature_drift{model,version,feature,metric}")
+    finally:
+        undeploy(ServeConfig(), keep_ray=False)
+
+
+def _v2(records: list[dict], types: dict[str, str]) -> dict:
+    """An Open Inference Protocol v2 request: one tensor per column, typed as the model's metadata says."""
+    return {
+        "inputs": [
+            {"name": name, "shape": [len(records)], "datatype": dtype, "data": [r[name] for r in records]}
+            for name, dtype in types.items()
+        ]
+    }
 
 
 def _copy_version(ctx: _Ctx, version: int, why: str) -> int:
@@ -254,6 +317,7 @@ STEPS: dict[str, Callable[[_Ctx], None]] = {
     "batch": _batch,
     "gate": _gate,
     "serve": _serve,
+    "drift": _drift,
 }
 _step_no = 0
 
@@ -285,7 +349,8 @@ def quickstart(
 ) -> None:
     """Generate data, train on Ray Train with checkpoints, register in MLflow, reload the ONNX model and predict; then
     tune with ASHA, train one model per store, batch-score with the model set, show the validation gate refusing a
-    broken model, and serve: a weighted canary with the broken model in shadow, then promotion.
+    broken model, serve: a weighted canary with the broken model in shadow, then promotion, and finally catch drifted
+    traffic online (per-version drift status from every replica's counts).
 
     Everything is kept under --workdir (it becomes $RAYML_HOME for this run), so it never touches your other runs.
     """
@@ -299,7 +364,15 @@ def quickstart(
     setup_logging(verbose, default_level=logging.WARNING)
     t0 = time.perf_counter()
     home = constants.set_rayml_home(workdir)
-    ctx = _Ctx(home=home, tracking_uri=f"sqlite:///{home / 'mlflow.db'}", stores=stores, days=days, epochs=epochs, trials=trials)
+    ctx = _Ctx(
+        home=home,
+        tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        stores=stores,
+        days=days,
+        epochs=epochs,
+        trials=trials,
+        skip=list(skip or []),
+    )
     console.print(f"[bold]rayml quickstart[/] in {home}")
     for name, step in STEPS.items():
         if name not in (skip or []):

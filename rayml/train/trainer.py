@@ -264,8 +264,11 @@ def export_model_dir(
     parity = check_parity(model, onnx_bytes, sample)
     (out / MODEL_FILE).write_bytes(onnx_bytes)
     predictor = OnnxPredictor(onnx_bytes)
-    val_pred = torch_predict(model, prepared.validation) if len(prepared.validation) else None
-    stats = reference_stats(prepared.train, prepared.schema, predictions=val_pred)
+    # prediction bins from every training row (up to 200k), not only the validation split: on small data a few dozen
+    # validation rows made the reference so coarse that clean traffic read as prediction drift
+    rows = pd.concat([prepared.train, prepared.validation], ignore_index=True)
+    rows = rows.sample(200_000, random_state=0) if len(rows) > 200_000 else rows
+    stats = reference_stats(prepared.train, prepared.schema, predictions=torch_predict(model, rows) if len(rows) else None)
     (out / REF_STATS_FILE).write_text(json.dumps(stats))
     meta = {
         "format_version": MODEL_FORMAT_VERSION,

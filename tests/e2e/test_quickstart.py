@@ -13,7 +13,7 @@ def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> 
     out = run_cli(args, cli_env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 8", "Step 9", "Done in"):
+    for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 8", "Step 9", "Step 10", "Done in"):
         assert step in text, step
     assert "sales-model version 1" in text and "data fingerprint" in text
     assert "predicted" in text and "ONNX inputs: price:FP32" in text
@@ -22,6 +22,11 @@ def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> 
     assert "the same command again: 0 committed, 2 skipped" in text  # batch, exactly once
     assert "REFUSED" in text and "does not beat predicting the training mean" in text  # the gate
     assert "as a 10% canary" in text and "failed 0" in text and "promoted v2" in text  # serving
+    drift = text[text.index("Online drift") :]  # drifted traffic alerts on price for v2; clean traffic on v1 does not
+    v1 = next(line for line in drift.splitlines() if "│ v1 " in line)
+    v2 = next(line for line in drift.splitlines() if "│ v2 " in line)
+    assert "alert" in v2 and "price" in v2, drift[:2000]
+    assert v1.split("│")[5].strip() == "-" and float(v1.split("│")[4]) < 0.1, drift[:2000]  # no feature alerts on v1
     assert "rayml models list" in text  # the next command to try
     assert (work / "mlflow.db").is_file() and any((work / "runs").iterdir())
 
