@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -31,11 +32,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
-    monkeypatch.setenv("RAYML_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    monkeypatch.setenv("NOTEBOOK_SERVE_PORT", str(free_port()))
+def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYML_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # an empty, already migrated DB in tmp_path (saves ~2 s)
+    port = free_port()
+    monkeypatch.setenv("NOTEBOOK_SERVE_PORT", str(port))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -49,3 +50,5 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pyt
         client.execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
         pytest.fail(f"notebooks/{name} failed:\n{ANSI.sub('', str(e))}", pytrace=False)
+    with pytest.raises(OSError):  # nothing serves any more: the last cell stopped Ray, and Serve with it
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
