@@ -12,13 +12,17 @@ Two sources, because a training job's driver exits when it is done and its metri
   ``rayml serve up`` via ``RAY_ADDRESS``) Prometheus scrapes these like any other Ray metric; a laptop run on a
   throw-away local Ray keeps the same numbers in MLflow only.
 - :class:`WorkerResources` runs inside every training worker: each epoch it samples the process's CPU use, resident
-  memory and (on GPU) peak CUDA memory, returns them for MLflow (``worker<rank>_cpu_percent`` ...) and sets the
-  ``rayml_training_worker_*{model,run,rank}`` gauges, exported while the worker runs.
+  memory and (on GPU) peak CUDA memory for MLflow (``worker<rank>_cpu_percent`` ...), and a daemon thread keeps the
+  ``rayml_training_worker_*{model,run,rank}`` gauges current (every second) while the worker trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +31,9 @@ logger = logging.getLogger("rayml.monitor")
 STATUS_ACTOR = "rayml_training_status"
 NAMESPACE = "rayml"
 RESOURCE_KEYS = ("cpu_percent", "memory_rss_bytes", "gpu_memory_bytes")
+# Ray drops a gauge from its Prometheus export once it has not been set for two metrics report intervals (at least
+# 1 s each): the gauges here are set again at this period.
+GAUGE_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,24 @@ class _StatusActor:
             tag_keys=("model",),
         )
         self._state: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
         self._seed(tracking_uri)
+        threading.Thread(target=self._refresh_forever, name="rayml-training-gauges", daemon=True).start()
+
+    def _refresh_forever(self) -> None:
+        """Set the gauges again every GAUGE_REFRESH_S: Ray stops exporting a gauge that has not been set for two metrics
+        report intervals, and the last-success time must stay visible for days (the staleness alert reads it)."""
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            with self._lock:
+                entries = [(m, dict(e)) for m, e in self._state.items()]
+            for model, e in entries:
+                if "last_success" in e:
+                    self._last_success.set(e["last_success"], tags={"model": model})
+                last = e.get("last_outcome")
+                if last:
+                    outcome = "success" if last["ok"] else "failure"
+                    self._duration.set(last["duration_s"], tags={"model": model, "kind": last["kind"], "outcome": outcome})
 
     def _seed(self, tracking_uri: str | None) -> None:
         if not tracking_uri:
@@ -86,27 +110,33 @@ class _StatusActor:
             logger.warning("training status: could not read last successes from %s: %s", tracking_uri, e)
 
     def _set_success(self, model: str, ts: float) -> None:
-        entry = self._state.setdefault(model, {"runs": 0, "failures": 0})
-        if ts >= entry.get("last_success", 0.0):
-            entry["last_success"] = ts
+        with self._lock:
+            entry = self._state.setdefault(model, {"runs": 0, "failures": 0})
+            newer = ts >= entry.get("last_success", 0.0)
+            if newer:
+                entry["last_success"] = ts
+        if newer:
             self._last_success.set(ts, tags={"model": model})
 
     def record(self, outcome: dict[str, Any]) -> None:
         o = TrainingOutcome(**outcome)
         result = "success" if o.ok else "failure"
-        entry = self._state.setdefault(o.model, {"runs": 0, "failures": 0})
-        entry["runs"] += 1
-        entry["last_outcome"] = asdict(o)
+        with self._lock:
+            entry = self._state.setdefault(o.model, {"runs": 0, "failures": 0})
+            entry["runs"] += 1
+            entry["last_outcome"] = asdict(o)
+            if not o.ok:
+                entry["failures"] += 1
         self._runs.inc(tags={"model": o.model, "kind": o.kind, "outcome": result})
         self._duration.set(o.duration_s, tags={"model": o.model, "kind": o.kind, "outcome": result})
         if o.ok:
             self._set_success(o.model, o.finished_at)
         else:
-            entry["failures"] += 1
             self._failures.inc(tags={"model": o.model, "kind": o.kind})
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in self._state.items()}
+        with self._lock:
+            return {k: dict(v) for k, v in self._state.items()}
 
 
 def _actor(tracking_uri: str | None, create: bool = True):
@@ -175,12 +205,35 @@ class WorkerResources:
         self._gauges: dict[str, Any] | None = None
 
     def sample(self, gpu_memory_bytes: float | None = None) -> dict[str, float]:
-        """``worker<rank>_<metric>`` -> value since the previous sample; also sets the Prometheus gauges."""
+        """``worker<rank>_<metric>`` -> value since the previous sample (for MLflow, once per epoch)."""
         values = {"cpu_percent": self._proc.cpu_percent(None), "memory_rss_bytes": float(self._proc.memory_info().rss)}
         if gpu_memory_bytes is not None:
             values["gpu_memory_bytes"] = float(gpu_memory_bytes)
-        self._export(values)
         return {f"worker{self.rank}_{k}": v for k, v in values.items()}
+
+    @contextlib.contextmanager
+    def live_export(self, gpu_memory_bytes: Callable[[], float] | None = None) -> Iterator[None]:
+        """While the block runs, a daemon thread sets the Prometheus gauges every GAUGE_REFRESH_S (an epoch can outlast
+        Ray's gauge expiry, so per-epoch samples alone would flicker)."""
+        import psutil
+
+        proc = psutil.Process()  # its own CPU interval: the per-epoch samples keep theirs
+        proc.cpu_percent(None)
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(GAUGE_REFRESH_S):
+                values = {"cpu_percent": proc.cpu_percent(None), "memory_rss_bytes": float(proc.memory_info().rss)}
+                if gpu_memory_bytes is not None:
+                    values["gpu_memory_bytes"] = float(gpu_memory_bytes())
+                self._export(values)
+
+        thread = threading.Thread(target=run, name="rayml-worker-gauges", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
 
     def _export(self, values: dict[str, float]) -> None:
         try:

@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from rayml.serve._http import authorize, error_response, json_response, make_app, read_body
+from rayml.serve._metrics import GAUGE_REFRESH_S
 from rayml.serve._protocol import (
     HttpError,
     ParsedRequest,
@@ -156,12 +157,9 @@ class Ingress:
         for name, m in spec.models.items():
             handles = {v.version: serve.get_deployment_handle(v.deployment, self._app_name) for v in m.versions}
             models[name] = _Model(spec=m, route=m.route(), handles=handles)
-            for v in m.versions:
-                self._metrics.weight.set(v.weight, tags={"model": name, "version": str(v.version)})
-            if m.shadow is not None:
-                self._metrics.shadow_percent.set(m.shadow.percent, tags={"model": name, "version": str(m.shadow.version)})
         old = self._state
         self._state = _State(spec=spec, models=models, ready=dict(old.ready) if old else {})
+        self._set_config_gauges()
         if self._shadow is None:
             self._shadow = ShadowDispatcher(
                 spec.shadow_queue_size, spec.shadow_timeout_s, self._shadow_dropped, self._shadow_failed
@@ -170,7 +168,11 @@ class Ingress:
             self._shadow.max_in_flight, self._shadow.timeout_s = spec.shadow_queue_size, spec.shadow_timeout_s
         if not self._tasks:
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._flush_stats_forever()), loop.create_task(self._check_health_forever())]
+            self._tasks = [
+                loop.create_task(self._flush_stats_forever()),
+                loop.create_task(self._check_health_forever()),
+                loop.create_task(self._refresh_gauges_forever()),
+            ]
         logger.info(
             "routing: %s",
             "; ".join(
@@ -181,6 +183,24 @@ class Ingress:
         )
 
     # --- background ---------------------------------------------------------------------------------------------
+    def _set_config_gauges(self) -> None:
+        """Weight and shadow-percent gauges of the current routing, set again every GAUGE_REFRESH_S: Ray stops exporting
+        a gauge that has not been set for two metrics report intervals (and a removed version's gauges age out)."""
+        state = self._state
+        if state is None:
+            return
+        for name, m in state.models.items():
+            for v in m.spec.versions:
+                self._metrics.weight.set(v.weight, tags={"model": name, "version": str(v.version)})
+            if m.spec.shadow is not None:
+                shadow = m.spec.shadow
+                self._metrics.shadow_percent.set(shadow.percent, tags={"model": name, "version": str(shadow.version)})
+
+    async def _refresh_gauges_forever(self) -> None:
+        while True:
+            await asyncio.sleep(GAUGE_REFRESH_S)
+            self._set_config_gauges()
+
     async def _flush_stats_forever(self) -> None:
         stats = serve.get_deployment_handle(STATS, self._app_name)
         while True:

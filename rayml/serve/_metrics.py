@@ -13,6 +13,9 @@ from typing import Any
 LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 DISAGREEMENT_BOUNDARIES = [1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0]
 LOAD_BOUNDARIES_S = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+# Ray drops a gauge from its Prometheus export once it has not been set for two metrics report intervals (at least
+# 1 s each; seen on `ray start` clusters): gauges that must stay visible between changes are set again at this period.
+GAUGE_REFRESH_S = 1.0
 
 
 class IngressMetrics:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from typing import Any
 
 from ray import serve
@@ -20,6 +22,7 @@ from ray.serve import Application
 
 from rayml.serve._drift import DriftStore, Row, gauge_values, quality_deltas
 from rayml.serve._ingress import Ingress
+from rayml.serve._metrics import GAUGE_REFRESH_S
 from rayml.serve._model import ModelServer
 from rayml.serve._spec import INGRESS, STATS, AppSpec, ModelSpec, VersionSpec, check_spec, code_version
 from rayml.serve._stats import StatsStore
@@ -44,6 +47,8 @@ class RaymlStats:
         self.store = StatsStore()
         self.drift = DriftStore(drift_window_s, DriftConfig.model_validate(drift or {}))
         self._drift_metrics = DriftMetrics()
+        self._lock = threading.Lock()  # the drift store is read by the gauge refresher thread too
+        threading.Thread(target=self._refresh_gauges_forever, name="rayml-drift-gauges", daemon=True).start()
 
     def push(self, rows: list[tuple[int, str, int, str, dict[str, Any]]]) -> None:
         self.store.push(rows)
@@ -53,11 +58,12 @@ class RaymlStats:
 
     def push_drift(self, replica: str, model: str, version: int, references: dict[str, Any], rows: list[Row]) -> int:
         """Merge one model replica's drift counts, count data-quality problems and refresh the version's gauges."""
-        merged = self.drift.push(replica, model, version, references, rows)
+        with self._lock:
+            merged = self.drift.push(replica, model, version, references, rows)
+            report = self.drift.report(model, version)
         tags = {"model": model, "version": str(version)}
         for (feature, problem), n in quality_deltas(rows).items():
             self._drift_metrics.quality.inc(n, tags={**tags, "feature": feature, "problem": problem})
-        report = self.drift.report(model, version)
         if report is not None:
             self._drift_metrics.publish(model, version, gauge_values(report))
         return merged
@@ -65,11 +71,24 @@ class RaymlStats:
     def drift_report(self, model: str | None = None) -> dict[str, dict[int, dict[str, Any]]]:
         """``{model: {version: report}}`` for every served version with counts (see :mod:`rayml.serve._drift`)."""
         out: dict[str, dict[int, dict[str, Any]]] = {}
-        for m, v in self.drift.versions(model):
-            report = self.drift.report(m, v)
-            if report is not None:
-                out.setdefault(m, {})[v] = report
+        with self._lock:
+            for m, v in self.drift.versions(model):
+                report = self.drift.report(m, v)
+                if report is not None:
+                    out.setdefault(m, {})[v] = report
         return out
+
+    def _refresh_gauges_forever(self) -> None:
+        """Keep every version's drift gauges exported while it has a window to show (see GAUGE_REFRESH_S); a version
+        with no counts in its last two windows drops out of the export."""
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            try:
+                for model, versions in self.drift_report().items():
+                    for version, report in versions.items():
+                        self._drift_metrics.publish(model, version, gauge_values(report))
+            except Exception as e:  # never let the refresher die: the next tick tries again
+                logger.warning("could not refresh the drift gauges: %s", e)
 
 
 def _hash(*parts: Any) -> str:

@@ -133,13 +133,7 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     """The training loop: resume from the session's checkpoint, train, validate, checkpoint and report every epoch."""
     quiet_ray_data()
     spec = ModelSpec.from_dict(config["spec"])
-    target: str = config["target"]
-    epochs: int = config["epochs"]
-    batch_size: int = config["batch_size"]
     seed: int = config["seed"]
-    patience: int = config["early_stopping_patience"]
-    min_delta: float = config["early_stopping_min_delta"]
-    faults = _faults.parse(config.get("faults"))
     rank = session.rank
 
     device = session.device()
@@ -172,6 +166,32 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     resources = WorkerResources(
         config.get("model_name") or "unknown", os.path.basename(run_dir.rstrip("/")) if run_dir else "", rank
     )
+    with resources.live_export((lambda: torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None):
+        _train_epochs(config, session, mlflow_log, resources, (model, core, optimizer, scaler), (start_epoch, best, since_best))
+
+
+def _train_epochs(
+    config: dict[str, Any],
+    session: LoopSession,
+    mlflow_log: EpochMetricsLogger,
+    resources: WorkerResources,
+    training: tuple[nn.Module, TabularMLP, torch.optim.Optimizer, torch.amp.GradScaler],
+    resume: tuple[int, float, int],
+) -> None:
+    """Epochs ``resume[0] + 1 .. epochs``: train, validate, checkpoint and report each (see :func:`run_loop`)."""
+    spec = ModelSpec.from_dict(config["spec"])
+    target: str = config["target"]
+    epochs: int = config["epochs"]
+    batch_size: int = config["batch_size"]
+    seed: int = config["seed"]
+    patience: int = config["early_stopping_patience"]
+    min_delta: float = config["early_stopping_min_delta"]
+    faults = _faults.parse(config.get("faults"))
+    rank = session.rank
+    device = session.device()
+    use_amp = bool(config["amp"]) and device.type == "cuda"
+    model, core, optimizer, scaler = training
+    start_epoch, best, since_best = resume
 
     val_num, val_cat, val_y = _tensors(session.validation_frame(), spec, target)
     cached = _tensors(session.train_frame(), spec, target) if config["cache_shard_in_memory"] else None

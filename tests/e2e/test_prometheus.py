@@ -139,6 +139,14 @@ def test_prometheus_scrapes_requests_by_version_and_drift_gauges(cli_env: dict[s
         status = _query(prom, f'ray_rayml_feature_drift_status{{model="{MODEL}", feature="price"}}')
         assert {s["metric"]["version"]: s["value"][1] for s in status} == {"1": "2", "2": "2"}, status
 
+        # well past two metrics report intervals after the last request, the gauges are still exported (Ray drops a
+        # gauge that is not set again; rayml refreshes them every second)
+        time.sleep(5)
+        still = _query(prom, f'ray_rayml_feature_drift{{model="{MODEL}", feature="price", metric="psi"}}')
+        weights = _query(prom, f'ray_rayml_traffic_weight{{model="{MODEL}"}}')
+        assert {s["metric"]["version"] for s in still} == {"1", "2"}, still
+        assert {s["metric"]["version"] for s in weights} == {"1", "2"}, weights
+
         shown = run_cli(["serve", "status", *flags], env, timeout=120)
         assert "Drift (online, all replicas)" in shown.stdout and "alert" in shown.stdout and "price (psi" in shown.stdout
     finally:
