@@ -76,11 +76,12 @@ def test_loss_falls_model_is_registered_with_lineage_and_rerun_is_a_noop(tmp_pat
     assert [v.version for v in reg.versions("sales-model")] == [1]
 
 
-@pytest.mark.parametrize("fault", ["kill_worker@epoch=3", "raise@epoch=3"])
+# a killed worker process is the harder case of the two (no exception reaches Ray Train, the actor just dies); an
+# exception in the loop takes the same restart path and is covered with max_failures=0 below and in the pipeline test
 def test_worker_failure_in_epoch_3_resumes_from_epoch_2_checkpoint(
-    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, fault: str
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RAYML_FAULT_INJECT", fault)
+    monkeypatch.setenv("RAYML_FAULT_INJECT", "kill_worker@epoch=3")
     result = train(small_cfg(tmp_path, tracking_uri, "train.epochs=4", "train.max_failures=2"))
     # the first attempt ran epochs 1-2 and died inside 3; the restarted worker group started from epoch 2's checkpoint
     assert result.resumed_from == [0, 2]
