@@ -277,8 +277,8 @@ def _drift(ctx: _Ctx) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # replicas push their counts every stats flush (about 1 s)
             report = drift_status(model=MODEL).get(MODEL, {})
-            if report.get(served, {}).get("status") == "alert" and previous in report:
-                break
+            if all(report.get(v, {}).get("rows", 0) >= len(rows) for v in (served, previous)):
+                break  # every row just sent is counted (the canary phase's rows are in the window too)
             time.sleep(1.0)
         headers = ["version", "rows", "status", "price PSI", "alerting features"]
         rows_out = []
