@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,10 +62,8 @@ class LocalCluster:
         return {name: int(pgid) for name, pgid in (line.split() for line in lines if line.strip())}
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def _new_cluster(workers: int) -> LocalCluster:
     temp_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
-    workers = 3  # 2 training workers + 1 spare node, so the job can finish after a node dies
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYML_", "MLFLOW_", "RAY_"))}
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # nodes, and the jobs' `python`, use this venv
@@ -79,22 +78,39 @@ def cluster() -> Iterator[LocalCluster]:
         RAYML_LOCAL_AGENT_PORT=str(_free_range(workers + 1)),
         RAY_DATA_DISABLE_PROGRESS_BARS="1",
     )
-    c = LocalCluster(env=env, dashboard=f"http://127.0.0.1:{env['RAYML_LOCAL_DASHBOARD_PORT']}", dir=temp_dir)
-    try:
+    return LocalCluster(env=env, dashboard=f"http://127.0.0.1:{env['RAYML_LOCAL_DASHBOARD_PORT']}", dir=temp_dir)
+
+
+def _down(c: LocalCluster) -> None:
+    down = c.sh("down", timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    left = subprocess.run(["pgrep", "-f", f"{c.dir}/session_"], capture_output=True, text=True).stdout.split()
+    shutil.rmtree(c.dir, ignore_errors=True)
+    assert not left, f"processes of the local cluster left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    workers = 3  # 2 training workers + 1 spare node, so the job can finish after a node dies
+    failures = []
+    # a second try with fresh ports and dir: on a loaded 2-core CI machine a raylet has once missed Ray's 30 s
+    # registration deadline ("The current node timed out during startup"); a user would just run `up` again
+    for _attempt in range(2):
+        c = _new_cluster(workers)
         up = c.sh("up")
-        assert up.returncode == 0, up.stdout + up.stderr
+        if up.returncode == 0:
+            break
+        failures.append(up.stdout[-3000:] + up.stderr[-3000:])
+        _down(c)
+    else:
+        raise AssertionError("clusters/local.sh up failed twice:\n" + "\n---\n".join(failures))
+    try:
         assert f"ray job submit --address {c.dashboard}" in up.stdout and "RAY_AUTH_TOKEN_PATH=" in up.stdout
         # clients authenticate as `status` says
-        c.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(temp_dir / "auth_token"))
+        c.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(c.dir / "auth_token"))
         yield c
     finally:
-        down = c.sh("down", timeout=120)
-        assert down.returncode == 0, down.stdout + down.stderr
-        left = subprocess.run(["pgrep", "-f", f"{temp_dir}/session_"], capture_output=True, text=True).stdout.split()
-        import shutil
-
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not left, f"processes of the local cluster left running: {left}"
+        _down(c)
 
 
 def _runtime_env(tmp_path: Path, **env_vars: str) -> Path:
