@@ -98,8 +98,18 @@ cmd_up() {
   cmd_status
 }
 
+kill_strays() {
+  # Ray puts each worker process in its own process group; any that outlived its raylet (or a head that failed
+  # half-way through `up`, before it was recorded) still names this cluster's session dir on its command line, and
+  # nothing else on the machine does
+  local stray
+  while read -r stray; do
+    kill -KILL "$stray" 2>/dev/null || true
+  done < <(pgrep -f -- "$DIR/session_" || true)
+}
+
 cmd_down() {
-  [[ -s "$NODES" ]] || { echo "no local cluster recorded in $DIR"; return 0; }
+  [[ -s "$NODES" ]] || { kill_strays; echo "no local cluster recorded in $DIR"; return 0; }
   local name pgid waited=0
   # workers first, so the head does not see them die and log failures
   while read -r name pgid; do
@@ -115,12 +125,7 @@ cmd_down() {
   while read -r name pgid; do
     alive "$pgid" && { echo "$name did not stop in ${STOP_GRACE_S}s: SIGKILL"; kill -KILL -- "-$pgid" 2>/dev/null || true; }
   done <"$NODES"
-  # Ray puts each worker process in its own process group; any that outlived its raylet still names this cluster's
-  # session dir on its command line (and nothing else on the machine does)
-  local stray
-  while read -r stray; do
-    kill -KILL "$stray" 2>/dev/null || true
-  done < <(pgrep -f -- "$DIR/session_" || true)
+  kill_strays
   : >"$NODES"
   echo "local cluster in $DIR stopped"
 }
