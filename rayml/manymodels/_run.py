@@ -43,7 +43,7 @@ from rayml.manymodels._plan import (
 from rayml.manymodels._report import aggregate, global_metrics_per_segment, log_metrics, log_params, write_set
 from rayml.manymodels._state import RunState
 from rayml.manymodels._tasks import GLOBAL_KEY, run_tasks, to_arrow
-from rayml.monitor.training import TrainingOutcome, record_training_outcome
+from rayml.monitor.training import finish_training_run
 from rayml.registry import KIND_MODEL_SET, KIND_TAG, ModelVersionInfo, Registry
 from rayml.train import lineage_tags, storage_path_for
 
@@ -291,7 +291,7 @@ def train_model_set(
         error = global_outcome.error if global_outcome else "no result"
         registry.client.set_terminated(run_id, status="FAILED")
         state.write({"status": "failed", "mlflow_run_id": run_id, "run_name": run_name, "error": error})
-        _record(cfg, registry, run_id, t0, error)
+        finish_training_run(registry.client, registry.tracking_uri, run_id, cfg.model.name, "manymodels", t0, error)
         raise TrainingError(f"the global model failed: {error}", hint="it trains on all rows; check the data and settings")
 
     trained_segments = [s for s in trainable if outcomes[s.key].status == "trained"]
@@ -375,7 +375,8 @@ def train_model_set(
             info = registry.get_version(info.name, info.version)
         result.model_version = info
     result.wall_s = time.perf_counter() - t0
-    _record(cfg, registry, run_id, t0, None if result.ok else f"{len(acc.failed)} of {acc.segments} segments failed")
+    failure = None if result.ok else f"{len(acc.failed)} of {acc.segments} segments failed"
+    finish_training_run(registry.client, registry.tracking_uri, run_id, cfg.model.name, "manymodels", t0, failure)
     if result.ok:
         registry.client.set_terminated(run_id, status="FINISHED")
         state.write(
@@ -389,16 +390,6 @@ def train_model_set(
             }
         )
     return result
-
-
-def _record(cfg: ManyModelsJobConfig, registry: Registry, run_id: str, t0: float, error: str | None) -> None:
-    """The run's outcome for Prometheus (rayml.monitor.training) and its wall time for MLflow."""
-    duration = time.perf_counter() - t0
-    registry.client.log_metric(run_id, "train_time_s", duration)
-    if error:
-        registry.client.set_tag(run_id, "rayml.failure", error[:4000])
-    outcome = TrainingOutcome(cfg.model.name, "manymodels", error is None, duration, time.time(), run_id, error)
-    record_training_outcome(outcome, registry.tracking_uri)
 
 
 def cleanup(result: ModelSetResult) -> None:

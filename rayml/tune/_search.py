@@ -24,7 +24,7 @@ from typing import Any
 from rayml._private import constants, fs
 from rayml.config import TuneJobConfig, dump_config
 from rayml.errors import ConfigError, TrainingError
-from rayml.monitor.training import TrainingOutcome, record_training_outcome
+from rayml.monitor.training import finish_training_run
 from rayml.registry import Registry
 from rayml.train import PreparedData, lineage_tags, prepare_data, storage_path_for
 from rayml.tune._mlflow import SEARCH_TAG, MlflowTrialCallback, child_runs
@@ -320,7 +320,7 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
     except Exception as e:
         registry.client.set_terminated(parent_run_id, status="FAILED")
         fs.write_json(state_path, {**state, "status": "failed", "error": str(e)[:2000]})
-        _record(cfg, registry, parent_run_id, t0, str(e))
+        finish_training_run(registry.client, registry.tracking_uri, parent_run_id, cfg.model.name, "tune", t0, str(e))
         raise TrainingError(
             f"search {name!r} failed: {e}", hint="fix the cause above, then run the same command with --resume"
         ) from e
@@ -333,7 +333,8 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
         registry.client.set_terminated(parent_run_id, status="FAILED")
         fs.write_json(state_path, {**state, "status": "failed", "trials": [t.to_dict() for t in trials]})
         first = next((t.error for t in trials if t.error), "no trial reported a finite metric")
-        _record(cfg, registry, parent_run_id, t0, f"no usable trial: {first}")
+        failure = f"no usable trial: {first}"
+        finish_training_run(registry.client, registry.tracking_uri, parent_run_id, cfg.model.name, "tune", t0, failure)
         raise TrainingError(
             f"search {name!r}: none of its {len(trials)} trial(s) produced a usable {cfg.tune.metric}: {first}",
             hint=f"see the trial errors under {exp_path}; fix the cause and run the same command with --resume",
@@ -356,7 +357,7 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
     )
     register_best(registry, cfg, result, grid, prepared)
     log_summary(registry, result)
-    _record(cfg, registry, parent_run_id, t0, None)
+    finish_training_run(registry.client, registry.tracking_uri, parent_run_id, cfg.model.name, "tune", t0, None)
     registry.client.set_terminated(parent_run_id, status="FINISHED")
     fs.write_json(
         state_path,
@@ -374,16 +375,6 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
         },
     )
     return result
-
-
-def _record(cfg: TuneJobConfig, registry: Registry, run_id: str, t0: float, error: str | None) -> None:
-    """The search's outcome for Prometheus (rayml.monitor.training) and its wall time for MLflow."""
-    duration = time.perf_counter() - t0
-    registry.client.log_metric(run_id, "train_time_s", duration)
-    if error:
-        registry.client.set_tag(run_id, "rayml.failure", error[:4000])
-    outcome = TrainingOutcome(cfg.model.name, "tune", error is None, duration, time.time(), run_id, error)
-    record_training_outcome(outcome, registry.tracking_uri)
 
 
 def _already_done(
