@@ -19,9 +19,7 @@ def _job_class(raw: dict):
 
     import rayml.config as config
 
-    jobs = [
-        c for n, c in inspect.getmembers(config, inspect.isclass) if n.endswith("JobConfig") and c.__module__ == config.__name__
-    ]
+    jobs = [c for n, c in inspect.getmembers(config, inspect.isclass) if n.endswith("JobConfig") and n in config.__all__]
     fitting = [c for c in jobs if set(raw) <= set(c.model_fields)]
     assert fitting, f"no job config has all of the sections {sorted(raw)}; job configs: {[c.__name__ for c in jobs]}"
     return min(fitting, key=lambda c: len(c.model_fields))

@@ -1,0 +1,93 @@
+"""The ``data:`` section: where training data comes from, what its columns mean, and the synthetic dataset."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rayml.config._base import _Section
+
+
+class DriftSpec(_Section):
+    """One injected drift for synthetic data (used to exercise monitoring)."""
+
+    kind: Literal["shift", "new_category", "missing"] = Field(
+        description="shift: add `value` standard deviations to a numeric column; new_category: set `fraction` of rows "
+        "of a categorical column to the new value `category`; missing: set `fraction` of a column's values to NaN."
+    )
+    column: str = Field(description="Column the drift applies to.")
+    value: float = Field(default=1.0, description="For `shift`: the shift in standard deviations of the column.")
+    fraction: float = Field(default=0.2, ge=0.0, le=1.0, description="For `new_category`/`missing`: share of rows hit.")
+    category: str = Field(default="new_category", description="For `new_category`: the unseen category value.")
+
+
+class SyntheticConfig(_Section):
+    """The synthetic retail-sales dataset used when ``data.source`` is ``synthetic``."""
+
+    segments: int = Field(default=8, ge=1, le=100_000, description="Number of stores (the segment column `store_id`).")
+    rows_per_segment: int = Field(default=200, ge=1, le=10_000_000, description="Daily rows per store.")
+    seed: int = Field(default=0, description="Seed: the same seed gives byte-identical data.")
+    start_date: str = Field(default="2024-01-01", description="First day of the series (ISO date).")
+    drift: list[DriftSpec] = Field(default_factory=list, description="Drift to inject (for monitoring exercises).")
+
+
+class DataConfig(_Section):
+    """Where training data comes from and what its columns mean. Nothing here is tied to the synthetic schema."""
+
+    source: str = Field(
+        default="synthetic",
+        description="`synthetic` (generated deterministically from `synthetic`), or a parquet/CSV path, directory, "
+        "glob or URI (s3://, gs://, file://).",
+    )
+    format: Literal["auto", "parquet", "csv"] = Field(default="auto", description="File format; auto = by extension.")
+    target: str = Field(default="sales", description="Target column.")
+    task: Literal["regression", "binary"] = Field(default="regression", description="Learning task.")
+    numeric_features: list[str] | None = Field(
+        default=None, description="Numeric feature columns; null = inferred from the data's dtypes."
+    )
+    categorical_features: list[str] | None = Field(
+        default=None, description="Categorical feature columns; null = inferred (string/bool/category dtypes)."
+    )
+    segment: list[str] = Field(
+        default_factory=lambda: ["store_id"],
+        description="Segment key column(s) (one model per segment in many-models work); [] for none. A segment column "
+        "is not a feature unless listed in the feature lists.",
+    )
+    ignore_columns: list[str] = Field(
+        default_factory=lambda: ["date", "high_sales"],
+        description="Columns that are neither features nor target (ids, timestamps, other targets).",
+    )
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Share of rows held out for validation.")
+    max_nan_fraction: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Largest allowed share of missing values in any feature column."
+    )
+    max_categories: int = Field(
+        default=50, ge=1, description="Most frequent categories kept per categorical feature; the rest map to unknown."
+    )
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Used when source is `synthetic`.")
+
+    @field_validator("segment", mode="before")
+    @classmethod
+    def _segment_as_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @model_validator(mode="after")
+    def _columns_do_not_overlap(self) -> DataConfig:
+        problems = []
+        numeric = set(self.numeric_features or [])
+        categorical = set(self.categorical_features or [])
+        both = numeric & categorical
+        if both:
+            problems.append(f"columns {sorted(both)} are listed as both numeric_features and categorical_features")
+        if self.target in numeric | categorical:
+            problems.append(f"target {self.target!r} is also listed as a feature")
+        if self.target in self.ignore_columns:
+            problems.append(f"target {self.target!r} is also in ignore_columns {self.ignore_columns}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,183 @@
+"""The job configs: one model per command, made of the sections it reads (``rayml <command> --config FILE``).
+
+A job config is what :func:`rayml.config.load_config` validates a YAML file against; its fields are the file's
+top-level sections.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from pydantic import Field, model_validator
+
+from rayml.config._base import _Section
+from rayml.config.batch import BatchConfig
+from rayml.config.data import DataConfig
+from rayml.config.loader import load_config
+from rayml.config.manymodels import ManyModelsConfig
+from rayml.config.monitor import DriftConfig, GateConfig
+from rayml.config.pipeline import PipelineConfig
+from rayml.config.registry import RegistryConfig
+from rayml.config.search_space import search_space_problems
+from rayml.config.serve import RolloutConfig, ServeConfig
+from rayml.config.train import ModelConfig, TrainConfig
+from rayml.config.tune import _MAXIMISED_METRICS, _RANGE_TYPES, _VALUE_TYPES, TuneConfig
+from rayml.errors import ConfigError
+
+
+class TrainJobConfig(_Section):
+    """`rayml train --config FILE` / `jobs/train.py`."""
+
+    data: DataConfig = Field(default_factory=DataConfig, description="Training data.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model name and architecture.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Ray Train settings.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+
+
+class RegistryJobConfig(_Section):
+    """Commands that only talk to the registry (`rayml models ...`)."""
+
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+
+
+class TuneJobConfig(TrainJobConfig):
+    """`rayml tune --config FILE` / `jobs/tune.py`: a training config plus the search (`tune:`).
+
+    Every trial trains with the training config, with the searched fields replaced by the trial's values.
+    """
+
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="The hyperparameter search.")
+
+    @model_validator(mode="after")
+    def _valid_search(self) -> TuneJobConfig:
+        problems = search_space_problems(self)
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            # a ConfigError (not a ValueError) passes through pydantic untouched: one message listing every problem
+            raise ConfigError(
+                f"invalid search (tune section): {len(problems)} problem(s):\n{lines}",
+                hint="fix the tune section in the YAML or the --set overrides; search space entries look like "
+                "`train.learning_rate: {type: loguniform, low: 1.0e-4, high: 0.1}`",
+            )
+        return self
+
+    @property
+    def resolved_mode(self) -> str:
+        """``tune.mode``, or the direction the metric improves in."""
+        return self.tune.mode or ("max" if self.tune.metric in _MAXIMISED_METRICS else "min")
+
+    @property
+    def resolved_num_samples(self) -> int:
+        """``tune.num_samples``, or 1 for an all-grid space and 8 otherwise."""
+        if self.tune.num_samples is not None:
+            return self.tune.num_samples
+        all_grid = bool(self.tune.space) and all(d.type == "grid" for d in self.tune.space.values())
+        return 1 if all_grid else 8
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial can run (ASHA's max_t): the largest searched train.epochs, else train.epochs."""
+        dim = self.tune.space.get("train.epochs")
+        if dim is None or dim.type not in _RANGE_TYPES + _VALUE_TYPES:
+            return self.train.epochs
+        if dim.type in _VALUE_TYPES:
+            return max(int(v) for v in dim.values or [self.train.epochs])
+        return int(dim.high if dim.high is not None else self.train.epochs)
+
+
+class MonitorJobConfig(_Section):
+    """`rayml monitor drift`."""
+
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift thresholds.")
+
+
+class GateJobConfig(_Section):
+    """`rayml validate`."""
+
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Gate thresholds.")
+
+
+class ManyModelsJobConfig(TrainJobConfig):
+    """`rayml manymodels train --config FILE` / `jobs/manymodels_train.py`: a training config plus `manymodels:`.
+
+    ``model.name`` is the registered model-set name; ``train:`` gives each segment's epochs, batch size, learning rate,
+    seed and early stopping (the Ray Train fields num_workers, use_gpu, amp and max_failures do not apply).
+    """
+
+    manymodels: ManyModelsConfig = Field(default_factory=ManyModelsConfig, description="Per-segment training.")
+
+    @model_validator(mode="after")
+    def _has_segments(self) -> ManyModelsJobConfig:
+        if not self.data.segment:
+            raise ValueError("data.segment is empty; many models needs the segment column(s), e.g. data.segment=[store_id]")
+        return self
+
+
+class BatchJobConfig(_Section):
+    """`rayml batch` / `jobs/batch_infer.py`."""
+
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="What to score, with which model, where to.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Thresholds of the run's drift summary.")
+
+
+class ServeJobConfig(_Section):
+    """`rayml serve ...`, `rayml rollout ...`, `rayml rollback` / `jobs/deploy.py`."""
+
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The Serve application.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Progressive delivery of a candidate.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+
+
+class PipelineJobConfig(TrainJobConfig):
+    """`rayml pipeline run --config FILE` / `jobs/pipeline.py`: a training config (plus an optional `tune:` search)
+    and the settings of the gate, drift check, serving and rollout that follow it."""
+
+    tune: TuneConfig | None = Field(
+        default=None, description="A hyperparameter search instead of one training run (as in `rayml tune`); null = train."
+    )
+    gate: GateConfig = Field(default_factory=GateConfig, description="Gate thresholds (candidate vs production).")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift thresholds of the data-validation stage.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The Serve application to roll out through.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Canary steps and checks of the rollout.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Stages, state and promotion.")
+
+    @model_validator(mode="after")
+    def _pipeline_owns_production(self) -> PipelineJobConfig:
+        problems = []
+        if self.registry.alias is not None:
+            problems.append(
+                f"registry.alias is {self.registry.alias!r}; the pipeline moves aliases itself (production only in its "
+                "last stage), leave registry.alias null"
+            )
+        if not self.registry.register_version:
+            problems.append("registry.register_version is false; the gate judges a registered version, set it true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.tune is not None:
+            self.tune_job()  # a bad search fails at load time, with every problem listed
+        return self
+
+    @property
+    def pipeline_name(self) -> str:
+        """``pipeline.name``, or the model name."""
+        return self.pipeline.name or self.model.name
+
+    def train_job(self) -> TrainJobConfig:
+        """The training part of this config."""
+        return TrainJobConfig(data=self.data, model=self.model, train=self.train, registry=self.registry)
+
+    def tune_job(self) -> TuneJobConfig:
+        """The search part of this config (only when ``tune`` is set)."""
+        # tune=None fails TuneJobConfig's validation, as it always has
+        tune = cast(TuneConfig, self.tune)
+        return TuneJobConfig(data=self.data, model=self.model, train=self.train, registry=self.registry, tune=tune)
+
+    def serve_job(self) -> ServeJobConfig:
+        """The serve/rollout settings: from ``pipeline.serve_config`` when set, else this file's sections."""
+        if self.pipeline.serve_config:
+            loaded = load_config(ServeJobConfig, self.pipeline.serve_config)
+            return ServeJobConfig(serve=loaded.serve, rollout=loaded.rollout, registry=self.registry)
+        return ServeJobConfig(serve=self.serve, rollout=self.rollout, registry=self.registry)

@@ -1,0 +1,67 @@
+"""The ``model:`` and ``train:`` sections: the model's registry name and shape, and how Ray Train runs."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from rayml.config._base import Name, _Section
+
+
+class ModelConfig(_Section):
+    """The model: its registry name and the MLP's shape."""
+
+    name: Name = Field(default="sales-model", description="Registered model name ([A-Za-z0-9_.-]+).")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32], description="Widths of the hidden layers.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    embedding_dim: int = Field(default=4, ge=1, le=256, description="Largest embedding size of a categorical feature.")
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError(f"hidden_sizes must be a non-empty list of positive widths, got {v}")
+        return v
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+class TrainConfig(_Section):
+    """How Ray Train runs the training loop."""
+
+    epochs: int = Field(default=5, ge=1, description="Epochs to train (upper bound when early stopping is on).")
+    batch_size: int = Field(default=256, ge=1, description="Per-worker mini-batch size.")
+    learning_rate: float = Field(default=3e-3, gt=0.0, description="Adam learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
+    seed: int = Field(default=0, description="Seed for weights, shuffling and the train/validation split.")
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (DDP when > 1).")
+    cpus_per_worker: float = Field(default=1.0, gt=0.0, description="CPUs reserved per worker.")
+    use_gpu: bool = Field(default=False, description="One GPU per worker; mixed precision when `amp` is on.")
+    amp: bool = Field(default=True, description="Automatic mixed precision on GPU (ignored on CPU).")
+    max_failures: int = Field(
+        default=2, ge=-1, description="Worker-group restarts allowed (resuming from the last checkpoint); -1 = unlimited."
+    )
+    early_stopping_patience: int = Field(
+        default=0, ge=0, description="Stop after this many epochs without validation improvement; 0 = off."
+    )
+    early_stopping_min_delta: float = Field(default=0.0, ge=0.0, description="Smallest improvement that counts.")
+    checkpoint_num_to_keep: int = Field(default=2, ge=1, description="Checkpoints kept (the best and latest survive).")
+    storage_path: str | None = Field(
+        default=None, description="Checkpoint storage: local dir or pyarrow URI (s3://, gs://); null = $RAYML_HOME/runs."
+    )
+    run_name: Name | None = Field(
+        default=None,
+        description="Run name; null = derived from the config and the data fingerprint, so re-running the same command "
+        "resumes a crashed run instead of starting over.",
+    )
+    controller_poll_interval_s: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=60.0,
+        description="How often the Ray Train controller collects worker reports. A worker holds one unconsumed report "
+        "at a time, so epochs shorter than this interval wait for it (Ray's default is 2 s); it also bounds how long a "
+        "just-written checkpoint is unknown to Ray.",
+    )
+    cache_shard_in_memory: bool = Field(
+        default=True,
+        description="Read each worker's Ray Data shard once and iterate it from memory (fast for tabular data that "
+        "fits in a worker); false streams the shard every epoch.",
+    )

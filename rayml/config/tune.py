@@ -1,0 +1,167 @@
+"""The ``tune:`` section: the search space, the searcher, the scheduler and the resources of a trial.
+
+What the space may contain is checked against the training config in :mod:`rayml.config.search_space`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rayml.config._base import Name, _Section
+
+# Kinds of a search dimension: ranges take low/high, lists take values.
+_RANGE_TYPES = ("uniform", "loguniform", "randint")
+_VALUE_TYPES = ("choice", "grid")
+_DIMENSION_KEYS = {"type", "low", "high", "values"}
+
+# What a search may vary: the fields that determine the trained model. Resources, storage and names are how a trial
+# runs (set by the tune section), and data.* stays fixed so every trial is scored on the same validation split.
+TUNABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": ("dropout", "embedding_dim", "hidden_sizes"),
+    "train": (
+        "batch_size",
+        "early_stopping_min_delta",
+        "early_stopping_patience",
+        "epochs",
+        "learning_rate",
+        "seed",
+        "weight_decay",
+    ),
+}
+
+# Validation metrics the training loop reports, per task, and which direction is better.
+TUNE_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("val_loss", "val_rmse", "val_mae"),
+    "binary": ("val_loss", "val_accuracy", "val_auc"),
+}
+_MAXIMISED_METRICS = ("val_accuracy", "val_auc")
+
+
+class SearchDimension(_Section):
+    """One searched field: a range (``uniform``, ``loguniform``, ``randint``) or a list (``choice``, ``grid``).
+
+    YAML: ``{type: loguniform, low: 1.0e-4, high: 0.1}`` or the shorthand ``{loguniform: [1.0e-4, 0.1]}``;
+    ``{type: choice, values: [[32], [64, 32]]}`` or ``{choice: [[32], [64, 32]]}``.
+    """
+
+    # a plain string (checked with every other search problem, so one error lists them all): see search_space_problems
+    type: str | None = Field(
+        default=None,
+        description="One of uniform, loguniform, randint, choice, grid. uniform: floats in [low, high); loguniform: "
+        "floats in [low, high), log-spaced (low > 0); randint: integers in [low, high], both ends included; choice: one "
+        "of `values`, sampled; grid: every one of `values` (crossed with the other grid dimensions).",
+    )
+    low: float | None = Field(default=None, description="Lower bound (uniform, loguniform, randint).")
+    high: float | None = Field(default=None, description="Upper bound (uniform, loguniform, randint).")
+    values: list[Any] | None = Field(default=None, description="Candidate values (choice, grid).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # {loguniform: [1e-4, 0.1]} / {choice: [...]}: the compact form most search-space YAML uses
+        if not isinstance(v, dict) or len(v) != 1:
+            return v
+        ((kind, arg),) = v.items()
+        if kind in _VALUE_TYPES:
+            return {"type": kind, "values": arg}
+        if kind in _RANGE_TYPES:
+            if not isinstance(arg, (list, tuple)) or len(arg) != 2:
+                raise ValueError(f"shorthand {{{kind}: [low, high]}} needs a [low, high] pair, got {arg!r}")
+            return {"type": kind, "low": arg[0], "high": arg[1]}
+        return v
+
+
+class AshaConfig(_Section):
+    """ASHA (asynchronous successive halving): stop trials that trail the others at each rung."""
+
+    grace_period: int = Field(default=1, ge=1, description="Epochs every trial runs before it can be stopped.")
+    reduction_factor: float = Field(
+        default=2.0,
+        gt=1.0,
+        description="Rungs sit at grace_period * reduction_factor^k epochs; a trial continues past a rung only if it "
+        "is in the best 1/reduction_factor of the trials that reached it.",
+    )
+
+
+class TuneConfig(_Section):
+    """How Ray Tune searches: the space, the searcher, the scheduler and the resources of a trial."""
+
+    name: Name | None = Field(
+        default=None,
+        description="Search name (the experiment directory and MLflow parent run); null = derived from the config "
+        "and the data fingerprint, so `--resume` with the same config finds the interrupted search.",
+    )
+    space: dict[str, SearchDimension] = Field(
+        default_factory=dict,
+        description="Searched fields by dotted path (`train.learning_rate`) or nested (`train: {learning_rate: ...}`). "
+        f"Tunable: {', '.join(f'{s}.{f}' for s, fs in TUNABLE_FIELDS.items() for f in fs)}.",
+    )
+    metric: Literal["val_loss", "val_rmse", "val_mae", "val_accuracy", "val_auc"] = Field(
+        default="val_loss",
+        description="Validation metric that ranks trials (and drives ASHA): val_loss/val_rmse/val_mae for regression, "
+        "val_loss/val_accuracy/val_auc for binary.",
+    )
+    mode: Literal["min", "max"] | None = Field(
+        default=None, description="min or max; null = from the metric (max for val_accuracy/val_auc, else min)."
+    )
+    search: Literal["random", "grid", "optuna"] = Field(
+        default="random",
+        description="random: sample the space (grid dimensions are crossed with the samples); grid: every dimension "
+        "is `grid`, try every combination; optuna: Optuna TPE, which learns from finished trials (no grid dimensions).",
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        default="asha", description="asha: stop trailing trials early (see `asha`); fifo: every trial runs all its epochs."
+    )
+    asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA settings; max epochs = train.epochs.")
+    num_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Trials to sample; null = 8, or 1 when every dimension is `grid` (with grid dimensions, every grid "
+        "point is tried num_samples times).",
+    )
+    max_concurrent_trials: int | None = Field(
+        default=None, ge=1, description="Trials running at once; null = as many as the cluster's resources fit."
+    )
+    seed: int = Field(default=0, description="Searcher seed: the same seed and space sample the same configurations.")
+    workers_per_trial: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ray Train workers per trial; null = train.num_workers. 1 runs the training loop in the trial's own "
+        "process; more runs a TorchTrainer (DDP) per trial.",
+    )
+    cpus_per_worker: float | None = Field(default=None, gt=0.0, description="CPUs per worker; null = train.cpus_per_worker.")
+    gpus_per_worker: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="GPUs per worker, fractions allowed (0.25 packs four single-worker trials on one GPU); "
+        "null = 1 if train.use_gpu else 0.",
+    )
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _flatten_space(cls, v: Any) -> Any:
+        # Accept `train: {learning_rate: {...}}` as well as `train.learning_rate: {...}`: --set tune.space.train.x.high=1
+        # arrives nested even when the YAML used dotted keys, and the nested parts (applied later) win.
+        if not isinstance(v, dict):
+            return v
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: dict[str, Any]) -> None:
+            for key, value in node.items():
+                path = f"{prefix}.{key}" if prefix else str(key)
+                if isinstance(value, dict) and value and not _looks_like_dimension(value):
+                    walk(path, value)
+                elif isinstance(value, dict) and isinstance(flat.get(path), dict):
+                    flat[path] = {**flat[path], **value}
+                else:
+                    flat[path] = value
+
+        walk("", v)
+        return flat
+
+
+def _looks_like_dimension(node: dict[str, Any]) -> bool:
+    keys = set(node)
+    return bool(keys & _DIMENSION_KEYS) or (len(keys) == 1 and next(iter(keys)) in _RANGE_TYPES + _VALUE_TYPES)
