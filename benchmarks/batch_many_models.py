@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rayml.models import ModelDir
+
 TARGET_SINGLE = 1.6
 TARGET_NAIVE = 3.0
 NAME = "bench-stores"
@@ -64,14 +66,12 @@ def build_model_set(df: pd.DataFrame, work: Path, tracking_uri: str) -> tuple[st
 
 def single_process(files: list[Path], model_dir: Path, out: Path) -> float:
     """pandas groupby + onnxruntime in one process, every model loaded once. Returns seconds."""
-    import json
-
     from rayml.models import OnnxPredictor
 
     t0 = time.perf_counter()
-    meta = json.loads((model_dir / "rayml_model.json").read_text())
+    meta = ModelDir.read(model_dir).meta
     models = {key: OnnxPredictor(model_dir / e["file"]) for key, e in meta["segments"].items()}
-    fallback = OnnxPredictor(model_dir / "fallback.onnx")
+    fallback = OnnxPredictor(model_dir / meta["fallback"])
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
         df = pd.read_parquet(f)
@@ -91,13 +91,11 @@ def single_process(files: list[Path], model_dir: Path, out: Path) -> float:
 
 def naive_map_groups(input_dir: Path, model_dir: Path, out: Path, partitions: int) -> float:
     """Ray Data groupby().map_groups() loading the group's model in each group. Returns seconds."""
-    import json
-
     import ray.data
 
-    meta = json.loads((model_dir / "rayml_model.json").read_text())
+    meta = ModelDir.read(model_dir).meta
     files = {k: str(model_dir / e["file"]) for k, e in meta["segments"].items()}
-    fallback = str(model_dir / "fallback.onnx")
+    fallback = str(model_dir / meta["fallback"])
 
     def score_group(group: pd.DataFrame) -> pd.DataFrame:
         from rayml.models import OnnxPredictor

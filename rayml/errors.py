@@ -55,6 +55,10 @@ class OnnxParityError(ModelError):
     """The exported ONNX graph does not reproduce the torch model's outputs."""
 
 
+class InvalidModelDirError(ModelError):
+    """A model directory lacks a required file, or its metadata is not valid JSON (see ``rayml.models.ModelDir``)."""
+
+
 class PredictionInputError(UserError):
     """Input rows given to a predictor do not match the model's signature."""
 
@@ -75,3 +79,12 @@ class InvalidNameError(UserError):
 
 class ModelNotFoundError(UserError):
     """A model name, alias or version does not exist in the registry."""
+
+
+# --- serving -------------------------------------------------------------------------------------------------------
+class ServeDeployError(RaymlError):
+    """Serve could not bring the application up (e.g. a replica constructor failed); the message says why."""
+
+
+class ServeNotRunningError(UserError):
+    """No Ray with a rayml application could be found."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from rayml.config import DataConfig
 from rayml.data import fingerprint, infer_schema, reference_stats, train_validation_split
-from rayml.models import OnnxPredictor, build_model, build_spec, encode_categorical, encode_numeric, export_onnx
+from rayml.models import ModelDir, build_model, build_spec, encode_categorical, encode_numeric, export_onnx
 from rayml.models.mlp import encode_target
 from rayml.registry import Registry
 from rayml.train import PreparedData, export_model_dir, lineage_tags
@@ -59,20 +58,12 @@ def register_quick(
     if nan_output:
         with torch.no_grad():
             model.mlp[-1].bias.fill_(float("nan"))
-        onnx_bytes = export_onnx(model)  # no parity check: NaN never matches
-        (out / "model.onnx").write_bytes(onnx_bytes)
-        p = OnnxPredictor(onnx_bytes)
-        meta = {
-            "kind": "model",
-            "task": prepared.schema.task,
-            "target": prepared.schema.target,
-            "schema": prepared.schema.to_dict(),
-            "spec": spec.to_dict(),
-            "inputs": [vars(i) for i in p.inputs],
-            "outputs": [vars(o) for o in p.outputs],
-        }
-        (out / "rayml_model.json").write_text(json.dumps(meta))
-        (out / "reference_stats.json").write_text(json.dumps(reference_stats(prepared.train, prepared.schema)))
+        meta = {"task": prepared.schema.task, "target": prepared.schema.target, "schema": prepared.schema.to_dict()}
+        meta["spec"] = spec.to_dict()
+        # no parity check: NaN never matches
+        ModelDir.write_model(
+            out, onnx_bytes=export_onnx(model), meta=meta, reference_stats=reference_stats(prepared.train, prepared.schema)
+        )
     else:
         export_model_dir(out, spec, {"model": model.state_dict()}, prepared, {"name": name, "metrics": {}, "lineage": tags})
     info = registry.register(name, out, run_id, tags)

@@ -14,15 +14,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rayml._private import constants, fs
 from rayml.batch._ledger import InputFile, OutputDir, list_inputs, new_attempt_id
 from rayml.batch._score import FileScorer, ScoreSpec
-from rayml.config import BatchConfig, BatchJobConfig, dump_config
+from rayml.config import BatchConfig, BatchJobConfig, ConfigLike, Overrides, dump_config, resolve_config
 from rayml.data import resolve_files
 from rayml.errors import ConfigError, RaymlError
 from rayml.monitor import DriftCounter, drift_report
-from rayml.registry import KIND_MODEL_SET, ModelSet, Registry, parse_ref
+from rayml.registry import LoadedModel, ModelVersionInfo, Registry, parse_ref
 
 logger = logging.getLogger("rayml.batch")
 
@@ -61,7 +62,6 @@ class BatchSummary:
     actors: int = 0
     drift: dict | None = None  # {"status", "drifted_features", "rows", "files", "path"}; None when not counted
 
-
     @property
     def ok(self) -> bool:
         return not self.failed
@@ -75,11 +75,10 @@ class BatchSummary:
         return f"{self.model_name}:{self.model_version}"
 
 
-def _resolve_cfg(cfg: BatchJobConfig | None, **overrides: object) -> BatchJobConfig:
-    cfg = cfg.model_copy(deep=True) if cfg is not None else BatchJobConfig()
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(cfg.batch, key, value)
+def _resolve_cfg(config: ConfigLike, overrides: Overrides, **fields: object) -> BatchJobConfig:
+    cfg = resolve_config(BatchJobConfig, config, overrides)
+    shortcuts = {f"batch.{key}": value for key, value in fields.items() if value is not None}
+    cfg = resolve_config(BatchJobConfig, cfg, shortcuts)  # validated like any override
     missing = [f"batch.{k}" for k in ("model", "input", "output") if getattr(cfg.batch, k) in (None, "")]
     if missing:
         raise ConfigError(
@@ -87,6 +86,12 @@ def _resolve_cfg(cfg: BatchJobConfig | None, **overrides: object) -> BatchJobCon
             hint="pass --model NAME@ALIAS|NAME:VERSION --input PATH --output PATH (or set them in the batch: section)",
         )
     return cfg
+
+
+def _required(value: str | None) -> str:
+    """batch.model, batch.input or batch.output: ``_resolve_cfg`` has checked that each is set."""
+    assert value is not None, "batch.model, batch.input and batch.output are checked by _resolve_cfg"
+    return value
 
 
 def _check_manifest(out: OutputDir, b: BatchConfig, name: str, version: int, pinned_explicitly: bool) -> dict | None:
@@ -121,8 +126,9 @@ def _check_manifest(out: OutputDir, b: BatchConfig, name: str, version: int, pin
 
 
 def run_batch(
-    cfg: BatchJobConfig | None = None,
+    config: ConfigLike = None,
     *,
+    overrides: Overrides = None,
     model: str | None = None,
     input: str | None = None,
     output: str | None = None,
@@ -132,11 +138,12 @@ def run_batch(
 ) -> BatchSummary:
     """Score every input file with a model or model set; restartable, exactly once per input file.
 
-    Keyword arguments override the config's ``batch:`` fields. Running the same command again after a crash skips
-    the committed files and finishes the rest; ``overwrite=True`` starts over.
+    ``model``, ``input``, ``output`` and ``overwrite`` are shortcuts for the ``batch.*`` overrides. Running the same
+    command again after a crash skips the committed files and finishes the rest; ``overwrite=True`` starts over.
 
     Args:
-        cfg: the job config; None = defaults plus the keyword arguments.
+        config: the job config: a BatchJobConfig object, a YAML path or a dict shaped like the YAML (None: defaults).
+        overrides: applied on top, as ``{"batch.drift": False}`` or ``["batch.drift=false"]`` (the CLI's ``--set``).
         model: ``NAME@ALIAS`` or ``NAME:VERSION``.
         input: parquet/CSV file, directory, glob or URI.
         output: output directory or URI.
@@ -156,14 +163,51 @@ def run_batch(
         >>> s.committed, s.rows, s.rows_per_s
     """
     t0 = time.perf_counter()
-    cfg = _resolve_cfg(cfg, model=model, input=input, output=output, overwrite=overwrite)
+    cfg = _resolve_cfg(config, overrides, model=model, input=input, output=output, overwrite=overwrite)
     b = cfg.batch
     logger.info("resolved config:\n%s", dump_config(cfg))
     registry = registry or Registry(cfg.registry.tracking_uri)
-    _, _, explicit_version = parse_ref(b.model)
-    info = registry.resolve(b.model)
-    in_fs, files, fmt = resolve_files(b.input, b.format)
-    out = OutputDir(b.output)
+    info = registry.resolve(_required(b.model))  # before listing inputs: a bad ref fails first
+    in_fs, fmt, out, inputs = _list_run_inputs(b)
+    if b.overwrite:
+        deleted = out.reset(inputs)
+        logger.info("--overwrite: deleted %d earlier output file(s) and the ledger of %s", deleted, out.uri)
+    loaded, manifest = _pin_model(registry, info, out, b)
+    out.discard_staging()  # staged files of an interrupted attempt can never commit
+    todo, done = out.pending(inputs)
+    summary, report = _start(loaded.info, manifest, out, inputs, done, progress)
+    logger.info(
+        "%s: %d input file(s), %d already committed, %d to score with %s (%s)",
+        out.uri,
+        len(inputs),
+        len(done),
+        len(todo),
+        loaded.info.ref,
+        loaded.kind,
+    )
+    if todo:
+        spec = _score_spec(loaded, manifest, registry, out, in_fs, fmt, summary.attempt, b)
+        _score_pending(todo, spec, b, summary, out, report)
+    if b.drift:
+        summary.drift = _write_drift_summary(out, inputs, loaded.model_dir.reference_stats(), cfg, summary)
+    summary.wall_s = time.perf_counter() - t0
+    logger.info(
+        "%d committed, %d skipped, %d failed; %d rows in %.1fs (%.0f rows/s)",
+        summary.committed,
+        summary.skipped,
+        len(summary.failed),
+        summary.rows,
+        summary.wall_s,
+        summary.rows_per_s,
+    )
+    return summary
+
+
+# --- the steps of a run ------------------------------------------------------------------------------------------------
+def _list_run_inputs(b: BatchConfig) -> tuple[Any, str, OutputDir, list[InputFile]]:
+    """(input filesystem, format, output dir, input files), after checking that the output is not read as input."""
+    in_fs, files, fmt = resolve_files(_required(b.input), b.format)
+    out = OutputDir(_required(b.output))
     inputs = list_inputs(in_fs, files)
     inside = [f.path for f in inputs if f.path.startswith(out.root.rstrip("/") + "/")]
     if inside:
@@ -171,15 +215,21 @@ def run_batch(
             f"the output directory {out.uri} is inside the input {b.input} ({len(inside)} input file(s) under it)",
             hint="write the output somewhere that is not read as input, e.g. a sibling directory",
         )
-    if b.overwrite:
-        deleted = out.reset(inputs)
-        logger.info("--overwrite: deleted %d earlier output file(s) and the ledger of %s", deleted, out.uri)
+    return in_fs, fmt, out, inputs
+
+
+def _pin_model(registry: Registry, info: ModelVersionInfo, out: OutputDir, b: BatchConfig) -> tuple[LoadedModel, dict]:
+    """Load the version this run scores with, and the run's manifest (written now when the run is new).
+
+    A run continued after a crash keeps the version it started with, even when the alias has moved since.
+    """
+    _, _, explicit_version = parse_ref(_required(b.model))
     manifest = _check_manifest(out, b, info.name, info.version, explicit_version is not None)
     if manifest is not None and manifest["model_version"] != info.version:
         info = registry.get_version(info.name, int(manifest["model_version"]))
     loaded = registry.load(info.ref)
-    if loaded.kind == KIND_MODEL_SET:
-        ModelSet.from_loaded(loaded)  # fail here, once, rather than in every actor
+    if loaded.model_dir.is_model_set:
+        loaded.model_dir.model_set()  # fail here, once, rather than in every actor
     if manifest is None:
         manifest = {
             "format_version": MANIFEST_VERSION,
@@ -196,83 +246,98 @@ def run_batch(
         }
         out.fs.create_dir(out.root, recursive=True)
         out.write_manifest(manifest)
-    out.discard_staging()  # staged files of an interrupted attempt can never commit
-    todo, done = out.pending(inputs)
+    return loaded, manifest
+
+
+@dataclass
+class _Progress:
+    """The caller's ``progress`` callback, counting the files done."""
+
+    callback: Callable[[FileResult, int, int], None] | None
+    total: int
+    done: int = 0
+
+    def __call__(self, result: FileResult) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(result, self.done, self.total)
+
+
+def _start(
+    info: ModelVersionInfo,
+    manifest: dict,
+    out: OutputDir,
+    inputs: list[InputFile],
+    done: list[InputFile],
+    progress: Callable[[FileResult, int, int], None] | None,
+) -> tuple[BatchSummary, _Progress]:
+    """The summary of this invocation, with the files committed earlier already reported as skipped."""
     ledger = out.ledger() if done else {}
-    attempt = new_attempt_id()
     summary = BatchSummary(
         model_name=info.name,
         model_version=info.version,
         batch_run_id=manifest["batch_run_id"],
-        attempt=attempt,
+        attempt=new_attempt_id(),
         output=out.uri,
         files=len(inputs),
         committed=0,
         skipped=len(done),
         rows_skipped=sum(ledger[f.path].rows for f in done),
     )
-    finished = 0
+    report = _Progress(progress, len(inputs))
     for f in done:
-        finished += 1
-        if progress is not None:
-            progress(FileResult(f.path, "skipped", rows=ledger[f.path].rows, output=ledger[f.path].output), finished, len(inputs))
-    logger.info(
-        "%s: %d input file(s), %d already committed, %d to score with %s (%s)",
-        out.uri,
-        len(inputs),
-        len(done),
-        len(todo),
-        info.ref,
-        loaded.kind,
+        report(FileResult(f.path, "skipped", rows=ledger[f.path].rows, output=ledger[f.path].output))
+    return summary, report
+
+
+def _score_spec(
+    loaded: LoadedModel,
+    manifest: dict,
+    registry: Registry,
+    out: OutputDir,
+    in_fs: Any,
+    fmt: str,
+    attempt: str,
+    b: BatchConfig,
+) -> ScoreSpec:
+    return ScoreSpec(
+        model_name=loaded.info.name,
+        model_version=loaded.info.version,
+        model_path=str(loaded.path),
+        tracking_uri=registry.tracking_uri,
+        kind=loaded.kind,
+        output_uri=out.uri,
+        input_fs=in_fs,
+        fmt=fmt,
+        attempt=attempt,
+        batch_run_id=manifest["batch_run_id"],
+        batch_size=b.batch_size,
+        id_columns=tuple(b.id_columns) if b.id_columns is not None else None,
+        prediction_column=b.prediction_column,
+        max_cached_models=b.max_cached_models,
+        drift=b.drift,
+        faults=constants.fault_injection(),
     )
-    if todo:
-        spec = ScoreSpec(
-            model_name=info.name,
-            model_version=info.version,
-            model_path=str(loaded.path),
-            tracking_uri=registry.tracking_uri,
-            kind=loaded.kind,
-            output_uri=out.uri,
-            input_fs=in_fs,
-            fmt=fmt,
-            attempt=attempt,
-            batch_run_id=manifest["batch_run_id"],
-            batch_size=b.batch_size,
-            id_columns=tuple(b.id_columns) if b.id_columns is not None else None,
-            prediction_column=b.prediction_column,
-            max_cached_models=b.max_cached_models,
-            drift=b.drift,
-            faults=constants.fault_injection(),
-        )
-        try:
-            for r in _score_on_ray(todo, spec, b, summary):
-                if r.status == "committed":
-                    summary.committed += 1
-                    summary.rows += r.rows
-                else:
-                    summary.failed[r.path] = r.error
-                finished += 1
-                if progress is not None:
-                    progress(r, finished, len(inputs))
-        finally:
-            out.discard_staging(attempt)
-    if b.drift:
-        summary.drift = _write_drift_summary(out, inputs, loaded.reference_stats, cfg, summary)
-    summary.wall_s = time.perf_counter() - t0
-    logger.info(
-        "%d committed, %d skipped, %d failed; %d rows in %.1fs (%.0f rows/s)",
-        summary.committed,
-        summary.skipped,
-        len(summary.failed),
-        summary.rows,
-        summary.wall_s,
-        summary.rows_per_s,
-    )
-    return summary
+
+
+def _score_pending(
+    todo: list[InputFile], spec: ScoreSpec, b: BatchConfig, summary: BatchSummary, out: OutputDir, report: _Progress
+) -> None:
+    """Score the files not committed yet on Ray, adding each result to ``summary`` as it arrives."""
+    try:
+        for r in _score_on_ray(todo, spec, b, summary):
+            if r.status == "committed":
+                summary.committed += 1
+                summary.rows += r.rows
+            else:
+                summary.failed[r.path] = r.error
+            report(r)
+    finally:
+        out.discard_staging(spec.attempt)
 
 
 def _write_drift_summary(
-    out: OutputDir, inputs: list[InputFile], stats: dict, cfg: BatchJobConfig, summary: BatchSummary
+    out: OutputDir, inputs: list[InputFile], reference: dict, cfg: BatchJobConfig, summary: BatchSummary
 ) -> dict | None:
     """Merge the drift counts of every committed file (this and earlier invocations) into the run's drift summary.
 
@@ -280,7 +345,6 @@ def _write_drift_summary(
     to ``<output>/_rayml_batch/drift.json``. Counts are per committed file, so a rerun after a crash counts every row
     exactly once, like the output.
     """
-    reference = stats.get("global", stats) if isinstance(stats, dict) else {}
     if not reference.get("features"):
         logger.warning("%s has no reference statistics: no drift summary", summary.model_ref)
         return None

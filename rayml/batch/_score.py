@@ -13,9 +13,7 @@ its staged output deleted; the actor goes on with the next file.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +25,9 @@ import pyarrow.parquet as pq
 
 from rayml._private import faults as _faults
 from rayml.batch._ledger import InputFile, OutputDir
-from rayml.errors import DataError, DataValidationError, RaymlError
+from rayml.errors import DataError, DataValidationError, ModelError, RaymlError
+from rayml.models import ModelDir, segment_groups
 from rayml.monitor import DriftCounter
-from rayml.registry import REF_STATS_FILE
 
 logger = logging.getLogger("rayml.batch")
 
@@ -44,7 +42,7 @@ class ScoreSpec:
     model_version: int
     model_path: str  # the downloaded version on the driver's node (actors on other nodes download their own)
     tracking_uri: str
-    kind: str  # "model" | "model_set"
+    kind: str  # "model" | "model_set": what the driver loaded; an actor checks that its copy says the same
     output_uri: str
     input_fs: Any  # the pyarrow filesystem of the input paths (picklable)
     fmt: str  # parquet | csv
@@ -92,28 +90,15 @@ class FileScorer:
         self.spec = spec
         self.out = OutputDir(spec.output_uri)
         self.faults = _faults.parse(spec.faults)
-        path = spec.model_path
-        if not os.path.isfile(os.path.join(path, "rayml_model.json")):
-            # a node other than the driver's: download the pinned version into this node's cache
-            from rayml.registry import Registry
-
-            _, cached = Registry(spec.tracking_uri).download(f"{spec.model_name}:{spec.model_version}")
-            path = str(cached)
-        if spec.kind == "model_set":
-            from rayml.registry import ModelSet
-
-            self.model_set = ModelSet(path, max_cached=spec.max_cached_models)
-            self.predictor = None
-            self.inputs = self.model_set.input_names
-            self.segment_columns = self.model_set.segment_columns
+        self.model_dir = _open_model_dir(spec)
+        # load the model now: an unreadable model fails the actor's start once, not every file it is given
+        if self.model_dir.is_model_set:
+            self.model_dir.model_set(max_cached=spec.max_cached_models)
         else:
-            from rayml.models import OnnxPredictor
-
-            self.model_set = None
-            self.predictor = OnnxPredictor(os.path.join(path, "model.onnx"))
-            self.inputs = self.predictor.input_names
-            self.segment_columns = []
-        self.reference = _reference(path) if spec.drift else None
+            self.model_dir.predictor()
+        self.inputs = self.model_dir.input_names
+        self.segment_columns = self.model_dir.segment_columns
+        self.reference = _reference(self.model_dir) if spec.drift else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [
@@ -228,20 +213,17 @@ class FileScorer:
         # only what the model reads becomes pandas: ids, timestamps and labels pass through untouched
         df = chunk.select(list(dict.fromkeys([*self.segment_columns, *self.inputs]))).to_pandas()
         error = pa.nulls(n, pa.string())
-        if self.model_set is not None:
-            preds, served = self.model_set.predict(df, unknown="nan")
+        preds, served = self.model_dir.predict_and_route(df, unknown="nan")
+        if served is None:  # a single model
+            served_by = pa.nulls(n, pa.string())
+        else:
             unknown = served == ""
             if unknown.any():
-                from rayml.registry import segment_groups
-
                 codes, seg_keys = segment_groups(df.loc[unknown], self.segment_columns)
                 messages = np.full(n, None, dtype=object)
                 messages[unknown] = [f"segment {seg_keys[c]!r} has no model and the model set has no fallback" for c in codes]
                 error = pa.array(messages, type=pa.string())
-            served_by = pa.array(np.where(unknown, None, served), type=pa.string())
-        else:
-            preds = self.predictor.predict(df) if n else np.zeros(0, dtype=np.float32)
-            served_by = pa.nulls(n, pa.string())
+            served_by = pa.array(np.where(unknown, np.array(None, dtype=object), served), type=pa.string())
         if counter is not None and n:
             counter.update(df, predictions=preds[np.isfinite(preds)])  # unknown segments predict NaN
         columns = [chunk.column(c) for c in keys]
@@ -258,14 +240,23 @@ class FileScorer:
         return pa.Table.from_arrays([*columns, *added.values()], names=[*names, *added])
 
 
-def _reference(model_path: str) -> dict[str, Any] | None:
+def _open_model_dir(spec: ScoreSpec) -> ModelDir:
+    """The pinned version's model directory: the driver's copy when this actor shares its node, else a download."""
+    ref = f"{spec.model_name}:{spec.model_version}"
+    if ModelDir.is_complete(spec.model_path):
+        model_dir = ModelDir.read(spec.model_path, ref=ref)
+    else:  # a node other than the driver's: download the pinned version into this node's cache
+        from rayml.registry import Registry
+
+        model_dir = Registry(spec.tracking_uri).load(ref).model_dir
+    if model_dir.kind != spec.kind:
+        raise ModelError(f"{ref} at {model_dir.path} is a {model_dir.kind}, but the driver loaded a {spec.kind}")
+    return model_dir
+
+
+def _reference(model_dir: ModelDir) -> dict[str, Any] | None:
     """The version's reference bins (a model set's global ones); None when it has none (no drift counts then)."""
-    p = os.path.join(model_path, REF_STATS_FILE)
-    if not os.path.isfile(p):
-        return None
-    with open(p) as fh:
-        stats = json.load(fh)
-    stats = stats.get("global", stats)
+    stats = model_dir.reference_stats()
     return stats if stats.get("features") else None
 
 

@@ -1,28 +1,35 @@
-"""Models: the tabular MLP (preprocessing inside), ONNX export with a parity check, and the ONNX predictor.
+"""Models: the model contract (:class:`ModelDir`, model sets), the tabular MLP (preprocessing inside), ONNX export
+with a parity check, and the ONNX predictor.
 
-The predictor needs only onnxruntime; the MLP and the export need torch. Those names load on first use (PEP 562),
-so serving replicas and batch actors that only predict never import torch (about a second and 230 MB each).
+:class:`ModelDir` is the one type that reads and writes a model directory (a single model or a model set): every
+other package goes through it. The predictor needs only onnxruntime, loaded when the first predictor is created;
+the MLP and the export need torch. Those names load on first use (PEP 562), so serving replicas and batch actors that
+only predict never import torch (about a second and 230 MB each).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from rayml._private.lazy import lazy_getattr
+from rayml.models.model_dir import KIND_MODEL, KIND_MODEL_SET, ModelDir
+from rayml.models.model_set import FALLBACK as FALLBACK, ModelSet, ModelSetWriter
 from rayml.models.predictor import OnnxPredictor, TensorInfo
+from rayml.models.segments import segment_groups as segment_groups, segment_key, split_segment_key as split_segment_key
 
 if TYPE_CHECKING:
     from rayml.models.mlp import (
-        ModelSpec,
-        TabularMLP,
-        build_model,
-        build_spec,
-        encode_categorical,
-        encode_numeric,
-        torch_predict,
+        ModelSpec as ModelSpec,
+        TabularMLP as TabularMLP,
+        build_model as build_model,
+        build_spec as build_spec,
+        encode_categorical as encode_categorical,
+        encode_numeric as encode_numeric,
+        torch_predict as torch_predict,
     )
-    from rayml.models.onnx_export import PARITY_ATOL, check_parity, export_onnx
+    from rayml.models.onnx_export import PARITY_ATOL as PARITY_ATOL, check_parity as check_parity, export_onnx as export_onnx
 
+# the torch-backed builders, shared with train / tune / manymodels: importable, loaded on first use, not in __all__
 _LAZY = {
     "ModelSpec": "rayml.models.mlp",
     "TabularMLP": "rayml.models.mlp",
@@ -37,26 +44,18 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rayml.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__ = lazy_getattr(__name__, {name: (module, name) for name, module in _LAZY.items()}, globals())
 
 
+# What users import. Names re-exported above as `X as X` are shared with other rayml packages: importable, but
+# not part of the public API.
 __all__ = [
-    "PARITY_ATOL",
-    "ModelSpec",
+    "KIND_MODEL",
+    "KIND_MODEL_SET",
+    "ModelDir",
+    "ModelSet",
+    "ModelSetWriter",
     "OnnxPredictor",
-    "TabularMLP",
     "TensorInfo",
-    "build_model",
-    "build_spec",
-    "check_parity",
-    "encode_categorical",
-    "encode_numeric",
-    "export_onnx",
-    "torch_predict",
+    "segment_key",
 ]

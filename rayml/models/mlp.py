@@ -80,6 +80,9 @@ class TabularMLP(nn.Module):
     prediction in the target's units (regression) or the probability of class 1 (binary).
     """
 
+    num_mean: torch.Tensor  # buffers (register_buffer below)
+    num_std: torch.Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -112,7 +115,8 @@ class TabularMLP(nn.Module):
             parts.append((x - self.num_mean) / self.num_std)
         for i, emb in enumerate(self.embeddings):
             parts.append(emb(categorical[:, i]))
-        return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+        out: torch.Tensor = self.mlp(torch.cat(parts, dim=1))
+        return out.squeeze(1)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, raw: bool = False) -> torch.Tensor:
         # `raw=True` lets training go through forward() (so DDP syncs gradients) and still get training-space output
@@ -162,4 +166,5 @@ def torch_predict(model: TabularMLP, df: pd.DataFrame) -> np.ndarray:
     with torch.no_grad():
         num = torch.from_numpy(encode_numeric(df, model.spec))
         cat = torch.from_numpy(encode_categorical(df, model.spec))
-        return model(num, cat).cpu().numpy()
+        preds: np.ndarray = model(num, cat).cpu().numpy()
+        return preds

@@ -44,7 +44,8 @@ class _PerColumn(torch.nn.Module):
         n = cols[0].shape[0]
         num = torch.stack(cols[: self.n_num], dim=1) if self.n_num else torch.zeros((n, 0))
         cat = torch.stack(cols[self.n_num :], dim=1) if len(cols) > self.n_num else torch.zeros((n, 0), dtype=torch.int64)
-        return self.model(num, cat)
+        out: torch.Tensor = self.model(num, cat)
+        return out
 
 
 def export_onnx(model: TabularMLP) -> bytes:
@@ -63,7 +64,7 @@ def export_onnx(model: TabularMLP) -> bytes:
         torch.onnx.export(
             _PerColumn(model),
             dummy,
-            buf,
+            buf,  # type: ignore[arg-type]  # torch annotates str | PathLike; the TorchScript exporter also writes to a file object
             input_names=names,
             output_names=[OUTPUT_NAME],
             dynamic_axes={n: {0: "N"} for n in [*names, OUTPUT_NAME]},
@@ -71,7 +72,8 @@ def export_onnx(model: TabularMLP) -> bytes:
             dynamo=False,
         )
     graph_model = onnx.load_from_string(buf.getvalue())
-    return _add_category_lookup(graph_model, spec.categorical, spec.categories).SerializeToString()
+    data: bytes = _add_category_lookup(graph_model, spec.categorical, spec.categories).SerializeToString()
+    return data
 
 
 def _add_category_lookup(m: onnx.ModelProto, categorical: list[str], categories: list[list[str]]) -> onnx.ModelProto:

@@ -1,4 +1,8 @@
-"""Predict with an ONNX model on raw tabular rows (onnxruntime; no pickles, no torch needed)."""
+"""Predict with an ONNX model on raw tabular rows (onnxruntime; no pickles, no torch needed).
+
+onnxruntime is imported when the first predictor is created, so code that only reads a model directory's metadata
+(``rayml.models.ModelDir``) does not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 
 from rayml.data.schema import as_category_strings
@@ -39,6 +42,8 @@ class OnnxPredictor:
     """
 
     def __init__(self, model: bytes | str | Path, intra_op_threads: int = 1) -> None:
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
@@ -101,4 +106,5 @@ class OnnxPredictor:
         feed = self.feed(columns)
         if not feed or len(next(iter(feed.values()))) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.session.run(None, feed)[0]
+        preds: np.ndarray = self.session.run(None, feed)[0]
+        return preds

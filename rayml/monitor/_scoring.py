@@ -1,30 +1,32 @@
-"""Predict with any registered kind (single model or model set) for offline monitoring and the gate."""
+"""Score data with any registered kind (single model or model set) for offline monitoring and the gate."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from rayml.registry import LoadedModel
+from rayml.models import ModelDir
+
+if TYPE_CHECKING:
+    from rayml.registry import LoadedModel
 
 
-def kind_of(loaded: LoadedModel) -> str:
-    return str(loaded.meta.get("kind", "model"))
+def _dir(model: LoadedModel | ModelDir) -> ModelDir:
+    return model if isinstance(model, ModelDir) else model.model_dir
 
 
-def predict_frame(loaded: LoadedModel, df: pd.DataFrame) -> np.ndarray:
-    """Predictions for raw rows; a model set routes each row to its segment's model (or the fallback)."""
-    if kind_of(loaded) == "model_set":
-        from rayml.registry import ModelSet  # provided with many-models support
+def predict_frame(model: LoadedModel | ModelDir, df: pd.DataFrame) -> np.ndarray:
+    """Predictions (float64) for raw rows; a model set routes each row to its segment's model (or the fallback).
 
-        preds, _ = ModelSet.from_loaded(loaded).predict(df)
-        return np.asarray(preds, dtype="float64")
-    return np.asarray(loaded.predict(df), dtype="float64")
+    Args:
+        model: a version from ``Registry.load`` or a model directory.
+        df: raw rows: the model's input columns (and a model set's segment columns).
+    """
+    return np.asarray(_dir(model).predict_frame(df), dtype="float64")
 
 
-def global_reference(loaded: LoadedModel) -> dict[str, Any]:
-    """The reference bins of all training data (a model set also keeps per-segment ones)."""
-    stats = loaded.reference_stats
-    return stats.get("global", stats) if isinstance(stats, dict) else {}
+def global_reference(model: LoadedModel | ModelDir) -> dict[str, Any]:
+    """The reference bins of all training data ({} when none; a model set also keeps per-segment ones)."""
+    return _dir(model).reference_stats()
