@@ -28,7 +28,7 @@ from rayml.data import fingerprint, validate
 from rayml.data.schema import Schema
 from rayml.errors import DataError, ModelNotFoundError
 from rayml.models.metrics import roc_auc
-from rayml.monitor._scoring import predict_frame
+from rayml.monitor import predict_frame
 from rayml.registry import PRODUCTION, LoadedModel, Registry
 
 logger = logging.getLogger("rayml.gate")
@@ -98,7 +98,7 @@ class GateReport:
 
 
 def _trivial(task: str, y: np.ndarray, loaded: LoadedModel) -> np.ndarray:
-    target_ref = loaded.reference_stats.get("global", loaded.reference_stats).get("target", {})
+    target_ref = loaded.model_dir.reference_stats().get("target", {})
     if task == "binary":
         share = float(target_ref.get("mean", float(np.mean(y))))
         return np.full(len(y), 1.0 if share > 0.5 else 0.0)
@@ -254,8 +254,6 @@ def _log(registry: Registry, report: GateReport) -> str:
         f"gate-{report.model}-v{report.candidate}",
         tags={"rayml.gate_passed": str(report.passed).lower(), "rayml.model": report.model},
     )
-    from mlflow.entities import Metric, Param
-
     metrics = {f"candidate_{k}": v for k, v in report.candidate_metrics.items()}
     metrics.update({f"baseline_{k}": v for k, v in report.baseline_metrics.items()})
     if report.regression is not None:
@@ -266,18 +264,16 @@ def _log(registry: Registry, report: GateReport) -> str:
         "data_fingerprint": report.data_fingerprint,
         "rows": str(report.rows),
     }
-    registry.client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items() if np.isfinite(v)],
-        params=[Param(k, v) for k, v in params.items()],
-    )
+    registry.log_metrics(run_id, metrics, timestamp_ms=0)  # NaN / inf are left out
+    registry.log_params(run_id, params)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gate_report.json"
         path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
-        registry.client.log_artifact(run_id, str(path))
-    registry.client.set_terminated(run_id, status="FINISHED" if report.passed else "FAILED")
-    registry.client.set_model_version_tag(
-        report.model, str(report.candidate), "rayml.gate", "passed" if report.passed else "failed"
+        registry.log_artifact(run_id, path)
+    registry.end_run(run_id, "FINISHED" if report.passed else "FAILED")
+    registry.set_version_tags(
+        report.model,
+        int(report.candidate),
+        {"rayml.gate": "passed" if report.passed else "failed", "rayml.gate_run_id": run_id},
     )
-    registry.client.set_model_version_tag(report.model, str(report.candidate), "rayml.gate_run_id", run_id)
     return run_id

@@ -153,6 +153,7 @@ def _fit_candidate(train_df: pd.DataFrame, val_df: pd.DataFrame, schema: Schema,
             since_best += 1
             if s.patience and since_best >= s.patience:
                 break
+    assert best_state is not None, "at least one epoch ran (epochs >= 1)"
     model.load_state_dict(best_state)
     model.eval()
     return model, best, epochs_run
@@ -205,6 +206,7 @@ def fit_segment(
         model, loss, epochs = _fit_candidate(train_df, val_df, schema, s, segment_seed(s.seed, key, attempt) + i)
         if best is None or loss < best[1]:
             best = (model, loss, epochs, i)
+    assert best is not None, "candidates is not empty"
     model, loss, epochs, chosen = best
     onnx_bytes = export_onnx(model)
     sample = val_df.head(PARITY_ROWS) if len(val_df) else train_df.head(PARITY_ROWS)

@@ -74,7 +74,8 @@ def segment_table(df: pd.DataFrame, columns: Sequence[str], validation_fraction:
 
 def split_trainable(segments: Iterable[Segment], min_rows: int) -> tuple[list[Segment], list[Segment]]:
     """(segments with at least ``min_rows`` rows, which get their own model; the rest, served by the fallback)."""
-    trainable, small = [], []
+    trainable: list[Segment] = []
+    small: list[Segment] = []
     for s in segments:
         (trainable if s.rows >= min_rows else small).append(s)
     return trainable, small

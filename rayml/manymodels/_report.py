@@ -1,10 +1,6 @@
-"""What a many-models run records: per-segment comparison with the global model, the model-set directory, MLflow."""
+"""What a many-models run records: per-segment comparison with the global model, and the model-set directory."""
 
 from __future__ import annotations
-
-import json
-import time
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +9,7 @@ from rayml.config import ManyModelsJobConfig
 from rayml.data import Schema
 from rayml.manymodels._fit import SegmentOutcome, prediction_metrics
 from rayml.manymodels._plan import VAL_COLUMN, Accounting, Segment
-from rayml.registry import ModelSetWriter, Registry
+from rayml.models import ModelSetWriter
 
 
 def global_metrics_per_segment(
@@ -69,12 +65,14 @@ def write_set(
         o = outcomes[key]
         extra = {"attempts": o.attempts}
         if o.status == "trained":
+            assert o.onnx is not None, "a trained outcome carries its model"
             writer.add_segment(
                 key, o.index, o.onnx, o.rows, o.metrics, extra={**extra, "candidate": o.candidate, "epochs": o.epochs}
             )
             seg_stats[key] = o.stats
         elif cfg.manymodels.fallback:
             writer.add_fallback_segment(key, o.rows, status=o.status, extra={**extra, "error": o.error} if o.error else extra)
+    assert global_outcome.onnx is not None, "the global model trained"
     writer.finish(
         global_outcome.onnx,
         serve_fallback=cfg.manymodels.fallback,
@@ -96,27 +94,3 @@ def write_set(
         },
         reference_stats={"global": global_outcome.stats or {}, "segments": seg_stats},
     )
-
-
-def log_params(registry: Registry, run_id: str, cfg: ManyModelsJobConfig) -> None:
-    from mlflow.entities import Param
-
-    def flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else k
-            out.update(flat(key, v) if isinstance(v, dict) else {key: json.dumps(v) if isinstance(v, list) else str(v)})
-        return out
-
-    params = flat("", cfg.model_dump(mode="json", exclude={"registry": True}))
-    items = [Param(k, v[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        registry.client.log_batch(run_id, params=items[i : i + 100])
-
-
-def log_metrics(registry: Registry, run_id: str, values: dict[str, float]) -> None:
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), ts, 0) for k, v in values.items() if np.isfinite(float(v))]
-    registry.client.log_batch(run_id, metrics=metrics)

@@ -2,7 +2,8 @@
 
 Layout under ``<train.storage_path>/manymodels/<run_name>/`` (local dir or any pyarrow URI)::
 
-    rayml_manymodels.json      status (running | failed | registered), MLflow run id, registered version, summary
+    rayml_manymodels.json      status (running | failed | trained | registered), MLflow run id, registered version,
+                               summary (written by the run's rayml.train.ResumableRun)
     global.onnx / global.json  the global (fallback) model and its record
     segments/<index>.onnx      a trained segment's model
     segments/<index>.json      its record: key, rows, metrics, reference statistics
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -44,16 +44,10 @@ def _read_bytes(path: str) -> bytes | None:
 
 
 class RunState:
-    """Reads and writes one run's directory."""
+    """Reads and writes the trained models of one run's directory (the state file is the run's own)."""
 
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
-
-    def read(self) -> dict[str, Any]:
-        return fs.read_json(fs.join(self.run_dir, STATE_FILE)) or {}
-
-    def write(self, state: dict[str, Any]) -> None:
-        fs.write_json(fs.join(self.run_dir, STATE_FILE), state)
 
     def _paths(self, outcome_index: int | None) -> tuple[str, str]:
         base = fs.join(self.run_dir, GLOBAL) if outcome_index is None else fs.join(self.run_dir, "segments", str(outcome_index))

@@ -93,8 +93,8 @@ def run_tasks(
             .remote(table_ref, schema_dict, global_settings, m.global_max_rows, m.max_retries, fail)
         )
         pending[ref] = None
-    for segments in work:
-        pending[chunk_task.remote(table_ref, segments, schema_dict, candidates, m.max_retries, fail)] = segments
+    for chunk in work:
+        pending[chunk_task.remote(table_ref, chunk, schema_dict, candidates, m.max_retries, fail)] = chunk
     global_outcome = None
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

@@ -139,7 +139,7 @@ class _StatusActor:
             return {k: dict(v) for k, v in self._state.items()}
 
 
-def _actor(tracking_uri: str | None, create: bool = True):
+def _actor(tracking_uri: str | None, create: bool = True) -> Any:  # a handle to the _StatusActor
     import ray
 
     if create:
@@ -178,24 +178,6 @@ def record_training_outcome(outcome: TrainingOutcome, tracking_uri: str | None =
         return False
 
 
-def finish_training_run(
-    client: Any, tracking_uri: str | None, run_id: str, model: str, kind: str, started: float, error: str | None = None
-) -> None:
-    """Log a run's wall time (``train_time_s``) and failure reason (tag ``rayml.failure``) to its MLflow run, and record
-    its outcome for Prometheus (:func:`record_training_outcome`).
-
-    Args:
-        client: the MLflow client of the run's tracking store.
-        started: ``time.perf_counter()`` when the run started.
-        error: why it failed; None = it succeeded.
-    """
-    duration = time.perf_counter() - started
-    client.log_metric(run_id, "train_time_s", duration)
-    if error:
-        client.set_tag(run_id, "rayml.failure", error[:4000])
-    record_training_outcome(TrainingOutcome(model, kind, error is None, duration, time.time(), run_id, error), tracking_uri)
-
-
 def training_status() -> dict[str, dict[str, Any]]:
     """Per model: runs, failures, last successful training (unix s) and the last outcome, from the connected Ray.
 
@@ -207,7 +189,8 @@ def training_status() -> dict[str, dict[str, Any]]:
         actor = _actor(None, create=False)
     except ValueError:
         return {}
-    return ray.get(actor.snapshot.remote())
+    status: dict[str, dict[str, Any]] = ray.get(actor.snapshot.remote())
+    return status
 
 
 class WorkerResources:

@@ -9,27 +9,29 @@ identity: a run that failed at the gate is re-judged with new thresholds by re-r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rayml._private import constants, fs
-from rayml.config import PipelineJobConfig, dump_config
+from rayml.config import ConfigLike, Overrides, PipelineJobConfig, dump_config, resolve_config
 from rayml.pipeline._stages import STAGE_NAMES, STAGES, Release, ServeRelease, StageContext
 from rayml.pipeline._state import DONE, STATE_FILE, PipelineState, StageRecord, StateStore, run_stages
 from rayml.registry import Registry
-from rayml.train import prepare_data
+from rayml.train import ALL, EXECUTION_FIELDS, RunIdentity, all_but, create_or_resume_run, prepare_data
 
 logger = logging.getLogger("rayml.pipeline")
 
 LATEST_FILE = "latest.json"
-# how a run executes, not what it produces: changing these resumes the same run
-_EXECUTION_FIELDS = {"storage_path", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"}
+# What the candidate depends on. How a run executes (EXECUTION_FIELDS) is not part of it: changing that resumes the
+# same run. Unlike `rayml train`'s, the identity includes train.run_name: it names the training run the stage reuses.
+PIPELINE_IDENTITY = RunIdentity(
+    {"data": ALL, "model": ALL, "train": all_but(*EXECUTION_FIELDS), "tune": ALL},
+    digits=12,
+)
 
 
 @dataclass
@@ -56,18 +58,16 @@ def state_root(cfg: PipelineJobConfig) -> str:
 
 def run_id_for(cfg: PipelineJobConfig, data_fingerprint: str) -> str:
     """What the candidate depends on: data, model, train and tune settings and the data's content fingerprint."""
-    relevant = {
-        "data": cfg.data.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude=_EXECUTION_FIELDS),
-        "tune": cfg.tune.model_dump(mode="json") if cfg.tune else None,
-        "fingerprint": data_fingerprint,
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+    return PIPELINE_IDENTITY.digest(cfg, data_fingerprint)
 
 
 def run_pipeline(
-    cfg: PipelineJobConfig, *, restart: bool = False, registry: Registry | None = None, release: Release | None = None
+    config: ConfigLike = None,
+    *,
+    overrides: Overrides = None,
+    restart: bool = False,
+    registry: Registry | None = None,
+    release: Release | None = None,
 ) -> PipelineResult:
     """Run the pipeline ``cfg`` describes, resuming its run at the first unfinished stage.
 
@@ -77,7 +77,8 @@ def run_pipeline(
     ``pipeline.experiment``: metric ``<stage>_duration_s``, tag ``rayml.stage.<stage>``).
 
     Args:
-        cfg: the pipeline config.
+        config: the job config: a PipelineJobConfig object, a YAML path or a dict shaped like the YAML (None: defaults).
+        overrides: applied on top, as ``{"pipeline.name": nightly}`` or ``["pipeline.name=nightly"]`` (the CLI's ``--set``).
         restart: start the run over (every stage runs again). Training and tuning still reuse a model they already
             registered for the same config and data; change the config or ``train.run_name`` to train anew.
         registry: MLflow registry; None = ``registry.tracking_uri``.
@@ -92,10 +93,10 @@ def run_pipeline(
             the same command resumes at that stage.
 
     Example:
-        >>> cfg = load_config(PipelineJobConfig, "jobs/configs/pipeline.yaml")
-        >>> run_pipeline(cfg).outcome
+        >>> run_pipeline("jobs/configs/pipeline.yaml").outcome
         'promoted'
     """
+    cfg = resolve_config(PipelineJobConfig, config, overrides)
     logger.info("resolved config:\n%s", dump_config(cfg))
     registry = registry or Registry(cfg.registry.tracking_uri)
     prepared = prepare_data(cfg.data, cfg.train.seed)  # bad data fails here, before any state is written
@@ -134,35 +135,29 @@ def run_pipeline(
 
 
 def _open_mlflow_run(registry: Registry, cfg: PipelineJobConfig, state: PipelineState) -> str:
-    if state.mlflow_run_id and registry.run_exists(state.mlflow_run_id):
-        registry.client.update_run(state.mlflow_run_id, status="RUNNING")
-        return state.mlflow_run_id
+    """The run's MLflow run: the one its state names (RUNNING again), or a new one."""
     tags = {
         "rayml.pipeline": state.pipeline,
         "rayml.pipeline_run": state.run_id,
         "rayml.model": cfg.model.name,
         "rayml.data_fingerprint": state.identity.get("data_fingerprint", ""),
     }
-    return registry.create_run(cfg.pipeline.experiment, f"{state.pipeline}-{state.run_id}", tags=tags)
+    run_id, _ = create_or_resume_run(
+        registry,
+        state.mlflow_run_id,
+        experiment=cfg.pipeline.experiment,
+        name=f"{state.pipeline}-{state.run_id}",
+        tags=tags,
+        tag_own_id=False,  # lineage points at training runs, not at the pipeline's
+    )
+    return run_id
 
 
 def _log_stage(registry: Registry, state: PipelineState, rec: StageRecord) -> None:
-    from mlflow.entities import Metric
-
     if not state.mlflow_run_id:
         return
-    ts = int(time.time() * 1000)
-    registry.client.log_batch(
-        state.mlflow_run_id,
-        metrics=[Metric(f"{rec.name}_duration_s", float(rec.duration_s or 0.0), ts, rec.attempts)],
-        tags=[_tag(f"rayml.stage.{rec.name}", rec.status)],
-    )
-
-
-def _tag(key: str, value: str) -> Any:
-    from mlflow.entities import RunTag
-
-    return RunTag(key, value)
+    registry.log_metrics(state.mlflow_run_id, {f"{rec.name}_duration_s": float(rec.duration_s or 0.0)}, step=rec.attempts)
+    registry.set_run_tags(state.mlflow_run_id, {f"rayml.stage.{rec.name}": rec.status})
 
 
 def _close_mlflow_run(registry: Registry, state: PipelineState, store: StateStore) -> None:
@@ -172,10 +167,10 @@ def _close_mlflow_run(registry: Registry, state: PipelineState, store: StateStor
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / STATE_FILE
             path.write_text(json.dumps(state.to_dict(), indent=2, default=str))
-            registry.client.log_artifact(state.mlflow_run_id, str(path))
+            registry.log_artifact(state.mlflow_run_id, path)
         done = state.status == DONE
-        registry.client.set_tag(state.mlflow_run_id, "rayml.pipeline_status", state.status)
-        registry.client.set_terminated(state.mlflow_run_id, status="FINISHED" if done else "FAILED")
+        registry.set_run_tags(state.mlflow_run_id, {"rayml.pipeline_status": state.status})
+        registry.end_run(state.mlflow_run_id, "FINISHED" if done else "FAILED")
     except Exception as e:  # the state file is the record; MLflow is a view of it
         logger.warning("could not update the pipeline's MLflow run %s: %s", state.mlflow_run_id, e)
 

@@ -105,8 +105,7 @@ def validate_data(ctx: StageContext) -> dict[str, Any]:
     written to ``<run>/drift/`` (drift.json, drift.html, PNGs); an alert fails the stage only with
     ``pipeline.block_on_drift``. Without a production model (a first run) there is nothing to compare with.
     """
-    from rayml.monitor import drift_of_frame, write_report
-    from rayml.monitor._scoring import global_reference, predict_frame
+    from rayml.monitor import drift_of_frame, global_reference, predict_frame, write_report
 
     p = ctx.prepared
     df = pd.concat([p.train, p.validation], ignore_index=True)
@@ -158,6 +157,7 @@ def train_candidate(ctx: StageContext) -> dict[str, Any]:
     unfinished trials, and a run that already registered its model returns that version without training again.
     """
     cfg = ctx.cfg
+    run: dict[str, Any]
     if cfg.tune is not None:
         from rayml.train import storage_path_for
         from rayml.tune import STATE_FILE, search_name_for, tune
@@ -223,15 +223,13 @@ def gate(ctx: StageContext) -> dict[str, Any]:
 def register(ctx: StageContext) -> dict[str, Any]:
     """Mark the gated version as the release candidate: lineage tags of this run and the ``canary`` alias."""
     version = int(ctx.out(TRAIN)["version"])
-    client = ctx.registry.client
     tags = {
         "rayml.pipeline": ctx.state.pipeline,
         "rayml.pipeline_run": ctx.state.run_id,
         "rayml.pipeline_mlflow_run": ctx.state.mlflow_run_id or "",
         "rayml.gate_run_id": ctx.out(GATE).get("mlflow_run_id") or "",
     }
-    for k, v in tags.items():
-        client.set_model_version_tag(ctx.model, str(version), k, v)
+    ctx.registry.set_version_tags(ctx.model, version, tags)
     ctx.registry.set_alias(ctx.model, version, CANARY)
     return {"version": version, "alias": CANARY, "tags": tags}
 
@@ -310,7 +308,7 @@ class ServeRelease:
     @staticmethod
     def connect() -> bool:
         """Join the serving Ray if there is one (so training runs there too: one Ray per process); False if none."""
-        from rayml.serve._cluster import ServeNotRunningError, connect
+        from rayml.serve import ServeNotRunningError, connect
 
         try:
             connect(start_local=False)
@@ -319,12 +317,12 @@ class ServeRelease:
         return True
 
     def detect(self, model: str) -> tuple[bool, str]:
-        from rayml.serve import app_state
+        from rayml.serve import serve_status
 
         if not self.connect():
             return False, "no serving Ray on this machine and RAY_ADDRESS is not set"
         name = self.cfg.serve.app_name
-        app = app_state(name)
+        app = serve_status(self.cfg)
         if app is None:
             return False, f"application {name!r} is not deployed"
         if app.spec is None or model not in app.spec.models:
@@ -339,9 +337,9 @@ class ServeRelease:
         start_rollout(self.cfg, model, version, registry=self.registry)
 
     def outcome(self, model: str, version: int) -> tuple[str, str] | None:
-        from rayml.serve._rollout_runtime import load_state
+        from rayml.serve import rollout_status
 
-        state, _ = load_state(self.cfg, model)
+        state = rollout_status(self.cfg, model).state
         if state is None or state.candidate != version or not state.done:
             return None
         return state.phase, state.reason or ""

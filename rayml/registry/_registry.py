@@ -1,8 +1,8 @@
 """A thin facade over the MLflow model registry.
 
 Embedded default: MLflow on SQLite at ``$RAYML_HOME/mlflow.db`` with artifacts under ``$RAYML_HOME/mlartifacts``;
-any tracking URI (an MLflow server with S3/GCS artifacts) works unchanged. A version holds the model directory
-(``model.onnx``, ``rayml_model.json``, ``reference_stats.json``) and lineage tags.
+any tracking URI (an MLflow server with S3/GCS artifacts) works unchanged. A version holds a model directory
+(:class:`rayml.models.ModelDir`: a single model or a model set) and lineage tags.
 
 Refs: ``name@alias`` (e.g. ``sales-model@production``) or ``name:version`` (e.g. ``sales-model:3``).
 """
@@ -10,35 +10,35 @@ Refs: ``name@alias`` (e.g. ``sales-model@production``) or ``name:version`` (e.g.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rayml._private import constants
 from rayml.config import NAME_PATTERN
-from rayml.errors import InvalidNameError, ModelNotFoundError, RegistryError
+from rayml.errors import InvalidModelDirError, InvalidNameError, ModelNotFoundError, RegistryError
+from rayml.models.model_dir import ModelDir
+from rayml.registry._runs import MetricPoint, RunRecord, metric_entities, param_batches, tag_filter
 
 logger = logging.getLogger("rayml.registry")
 
 _NAME_RE = re.compile(NAME_PATTERN)
 MODEL_SUBDIR = "model"
-MODEL_FILE = "model.onnx"
-META_FILE = "rayml_model.json"
-REF_STATS_FILE = "reference_stats.json"
 PRODUCTION, CANARY, PREVIOUS = "production", "canary", "previous"
 TAG_PREFIX = "rayml."
 
 
 def validate_name(value: str, what: str = "model name") -> str:
     """Names and aliases are ``[A-Za-z0-9_.-]+``: they may end up in paths and URLs."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value in (".", ".."):
         raise InvalidNameError(
             f"{what} {value!r} is not allowed",
             hint="use only letters, digits, '_', '.' and '-' (e.g. sales-model, production)",
@@ -81,26 +81,40 @@ class ModelVersionInfo:
 
 @dataclass
 class LoadedModel:
-    """A model version downloaded and ready: its ONNX predictor, metadata and reference statistics."""
+    """A model version downloaded and ready: the registered version and its model directory.
+
+    Everything about the model comes from :attr:`model_dir` (a :class:`rayml.models.ModelDir`); ``path``, ``meta``,
+    ``reference_stats``, ``kind``, ``predictor`` and ``predict`` are shortcuts to it.
+    """
 
     info: ModelVersionInfo
-    path: Path
-    meta: dict[str, Any]
-    reference_stats: dict[str, Any] = field(default_factory=dict)
-    _predictor: Any = None
+    model_dir: ModelDir
+
+    @property
+    def path(self) -> Path:
+        return self.model_dir.path
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.model_dir.meta
+
+    @property
+    def reference_stats(self) -> dict[str, Any]:
+        """The reference statistics as saved (a model set's hold ``global`` and ``segments``; {} when none).
+
+        ``model_dir.reference_stats(segment)`` gives the bins to compare data with, whatever the kind.
+        """
+        return self.model_dir.all_reference_stats
 
     @property
     def kind(self) -> str:
         """``"model"`` for a single model, ``"model_set"`` for a family of segment models (see ``ModelSet``)."""
-        return str(self.meta.get("kind", "model"))
+        return self.model_dir.kind
 
     @property
     def predictor(self):
-        if self._predictor is None:
-            from rayml.models.predictor import OnnxPredictor
-
-            self._predictor = OnnxPredictor(self.path / MODEL_FILE)
-        return self._predictor
+        """The ONNX predictor of the model (a model set's global model), created on first use."""
+        return self.model_dir.predictor()
 
     def predict(self, rows: Any):
         return self.predictor.predict(rows)
@@ -159,16 +173,98 @@ class Registry:
         except Exception:
             return False
 
+    # --- run records ----------------------------------------------------------------------------------------------
+    # Everything train, tune, many models, the gate and the pipeline do to an MLflow run or a version's tags goes
+    # through these methods: nothing outside rayml.registry touches ``self.client`` (tests/unit/test_architecture.py).
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run's status and latest metrics, params and tags.
+
+        Raises:
+            RegistryError: there is no run ``run_id`` in this tracking store.
+        """
+        try:
+            return RunRecord.from_mlflow(self.client.get_run(run_id))
+        except Exception as e:
+            raise RegistryError(
+                f"MLflow run {run_id!r} not found in {self.tracking_uri}: {e}",
+                hint="check registry.tracking_uri (or MLFLOW_TRACKING_URI): the run belongs to another tracking store",
+            ) from e
+
+    def search_runs(self, experiment_id: str, tags: Mapping[str, str], max_results: int = 50_000) -> list[RunRecord]:
+        """Active runs of ``experiment_id`` that carry every tag of ``tags`` with that value."""
+        runs = self.client.search_runs([experiment_id], filter_string=tag_filter(tags), max_results=max_results)
+        return [RunRecord.from_mlflow(r) for r in runs]
+
+    def set_run_running(self, run_id: str) -> None:
+        """Mark a run RUNNING again: a resumed run continues the run it started instead of opening a new one."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Set a run's terminal status (``FINISHED``, ``FAILED`` or ``KILLED``) and end time."""
+        self.client.set_terminated(run_id, status=status)
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        """Log params (values cut to MLflow's 6000 characters, 100 a batch)."""
+        for batch in param_batches(params):
+            self.client.log_batch(run_id, params=batch)
+
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, Any], step: int = 0, timestamp_ms: int | None = None
+    ) -> None:
+        """Log the finite numbers of ``metrics`` at ``step`` (None, NaN and inf are left out).
+
+        Args:
+            timestamp_ms: when they were measured; None = now.
+        """
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        batch = metric_entities(metrics, step, ts)
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
+        """Every value logged for ``key``, in the order it was logged (time, then step)."""
+        points = [MetricPoint(int(m.step), float(m.value), int(m.timestamp)) for m in self.client.get_metric_history(run_id, key)]
+        return sorted(points, key=lambda p: (p.timestamp_ms, p.step))
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_path), artifact_path=artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
+
+    def model_tags(self, name: str) -> dict[str, str] | None:
+        """The registered model's own tags (e.g. ``rayml.kind``); None when ``name`` is not registered."""
+        try:
+            rm = self.client.get_registered_model(name)
+        except Exception:
+            return None
+        return dict(rm.tags or {})
+
+    def set_version_tags(self, name: str, version: int, tags: Mapping[str, str]) -> None:
+        """Tag one version (e.g. the gate's verdict, the pipeline run that released it)."""
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, str(version), k, v)
+
     # --- versions -------------------------------------------------------------------------------------------------
     def register(
         self, name: str, model_dir: str | Path, run_id: str, tags: dict[str, str], description: str = ""
     ) -> ModelVersionInfo:
-        """Upload ``model_dir`` to the run's artifacts and register it as a new version of ``name``."""
+        """Upload ``model_dir`` to the run's artifacts and register it as a new version of ``name``.
+
+        Raises:
+            RegistryError: ``model_dir`` is not a valid model directory (see :meth:`rayml.models.ModelDir.read`).
+        """
         validate_name(name)
         model_dir = Path(model_dir)
-        for required in (MODEL_FILE, META_FILE):
-            if not (model_dir / required).is_file():
-                raise RegistryError(f"cannot register {model_dir}: {required} is missing")
+        try:
+            ModelDir.read(model_dir)
+        except InvalidModelDirError as e:
+            raise RegistryError(f"cannot register {model_dir}: {e.message}", hint=e.hint) from e
         self.client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_SUBDIR)
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         try:
@@ -301,7 +397,7 @@ class Registry:
         # keyed by the artifact source too: the same name:version in another registry is another model
         source_key = hashlib.sha256(info.source.encode()).hexdigest()[:12]
         cache = constants.rayml_home() / "cache" / "models" / info.name / f"{info.version}-{source_key}"
-        if (cache / META_FILE).is_file():
+        if ModelDir.is_complete(cache):
             return info, cache
         import mlflow.artifacts
 
@@ -321,12 +417,13 @@ class Registry:
         return info, cache
 
     def load(self, ref: str) -> LoadedModel:
-        """Load a version by ref: its ONNX predictor (lazy), metadata and reference statistics."""
+        """Load a version by ref: its model directory, checked (metadata and reference statistics read, predictors lazy).
+
+        Raises:
+            ModelNotFoundError: no such version. InvalidModelDirError: the downloaded directory is not a model directory.
+        """
         info, path = self.download(ref)
-        meta = json.loads((path / META_FILE).read_text())
-        stats_path = path / REF_STATS_FILE
-        stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-        return LoadedModel(info=info, path=path, meta=meta, reference_stats=stats)
+        return LoadedModel(info=info, model_dir=ModelDir.read(path, ref=info.ref))
 
     def load_predictor(self, ref: str):
         return self.load(ref).predictor

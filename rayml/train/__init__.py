@@ -1,27 +1,53 @@
-"""Training on Ray Train: the worker loop, checkpointing, crash recovery, CPU/GPU, DDP, export + registration."""
+"""Training on Ray Train: the worker loop, checkpointing, crash recovery, CPU/GPU, DDP, export + registration.
 
+:class:`ResumableRun` and :class:`RunIdentity` are what ``train``, ``tune`` and ``manymodels`` share about a run that a
+rerun of the same command continues: its name, its state file and its MLflow run. The worker loop (``run_loop``,
+``train_loop_per_worker``, ``LoopSession``) imports Ray Train, so it loads on first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rayml._private.lazy import lazy_getattr
+from rayml.train._run import (
+    ALL as ALL,
+    EXECUTION_FIELDS as EXECUTION_FIELDS,
+    Fields as Fields,
+    ResumableRun as ResumableRun,
+    RunIdentity as RunIdentity,
+    all_but as all_but,
+    config_params as config_params,
+    create_or_resume_run as create_or_resume_run,
+    identity_digest as identity_digest,
+    only as only,
+)
 from rayml.train.trainer import (
-    PreparedData,
+    TRAIN_IDENTITY as TRAIN_IDENTITY,
+    PreparedData as PreparedData,
     TrainResult,
-    export_model_dir,
-    fit,
-    lineage_tags,
-    loop_config,
-    prepare_data,
-    run_name_for,
-    storage_path_for,
+    export_model_dir as export_model_dir,
+    fit as fit,
+    lineage_tags as lineage_tags,
+    loop_config as loop_config,
+    prepare_data as prepare_data,
+    run_name_for as run_name_for,
+    storage_path_for as storage_path_for,
     train,
 )
 
+if TYPE_CHECKING:
+    from rayml.train._loop import LoopSession as LoopSession, run_loop as run_loop, train_loop_per_worker as train_loop_per_worker
+
+_LAZY = {name: "rayml.train._loop" for name in ("LoopSession", "run_loop", "train_loop_per_worker")}
+
+
+__getattr__ = lazy_getattr(__name__, {name: (module, name) for name, module in _LAZY.items()}, globals())
+
+
+# What users import. Names re-exported above as `X as X` are shared with other rayml packages: importable, but
+# not part of the public API.
 __all__ = [
-    "PreparedData",
     "TrainResult",
-    "export_model_dir",
-    "fit",
-    "lineage_tags",
-    "loop_config",
-    "prepare_data",
-    "run_name_for",
-    "storage_path_for",
     "train",
 ]

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -82,9 +82,11 @@ class LoopSession:
 
     def report(self, metrics: dict[str, Any], checkpoint: Any) -> None: ...
 
-    def validation_frame(self) -> pd.DataFrame: ...
+    def validation_frame(self) -> pd.DataFrame:
+        raise NotImplementedError
 
-    def train_frame(self) -> pd.DataFrame: ...
+    def train_frame(self) -> pd.DataFrame:
+        raise NotImplementedError
 
     def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int): ...
 
@@ -138,9 +140,9 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
 
     device = session.device()
     use_amp = bool(config["amp"]) and device.type == "cuda"
-    model = build_model(spec, seed=seed)
+    model: nn.Module = build_model(spec, seed=seed)
     model = session.prepare_model(model)
-    core: TabularMLP = model.module if hasattr(model, "module") else model
+    core = cast(TabularMLP, model.module if hasattr(model, "module") else model)  # the model under DDP's wrapper
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -201,7 +203,7 @@ def _train_epochs(
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
         # start-to-start time of the previous epoch: its training plus checkpointing, reporting and logging
-        wall = {"previous_epoch_wall_s": t0 - previous_start} if previous_start is not None else {}
+        wall: dict[str, float] = {"previous_epoch_wall_s": t0 - previous_start} if previous_start is not None else {}
         previous_start = t0
         model.train()
         total, count = 0.0, 0

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray.train import UserCallback
 
 from rayml.monitor.training import RESOURCE_KEYS
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 RESOURCE_SUFFIXES = tuple(f"_{k}" for k in RESOURCE_KEYS)
 
@@ -46,14 +49,14 @@ class EpochMetricsLogger:
 
     def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
         self.tracking_uri, self.run_id = tracking_uri, run_id
-        self._client = None
+        self._client: MlflowClient | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.tracking_uri and self.run_id)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        if not self.enabled:
+        if not self.enabled or self.run_id is None:  # enabled: both are set
             return
         from mlflow.entities import Metric
 

@@ -9,8 +9,6 @@ Crash recovery has two layers:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -24,17 +22,18 @@ import numpy as np
 import pandas as pd
 
 from rayml._private import constants, fs, lineage
-from rayml.config import DataConfig, TrainJobConfig, dump_config
+from rayml.config import ConfigLike, DataConfig, Overrides, TrainJobConfig, dump_config, resolve_config
 from rayml.data import Schema, fingerprint, infer_schema, load_table, reference_stats, train_validation_split, validate
 from rayml.errors import ConfigError, TrainingError
-from rayml.models import ModelSpec, build_model, build_spec, check_parity, export_onnx, torch_predict
-from rayml.monitor.training import TrainingOutcome, record_training_outcome
-from rayml.registry import META_FILE, MODEL_FILE, REF_STATS_FILE, ModelVersionInfo, Registry
+from rayml.models import ModelDir, ModelSpec, build_model, build_spec, check_parity, export_onnx, torch_predict
+from rayml.registry import ModelVersionInfo, Registry
+from rayml.train._run import ALL, EXECUTION_FIELDS, ResumableRun, RunIdentity, all_but, config_params
 
 logger = logging.getLogger("rayml.train")
 
 STATE_FILE = "rayml_run.json"
-MODEL_FORMAT_VERSION = 1
+# What determines the trained model: data, model and training settings (not storage, the run name or retries).
+TRAIN_IDENTITY = RunIdentity({"data": ALL, "model": ALL, "train": all_but(*EXECUTION_FIELDS, "run_name")})
 
 
 @dataclass
@@ -83,38 +82,14 @@ def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
     return PreparedData(split.train, split.validation, schema, fingerprint(df), cfg.source)
 
 
-def _config_hash(cfg: TrainJobConfig, data_fingerprint: str) -> str:
-    """What determines the trained model: data, model and training settings (not storage, registry or retries)."""
-    relevant = {
-        "data": cfg.data.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(
-            mode="json",
-            exclude={"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"},
-        ),
-        "fingerprint": data_fingerprint,
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def run_name_for(cfg: TrainJobConfig, data_fingerprint: str) -> str:
-    return cfg.train.run_name or f"{cfg.model.name}-{_config_hash(cfg, data_fingerprint)}"
+    """``train.run_name``, or ``<model>-<digest of TRAIN_IDENTITY>``: the same command on the same data finds its run."""
+    return cfg.train.run_name or f"{cfg.model.name}-{TRAIN_IDENTITY.digest(cfg, data_fingerprint)}"
 
 
 def storage_path_for(cfg: TrainJobConfig) -> str:
     path = cfg.train.storage_path or constants.default_storage_path()
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
-
-
-def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flatten(key, v))
-        else:
-            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
-    return out
 
 
 def lineage_tags(data_fingerprint: str, run_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -200,8 +175,7 @@ def fit(
 ):
     """Run the Ray Train loop; returns the ``ray.train.Result``."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train import DataConfig as RayDataConfig
+    from ray.train import CheckpointConfig, DataConfig as RayDataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from rayml._private.ray_session import ensure_ray, set_train_poll_interval
@@ -227,7 +201,8 @@ def fit(
             name=run_name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=t.max_failures),
-            callbacks=[MlflowReportCallback(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else [],
+            # mypy sees ray.train's Train v1 RunConfig (tune Callbacks); Ray runs Train v2's, which takes UserCallbacks
+            callbacks=[MlflowReportCallback(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else [],  # type: ignore[list-item]
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.checkpoint_num_to_keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
@@ -251,53 +226,57 @@ def load_state_dict_from_checkpoint(checkpoint) -> dict[str, Any]:
 def export_model_dir(
     out_dir: str | Path, spec: ModelSpec, state: dict[str, Any], prepared: PreparedData, meta_extra: dict[str, Any]
 ) -> Path:
-    """Export the checkpointed model to ONNX (parity-checked) with its metadata and reference statistics."""
-    from rayml.models.predictor import OnnxPredictor
+    """Export the checkpointed model to ONNX (parity-checked) as a model directory (:class:`rayml.models.ModelDir`)
+    with its metadata and reference statistics.
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    Args:
+        out_dir: an empty or new directory.
+        spec: the model's architecture and preprocessing.
+        state: the checkpoint's state (``state["model"]`` is the torch state dict).
+        prepared: the data it was trained on (schema, fingerprint; rows for the parity check and reference bins).
+        meta_extra: more metadata to record (``name``, ``metrics``, ``lineage`` ...); it wins over the fields set
+            here, except ``kind`` and the signature, which :meth:`ModelDir.write_model` takes from the ONNX graph.
+
+    Returns:
+        The directory, ready for ``Registry.register``.
+    """
     model = build_model(spec)
     model.load_state_dict(state["model"])
     model.eval()
     onnx_bytes = export_onnx(model)
     sample = prepared.validation.head(512) if len(prepared.validation) else prepared.train.head(512)
     parity = check_parity(model, onnx_bytes, sample)
-    (out / MODEL_FILE).write_bytes(onnx_bytes)
-    predictor = OnnxPredictor(onnx_bytes)
     # prediction bins from every training row (up to 200k), not only the validation split: on small data a few dozen
     # validation rows made the reference so coarse that clean traffic read as prediction drift
     rows = pd.concat([prepared.train, prepared.validation], ignore_index=True)
     rows = rows.sample(200_000, random_state=0) if len(rows) > 200_000 else rows
     stats = reference_stats(prepared.train, prepared.schema, predictions=torch_predict(model, rows) if len(rows) else None)
-    (out / REF_STATS_FILE).write_text(json.dumps(stats))
     meta = {
-        "format_version": MODEL_FORMAT_VERSION,
-        "kind": "model",
         "task": prepared.schema.task,
         "target": prepared.schema.target,
         "schema": prepared.schema.to_dict(),
         "spec": spec.to_dict(),
-        "inputs": [vars(i) for i in predictor.inputs],
-        "outputs": [vars(o) for o in predictor.outputs],
         "parity_max_abs_diff": parity,
         "data_fingerprint": prepared.fingerprint,
         **meta_extra,
     }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    return out
+    return ModelDir.write_model(out_dir, onnx_bytes=onnx_bytes, meta=meta, reference_stats=stats).path
 
 
 def _history(registry: Registry, run_id: str) -> tuple[list[int], list[int]]:
-    client = registry.client
-    epochs = [int(m.step) for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: (m.timestamp, m.step))]
-    starts = [
-        int(m.value) for m in sorted(client.get_metric_history(run_id, "resumed_from_epoch"), key=lambda m: (m.timestamp, m.step))
-    ]
+    """(epochs as logged, in order; the start epoch of every attempt) from the MLflow run's metric history."""
+    epochs = [p.step for p in registry.metric_history(run_id, "val_loss")]
+    starts = [int(p.value) for p in registry.metric_history(run_id, "resumed_from_epoch")]
     return epochs, starts
 
 
-def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
-    """Train, export and register a model as ``cfg`` says. Re-running after a crash resumes; after success, no-op.
+def train(config: ConfigLike = None, *, overrides: Overrides = None, registry: Registry | None = None) -> TrainResult:
+    """Train, export and register a model as the config says. Re-running after a crash resumes; after success, no-op.
+
+    Args:
+        config: the job config: a TrainJobConfig object, a YAML path or a dict shaped like the YAML (None: defaults).
+        overrides: applied on top, as ``{"train.epochs": 3}`` or ``["train.epochs=3"]`` (the CLI's ``--set``).
+        registry: the registry to use (default: ``registry.tracking_uri`` of the config).
 
     Returns:
         The :class:`TrainResult`, with ``model_version`` set when the model was registered.
@@ -305,114 +284,72 @@ def train(cfg: TrainJobConfig, registry: Registry | None = None) -> TrainResult:
     Raises:
         ConfigError, DataError: bad config or data (nothing is trained).
         TrainingError: training failed after its retries; re-running the same command resumes from the last checkpoint.
+
+    Example:
+        >>> result = train("jobs/configs/train.yaml", overrides={"train.epochs": 3})
+        >>> result.model_version.ref
+        'sales-model:1'
     """
+    cfg = resolve_config(TrainJobConfig, config, overrides)
     logger.info("resolved config:\n%s", dump_config(cfg))
     t0 = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.train.seed)
     run_name = run_name_for(cfg, prepared.fingerprint)
     storage_path = storage_path_for(cfg)
-    state_path = fs.join(storage_path, run_name, STATE_FILE)
-    state = fs.read_json(state_path) or {}
+    run = ResumableRun("train", cfg.model.name, run_name, fs.join(storage_path, run_name, STATE_FILE), started=t0)
     registry = registry or Registry(cfg.registry.tracking_uri)
+    done = run.registered_version(registry) if cfg.registry.register_version else None
+    if done is not None:
+        logger.info("run %s already finished and registered %s; nothing to do", run_name, done.ref)
+        return _already_trained(registry, run, storage_path, prepared.fingerprint, done)
 
-    if state.get("status") == "registered" and cfg.registry.register_version:
-        info = registry.get_version(state["model_name"], int(state["model_version"]))
-        epochs, starts = _history(registry, state["mlflow_run_id"])
-        logger.info("run %s already finished and registered %s; nothing to do", run_name, info.ref)
-        return TrainResult(
-            run_name=run_name,
-            storage_path=storage_path,
-            mlflow_run_id=state["mlflow_run_id"],
-            data_fingerprint=prepared.fingerprint,
-            metrics=state.get("metrics", {}),
-            best_epoch=state.get("best_epoch", 0),
-            epochs_completed=state.get("epochs_completed", 0),
-            epoch_history=epochs,
-            resumed_from=starts,
-            model_version=info,
-            already_done=True,
-        )
-
-    run_id = state.get("mlflow_run_id")
-    if not run_id or not registry.run_exists(run_id):
-        run_id = registry.create_run(
-            cfg.registry.experiment,
-            run_name,
-            tags=lineage_tags(prepared.fingerprint, "", {"rayml.train_run_name": run_name, "rayml.data_source": prepared.source}),
-        )
-        registry.client.set_tag(run_id, "rayml.run_id", run_id)
-        params = _flatten("", cfg.model_dump(mode="json", exclude={"registry": True}))
-        from mlflow.entities import Param
-
-        registry.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
-    else:
-        logger.info("resuming run %s (MLflow run %s)", run_name, run_id)
-        registry.client.update_run(run_id, status="RUNNING")
-    fs.write_json(state_path, {"status": "running", "mlflow_run_id": run_id, "run_name": run_name})
-
+    tags = lineage_tags(prepared.fingerprint, "", {"rayml.train_run_name": run_name, "rayml.data_source": prepared.source})
+    run.start(registry, cfg.registry.experiment, tags=tags, params=config_params(cfg))
     spec = build_spec(prepared.train, prepared.schema, cfg.model.hidden_sizes, cfg.model.dropout, cfg.model.embedding_dim)
     try:
-        out = _fit_and_register(cfg, registry, prepared, spec, run_name, storage_path, state_path, run_id, t0)
+        return _fit_and_register(cfg, registry, prepared, spec, run, storage_path)
     except Exception as e:
-        _record_failure(cfg, registry, run_id, t0, e)
-        fs.write_json(state_path, {"status": "failed", "mlflow_run_id": run_id, "run_name": run_name, "error": str(e)[:2000]})
+        run.fail(str(e), error=str(e)[:2000])
         if isinstance(e, TrainingError):
             raise
         raise TrainingError(
             f"training run {run_name!r} failed: {e}",
             hint="re-run the same command to resume from the last checkpoint; raise train.max_failures for flaky workers",
         ) from e
-    record_training_outcome(
-        TrainingOutcome(cfg.model.name, "train", True, out.metrics["train_time_s"], time.time(), run_id),
-        registry.tracking_uri,
-    )
-    return out
 
 
-def _record_failure(cfg: TrainJobConfig, registry: Registry, run_id: str, t0: float, error: Exception) -> None:
-    """A failed run: FAILED in MLflow with its duration and reason, and counted for Prometheus."""
-    duration = time.perf_counter() - t0
-    try:
-        registry.client.log_metric(run_id, "train_time_s", duration)
-        registry.client.set_tag(run_id, "rayml.failure", str(error)[:4000])
-        registry.client.set_terminated(run_id, status="FAILED")
-    except Exception as e:  # keep the original error: it is what the user needs
-        logger.warning("could not mark MLflow run %s as failed: %s", run_id, e)
-    record_training_outcome(
-        TrainingOutcome(cfg.model.name, "train", False, duration, time.time(), run_id, str(error)[:500]),
-        registry.tracking_uri,
+def _already_trained(
+    registry: Registry, run: ResumableRun, storage_path: str, data_fingerprint: str, info: ModelVersionInfo
+) -> TrainResult:
+    """What an earlier attempt that registered its model left, as a :class:`TrainResult` (``already_done``)."""
+    state = run.state
+    epochs, starts = _history(registry, state["mlflow_run_id"])
+    return TrainResult(
+        run_name=run.name,
+        storage_path=storage_path,
+        mlflow_run_id=state["mlflow_run_id"],
+        data_fingerprint=data_fingerprint,
+        metrics=state.get("metrics", {}),
+        best_epoch=state.get("best_epoch", 0),
+        epochs_completed=state.get("epochs_completed", 0),
+        epoch_history=epochs,
+        resumed_from=starts,
+        model_version=info,
+        already_done=True,
     )
 
 
 def _fit_and_register(
-    cfg: TrainJobConfig,
-    registry: Registry,
-    prepared: PreparedData,
-    spec: ModelSpec,
-    run_name: str,
-    storage_path: str,
-    state_path: str,
-    run_id: str,
-    t0: float,
+    cfg: TrainJobConfig, registry: Registry, prepared: PreparedData, spec: ModelSpec, run: ResumableRun, storage_path: str
 ) -> TrainResult:
+    """Train (from the run's last checkpoint, if any), log the best epoch, export and register it, finish the run."""
+    run_id, run_name = str(run.run_id), run.name
     result = fit(cfg, prepared, spec, run_name, storage_path, registry.tracking_uri, run_id)
-
-    best = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
-    if best is None:
-        raise TrainingError(f"training run {run_name!r} produced no checkpoint", hint="check the worker logs above")
-    state_dict = load_state_dict_from_checkpoint(best)
+    state_dict, metrics, epochs_completed = _best_epoch(result, run_name)
     best_epoch = int(state_dict["epoch"])
-    last = dict(result.metrics or {})
-    best_metrics = _metrics_at(result, best_epoch) or last
-    metrics = {
-        k: float(v)
-        for k, v in best_metrics.items()
-        if isinstance(v, (int, float)) and k != "epoch" and not k.startswith("worker")  # resources stay in MLflow
-    }
-    metrics["early_stopped"] = float(last.get("early_stopped", 0))
-    metrics["train_time_s"] = time.perf_counter() - t0
-    registry.client.log_batch(run_id, metrics=_final_metrics(metrics, best_epoch))
-    registry.client.log_metric(run_id, "train_time_s", metrics["train_time_s"])
+    metrics["train_time_s"] = run.elapsed()
+    registry.log_metrics(run_id, {f"best_{k}": v for k, v in metrics.items() if k.startswith("val_")}, step=best_epoch)
+    registry.log_metrics(run_id, {"best_epoch": float(best_epoch)})
     epochs, starts = _history(registry, run_id)
 
     out = TrainResult(
@@ -422,7 +359,7 @@ def _fit_and_register(
         data_fingerprint=prepared.fingerprint,
         metrics=metrics,
         best_epoch=best_epoch,
-        epochs_completed=int(last.get("epoch", best_epoch)),
+        epochs_completed=epochs_completed,
         epoch_history=epochs,
         resumed_from=starts,
     )
@@ -436,21 +373,38 @@ def _fit_and_register(
             registry.set_alias(info.name, info.version, cfg.registry.alias)
             info = registry.get_version(info.name, info.version)
         out.model_version = info
-    registry.client.set_terminated(run_id, status="FINISHED")
-    fs.write_json(
-        state_path,
-        {
-            "status": "registered" if out.model_version else "trained",
-            "mlflow_run_id": run_id,
-            "run_name": run_name,
-            "metrics": metrics,
-            "best_epoch": best_epoch,
-            "epochs_completed": out.epochs_completed,
-            "model_name": cfg.model.name,
-            "model_version": out.model_version.version if out.model_version else None,
-        },
+    run.finish(
+        "registered" if out.model_version else "trained",
+        duration_s=metrics["train_time_s"],
+        metrics=metrics,
+        best_epoch=best_epoch,
+        epochs_completed=out.epochs_completed,
+        model_name=cfg.model.name,
+        model_version=out.model_version.version if out.model_version else None,
     )
     return out
+
+
+def _best_epoch(result: Any, run_name: str) -> tuple[dict[str, Any], dict[str, float], int]:
+    """(the best checkpoint's state, its epoch's metrics, the epochs run) of a ``ray.train.Result``.
+
+    The metrics are rank 0's numbers at the best epoch plus ``early_stopped``; the per-worker resource samples stay in
+    MLflow only.
+    """
+    best = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
+    if best is None:
+        raise TrainingError(f"training run {run_name!r} produced no checkpoint", hint="check the worker logs above")
+    state_dict = load_state_dict_from_checkpoint(best)
+    best_epoch = int(state_dict["epoch"])
+    last = dict(result.metrics or {})
+    best_metrics = _metrics_at(result, best_epoch) or last
+    metrics = {
+        k: float(v)
+        for k, v in best_metrics.items()
+        if isinstance(v, (int, float)) and k != "epoch" and not k.startswith("worker")
+    }
+    metrics["early_stopped"] = float(last.get("early_stopped", 0))
+    return state_dict, metrics, int(last.get("epoch", best_epoch))
 
 
 def _metrics_at(result: Any, epoch: int) -> dict[str, Any] | None:
@@ -458,12 +412,3 @@ def _metrics_at(result: Any, epoch: int) -> dict[str, Any] | None:
         if int(m.get("epoch", -1)) == epoch:
             return dict(m)
     return None
-
-
-def _final_metrics(metrics: dict[str, float], best_epoch: int):
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    out = [Metric(f"best_{k}", v, ts, best_epoch) for k, v in metrics.items() if k.startswith("val_") and np.isfinite(v)]
-    out.append(Metric("best_epoch", float(best_epoch), ts, 0))
-    return out

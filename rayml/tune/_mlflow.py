@@ -9,9 +9,7 @@ continues the same runs instead of opening new ones.
 from __future__ import annotations
 
 import logging
-import math
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
@@ -19,6 +17,9 @@ from rayml.config import TuneJobConfig
 from rayml.registry import Registry
 from rayml.tune._report import KILLED, classify
 from rayml.tune._space import decode, format_value, trial_epochs
+
+if TYPE_CHECKING:
+    from ray.tune.stopper import Stopper
 
 logger = logging.getLogger("rayml.tune")
 
@@ -30,10 +31,8 @@ _LOGGED = ("train_loss", "epoch_time_s", "early_stopped", "resumed_from_epoch")
 
 def child_runs(registry: Registry, experiment_id: str, parent_run_id: str) -> dict[str, str]:
     """trial id -> MLflow run id of the search's child runs."""
-    runs = registry.client.search_runs(
-        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50_000
-    )
-    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+    runs = registry.search_runs(experiment_id, {PARENT_TAG: parent_run_id}, max_results=50_000)
+    return {r.tags[TRIAL_TAG]: r.run_id for r in runs if TRIAL_TAG in r.tags}
 
 
 class MlflowTrialCallback(Callback):
@@ -65,35 +64,33 @@ class MlflowTrialCallback(Callback):
             self._registry = Registry(self.tracking_uri)
         return self._registry
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self, stop: Stopper | None = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
+    ) -> None:
         try:
             self._runs = child_runs(self.registry, self.experiment_id, self.parent_run_id)
             for trial_id, run_id in self._runs.items():
-                last = self.registry.client.get_run(run_id).data.metrics.get("epoch")
+                last = self.registry.get_run(run_id).metrics.get("epoch")
                 self._last_epoch[trial_id] = int(last) if last is not None else 0
         except Exception as e:
             logger.warning("could not read the search's MLflow child runs: %s", e)
 
-    def _run_id(self, trial: Any) -> str | None:
+    def _run_id(self, trial: Any) -> str:
         trial_id = trial.trial_id
         if trial_id in self._runs:
             return self._runs[trial_id]
-        client = self.registry.client
         tags = {
             PARENT_TAG: self.parent_run_id,
             SEARCH_TAG: self.search_name,
             TRIAL_TAG: trial_id,
             "rayml.trial_dir": str(getattr(trial, "path", "") or ""),
         }
-        run = client.create_run(self.experiment_id, run_name=f"{self.search_name}-{trial_id}", tags=tags)
-        from mlflow.entities import Param
-
-        params = [Param(p, format_value(v)[:6000]) for p, v in decode(self.cfg, trial.config).items()]
-        params.append(Param("trial_id", trial_id))
-        client.log_batch(run.info.run_id, params=params)
-        self._runs[trial_id] = run.info.run_id
+        run_id = self.registry.create_run(self.cfg.registry.experiment, f"{self.search_name}-{trial_id}", tags=tags)
+        params = {p: format_value(v) for p, v in decode(self.cfg, trial.config).items()}
+        self.registry.log_params(run_id, {**params, "trial_id": trial_id})
+        self._runs[trial_id] = run_id
         self._last_epoch[trial_id] = 0
-        return run.info.run_id
+        return run_id
 
     def _safely(self, what: str, fn: Any, *args: Any) -> None:
         try:
@@ -106,15 +103,13 @@ class MlflowTrialCallback(Callback):
 
     def _start(self, trial: Any) -> None:
         run_id = self._run_id(trial)
-        if run_id and self.registry.client.get_run(run_id).info.status != "RUNNING":
-            self.registry.client.update_run(run_id, status="RUNNING")  # a resumed trial
+        if run_id and self.registry.get_run(run_id).status != "RUNNING":
+            self.registry.set_run_running(run_id)  # a resumed trial
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._safely("log epoch metrics", self._log_result, trial, result)
 
     def _log_result(self, trial: Any, result: dict) -> None:
-        from mlflow.entities import Metric
-
         epoch = result.get("epoch")
         if not isinstance(epoch, (int, float)):
             return
@@ -122,13 +117,9 @@ class MlflowTrialCallback(Callback):
         if epoch <= self._last_epoch.get(trial.trial_id, 0):
             return  # already logged before the driver was interrupted
         run_id = self._run_id(trial)
-        ts = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(v), ts, epoch)
-            for k, v in result.items()
-            if (k.startswith("val_") or k in _LOGGED or k == "epoch") and isinstance(v, (int, float)) and math.isfinite(float(v))
-        ]
-        self.registry.client.log_batch(run_id, metrics=metrics)
+        logged = {k: v for k, v in result.items() if k.startswith("val_") or k in _LOGGED or k == "epoch"}
+        metrics = {k: v for k, v in logged.items() if isinstance(v, (int, float))}
+        self.registry.log_metrics(run_id, metrics, step=epoch)  # NaN / inf are left out
         self._last_epoch[trial.trial_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -143,12 +134,12 @@ class MlflowTrialCallback(Callback):
         epochs_run = int(last.get("epoch", 0) or 0)
         planned = trial_epochs(self.cfg, decode(self.cfg, trial.config))
         status, stopped_by = classify(epochs_run, planned, bool(last.get("early_stopped", 0)), errored)
-        client = self.registry.client
-        client.set_tag(run_id, "rayml.epochs_run", str(epochs_run))
+        tags = {"rayml.epochs_run": str(epochs_run)}
         if stopped_by:
-            client.set_tag(run_id, "rayml.stopped_by", stopped_by)
+            tags["rayml.stopped_by"] = stopped_by
         if errored and getattr(trial, "error_file", None):
-            client.set_tag(run_id, "rayml.error_file", str(trial.error_file))
-        client.set_terminated(run_id, status=status)
+            tags["rayml.error_file"] = str(trial.error_file)
+        self.registry.set_run_tags(run_id, tags)
+        self.registry.end_run(run_id, status)
         if status == KILLED:
             logger.info("trial %s stopped early by ASHA after %d of %d epochs", trial.trial_id, epochs_run, planned)

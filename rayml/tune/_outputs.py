@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,7 @@ def write_outputs(
             _write(fs.join(exp_path, fname), data)
             (Path(tmp) / fname).write_bytes(data)
         try:
-            registry.client.log_artifacts(parent_run_id, tmp)
+            registry.log_artifacts(parent_run_id, tmp)
         except Exception as e:  # the files are next to the experiment either way
             logger.warning("could not log the results to MLflow run %s: %s", parent_run_id, e)
     return fs.join(exp_path, RESULTS_FILE), fs.join(exp_path, CURVES_FILE)
@@ -162,9 +161,7 @@ def register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, gr
 
 
 def log_summary(registry: Registry, result: TuneResult) -> None:
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
+    """The search's totals and its best trial (and registered version) on the parent run."""
     values = {
         f"best_{result.metric}": result.best_metric,
         "num_trials": len(result.trials),
@@ -172,11 +169,8 @@ def log_summary(registry: Registry, result: TuneResult) -> None:
         "total_epochs": result.total_epochs,
         "search_wall_time_s": result.wall_time_s,
     }
-    client = registry.client
-    client.log_batch(
-        result.parent_run_id,
-        metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if v is not None and math.isfinite(float(v))],
-    )
-    client.set_tag(result.parent_run_id, "rayml.best_trial_id", result.best.trial_id)
+    registry.log_metrics(result.parent_run_id, values)  # None (no finite best metric) is left out
+    tags = {"rayml.best_trial_id": result.best.trial_id}
     if result.model_version:
-        client.set_tag(result.parent_run_id, "rayml.model_version", result.model_version.ref)
+        tags["rayml.model_version"] = result.model_version.ref
+    registry.set_run_tags(result.parent_run_id, tags)

@@ -15,21 +15,23 @@ errored ones continue from their latest checkpoint, and the searcher and ASHA co
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayml._private import constants, fs
-from rayml.config import TuneJobConfig, dump_config
+from rayml.config import ConfigLike, Overrides, TuneJobConfig, dump_config, resolve_config
 from rayml.errors import ConfigError, TrainingError
-from rayml.monitor.training import finish_training_run
-from rayml.registry import Registry
-from rayml.train import PreparedData, lineage_tags, prepare_data, storage_path_for
+from rayml.registry import ModelVersionInfo, Registry
+from rayml.train import PreparedData, ResumableRun, config_params, lineage_tags, prepare_data, storage_path_for
 from rayml.tune._mlflow import SEARCH_TAG, MlflowTrialCallback, child_runs
 from rayml.tune._outputs import TuneResult, log_summary, register_best, write_outputs
 from rayml.tune._report import CURVES_FILE, RESULTS_FILE, TrialSummary, rank, summarize
+
+if TYPE_CHECKING:
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import SearchAlgorithm, Searcher
 from rayml.tune._space import identity_changes, param_space, search_identity, search_name_for, trial_config
 from rayml.tune._trainables import TrialSetup, distributed_trial, single_worker_trial
 
@@ -122,6 +124,8 @@ def _build_tuner(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     t = cfg.tune
+    searcher: Searcher | SearchAlgorithm
+    scheduler: TrialScheduler
     if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -166,33 +170,8 @@ def _build_tuner(
 
 
 def _flat_params(cfg: TuneJobConfig) -> dict[str, str]:
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, d: Any) -> None:
-        if isinstance(d, dict) and not (prefix.startswith("tune.space.") and prefix.count(".") >= 3):
-            for k, v in d.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = json.dumps(d) if isinstance(d, (list, dict)) else str(d)
-
-    walk("", cfg.model_dump(mode="json", exclude={"registry": True}))
-    return out
-
-
-def _open_parent_run(registry: Registry, cfg: TuneJobConfig, name: str, prepared: PreparedData, state: dict) -> str:
-    run_id = state.get("parent_run_id")
-    if run_id and registry.run_exists(run_id):
-        registry.client.update_run(run_id, status="RUNNING")
-        return run_id
-    tags = lineage_tags(prepared.fingerprint, "", {SEARCH_TAG: name, "rayml.data_source": prepared.source})
-    run_id = registry.create_run(cfg.registry.experiment, name, tags=tags)
-    registry.client.set_tag(run_id, "rayml.run_id", run_id)
-    from mlflow.entities import Param
-
-    params = [Param(k, v[:6000]) for k, v in _flat_params(cfg).items()]
-    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        registry.client.log_batch(run_id, params=params[i : i + 100])
-    return run_id
+    """The config as MLflow params; a search dimension (``tune.space.<dotted path>``) stays one JSON param."""
+    return config_params(cfg, keep_whole=lambda key: key.startswith("tune.space.") and key.count(".") >= 3)
 
 
 def _check_existing(name: str, root: str, exp_path: str, state: dict | None, resume: bool, identity: dict) -> None:
@@ -226,7 +205,9 @@ def _check_existing(name: str, root: str, exp_path: str, state: dict | None, res
         )
 
 
-def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None = None) -> TuneResult:
+def tune(
+    config: ConfigLike = None, *, overrides: Overrides = None, resume: bool = False, registry: Registry | None = None
+) -> TuneResult:
     """Run (or resume) the hyperparameter search ``cfg`` describes, then export and register its best model.
 
     Every trial runs the same training loop as ``rayml train``; the best trial (by ``tune.metric`` at its best epoch)
@@ -234,7 +215,9 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
     tags plus ``rayml.tune_search_id`` and ``rayml.tune_trial_id``.
 
     Args:
-        cfg: the search config (training config + ``tune`` section).
+        config: the job config: a TuneJobConfig (training config + ``tune`` section), a YAML path or a
+            dict shaped like the YAML (None: defaults).
+        overrides: applied on top, as ``{"tune.num_samples": 4}`` or ``["tune.num_samples=4"]`` (the CLI's ``--set``).
         resume: continue an interrupted search of the same name instead of refusing to reuse its directory.
         registry: MLflow registry to use; None = ``registry.tracking_uri`` from the config.
 
@@ -247,37 +230,68 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
         TrainingError: every trial failed.
 
     Example:
-        >>> cfg = load_config(TuneJobConfig, "jobs/configs/tune.yaml", ["tune.num_samples=4"])
-        >>> result = tune(cfg)
+        >>> result = tune("jobs/configs/tune.yaml", overrides={"tune.num_samples": 4})
         >>> result.best_params, result.best_metric, result.model_version.ref
         ({'train.learning_rate': 0.0042, ...}, 41.7, 'sales-model:3')
     """
-    from ray import tune as ray_tune
-    from ray.tune import Tuner
-
-    from rayml._private.ray_session import ensure_ray
-
+    cfg = resolve_config(TuneJobConfig, config, overrides)
     logger.info("resolved config:\n%s", dump_config(cfg))
     t0 = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.train.seed)
     name = search_name_for(cfg, prepared.fingerprint)
     root = fs.join(storage_path_for(cfg), "tune")
     exp_path = fs.join(root, name)
-    state_path = fs.join(exp_path, STATE_FILE)
-    state = fs.read_json(state_path)
+    # the parent run's id is `parent_run_id` in rayml_tune.json, and every write keeps the trials of the last one
+    run = ResumableRun(
+        "tune",
+        cfg.model.name,
+        name,
+        fs.join(exp_path, STATE_FILE),
+        started=t0,
+        run_id_key="parent_run_id",
+        name_key="name",
+        keep_state=True,
+    )
     identity = search_identity(cfg, prepared.fingerprint)
-    _check_existing(name, root, exp_path, state, resume, identity)
+    _check_existing(name, root, exp_path, run.saved, resume, identity)
     registry = registry or Registry(cfg.registry.tracking_uri)
+    done = run.registered_version(registry) if cfg.registry.register_version else None
+    if done is not None:
+        logger.info("search %s already finished and registered %s; nothing to do", name, done.ref)
+        return _already_done(cfg, done, exp_path, run.state, prepared.fingerprint, run.elapsed())
 
-    if state and state.get("status") == "registered" and cfg.registry.register_version:
-        ref = f"{state['model_name']}:{state['model_version']}"
-        logger.info("search %s already finished and registered %s; nothing to do", name, ref)
-        return _already_done(cfg, registry, name, exp_path, state, prepared.fingerprint, time.perf_counter() - t0)
-
-    parent_run_id = _open_parent_run(registry, cfg, name, prepared, state or {})
+    tags = lineage_tags(prepared.fingerprint, "", {SEARCH_TAG: name, "rayml.data_source": prepared.source})
+    parent_run_id = run.start(
+        registry, cfg.registry.experiment, tags=tags, params=_flat_params(cfg), state={"identity": identity}
+    )
     experiment_id = registry.experiment_id(cfg.registry.experiment)
-    state = {**(state or {}), "status": "running", "name": name, "parent_run_id": parent_run_id, "identity": identity}
-    fs.write_json(state_path, state)
+    callback = MlflowTrialCallback(cfg, registry.tracking_uri, experiment_id, parent_run_id, name)
+    tuner, restoring = _make_tuner(cfg, prepared, name, root, exp_path, resume, callback)
+    try:
+        with _tune_env():
+            grid = tuner.fit()
+    except Exception as e:
+        run.fail(str(e), error=str(e)[:2000])
+        raise TrainingError(
+            f"search {name!r} failed: {e}", hint="fix the cause above, then run the same command with --resume"
+        ) from e
+    return _finish_search(cfg, registry, run, grid, prepared, exp_path, experiment_id, restoring)
+
+
+def _make_tuner(
+    cfg: TuneJobConfig,
+    prepared: PreparedData,
+    name: str,
+    root: str,
+    exp_path: str,
+    resume: bool,
+    callback: MlflowTrialCallback,
+) -> tuple[Any, bool]:
+    """(the Tuner: restored from ``exp_path`` when resuming a search that left one, else new; whether restored)."""
+    from ray import tune as ray_tune
+    from ray.tune import Tuner
+
+    from rayml._private.ray_session import ensure_ray
 
     ensure_ray()
     workers, cpus, gpus = _resources(cfg)
@@ -309,32 +323,30 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
         workers,
         exp_path,
     )
-    if restoring:
-        tuner = Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        callback = MlflowTrialCallback(cfg, registry.tracking_uri, experiment_id, parent_run_id, name)
-        tuner = _build_tuner(cfg, name, root, trainable, callback, max_concurrent)
-    try:
-        with _tune_env():
-            grid = tuner.fit()
-    except Exception as e:
-        registry.client.set_terminated(parent_run_id, status="FAILED")
-        fs.write_json(state_path, {**state, "status": "failed", "error": str(e)[:2000]})
-        finish_training_run(registry.client, registry.tracking_uri, parent_run_id, cfg.model.name, "tune", t0, str(e))
-        raise TrainingError(
-            f"search {name!r} failed: {e}", hint="fix the cause above, then run the same command with --resume"
-        ) from e
+    if restoring:  # the callback comes back from the experiment state, with the child runs it opened
+        return Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True), True
+    return _build_tuner(cfg, name, root, trainable, callback, max_concurrent), False
 
+
+def _finish_search(
+    cfg: TuneJobConfig,
+    registry: Registry,
+    run: ResumableRun,
+    grid: Any,
+    prepared: PreparedData,
+    exp_path: str,
+    experiment_id: str,
+    restoring: bool,
+) -> TuneResult:
+    """Rank the trials, write the results, register the best trial's model and finish the parent run."""
+    name, parent_run_id = run.name, str(run.run_id)
     trials = summarize(grid, cfg, child_runs(registry, experiment_id, parent_run_id))
-    wall = time.perf_counter() - t0
+    wall = run.elapsed()
     results_path, plot_path = write_outputs(registry, cfg, name, exp_path, parent_run_id, trials)
     best = trials[0] if trials else None
     if best is None or best.best_metric is None:
-        registry.client.set_terminated(parent_run_id, status="FAILED")
-        fs.write_json(state_path, {**state, "status": "failed", "trials": [t.to_dict() for t in trials]})
         first = next((t.error for t in trials if t.error), "no trial reported a finite metric")
-        failure = f"no usable trial: {first}"
-        finish_training_run(registry.client, registry.tracking_uri, parent_run_id, cfg.model.name, "tune", t0, failure)
+        run.fail(f"no usable trial: {first}", trials=[t.to_dict() for t in trials])
         raise TrainingError(
             f"search {name!r}: none of its {len(trials)} trial(s) produced a usable {cfg.tune.metric}: {first}",
             hint=f"see the trial errors under {exp_path}; fix the cause and run the same command with --resume",
@@ -357,33 +369,28 @@ def tune(cfg: TuneJobConfig, *, resume: bool = False, registry: Registry | None 
     )
     register_best(registry, cfg, result, grid, prepared)
     log_summary(registry, result)
-    finish_training_run(registry.client, registry.tracking_uri, parent_run_id, cfg.model.name, "tune", t0, None)
-    registry.client.set_terminated(parent_run_id, status="FINISHED")
-    fs.write_json(
-        state_path,
-        {
-            **state,
-            "status": "registered" if result.model_version else "finished",
-            "trials": [t.to_dict() for t in trials],
-            "best_trial_id": best.trial_id,
-            "total_epochs": result.total_epochs,
-            "wall_time_s": wall,
-            "results_path": results_path,
-            "plot_path": plot_path,
-            "model_name": result.model_version.name if result.model_version else None,
-            "model_version": result.model_version.version if result.model_version else None,
-        },
+    run.finish(
+        "registered" if result.model_version else "finished",
+        trials=[t.to_dict() for t in trials],
+        best_trial_id=best.trial_id,
+        total_epochs=result.total_epochs,
+        wall_time_s=wall,
+        results_path=results_path,
+        plot_path=plot_path,
+        model_name=result.model_version.name if result.model_version else None,
+        model_version=result.model_version.version if result.model_version else None,
     )
     return result
 
 
 def _already_done(
-    cfg: TuneJobConfig, registry: Registry, name: str, exp_path: str, state: dict, fingerprint: str, wall: float
+    cfg: TuneJobConfig, info: ModelVersionInfo, exp_path: str, state: dict, fingerprint: str, wall: float
 ) -> TuneResult:
+    """What a search that already registered its model left, as a :class:`TuneResult` (``already_done``)."""
     trials = rank([TrialSummary.from_dict(t) for t in state.get("trials", [])], cfg.resolved_mode)
     best = next(t for t in trials if t.trial_id == state["best_trial_id"])
     return TuneResult(
-        name=name,
+        name=state["name"],
         experiment_path=exp_path,
         parent_run_id=state["parent_run_id"],
         metric=cfg.tune.metric,
@@ -395,7 +402,7 @@ def _already_done(
         plot_path=state.get("plot_path", fs.join(exp_path, CURVES_FILE)),
         total_epochs=int(state.get("total_epochs", sum(t.epochs_run for t in trials))),
         wall_time_s=float(state.get("wall_time_s", wall)),
-        model_version=registry.get_version(state["model_name"], int(state["model_version"])),
+        model_version=info,
         already_done=True,
         data_fingerprint=fingerprint,
     )

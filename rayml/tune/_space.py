@@ -7,11 +7,11 @@ result tables and MLflow params. :func:`decode` turns them back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 from rayml.config import SearchDimension, TrainJobConfig, TuneJobConfig
+from rayml.train import ALL, EXECUTION_FIELDS, RunIdentity, all_but
 
 
 def _is_scalar(value: Any) -> bool:
@@ -22,16 +22,23 @@ def _encoded_paths(cfg: TuneJobConfig) -> set[str]:
     return {p for p, d in cfg.tune.space.items() if d.values and not all(_is_scalar(v) for v in d.values)}
 
 
+def _bounds(dim: SearchDimension) -> tuple[float, float]:
+    """(low, high) of a range dimension: search_space_problems has checked that both are set."""
+    assert dim.low is not None and dim.high is not None, "a range's low and high are checked when the config loads"
+    return dim.low, dim.high
+
+
 def _domain(dim: SearchDimension) -> Any:
     from ray import tune
 
     if dim.type == "uniform":
-        return tune.uniform(dim.low, dim.high)
+        return tune.uniform(*_bounds(dim))
     if dim.type == "loguniform":
-        return tune.loguniform(dim.low, dim.high)
+        return tune.loguniform(*_bounds(dim))
     if dim.type == "randint":
+        low, high = _bounds(dim)
         # rayml's randint includes `high` (as Optuna's suggest_int does); Ray's excludes it
-        return tune.randint(int(dim.low), int(dim.high) + 1)
+        return tune.randint(int(low), int(high) + 1)
     raw = dim.values or []
     values = raw if all(_is_scalar(v) for v in raw) else [json.dumps(v) for v in raw]
     return tune.choice(values) if dim.type == "choice" else tune.grid_search(values)
@@ -76,30 +83,28 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-# how and where trials run, not what they compute (the same set `rayml train` leaves out of its run name)
-_NOT_IDENTITY = {"storage_path", "run_name", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"}
+# What defines a search's results: data, model, training and search settings. Not included: how and where trials
+# run (the set `rayml train` leaves out of its run name), concurrency, and the name, which a resumed search may change.
+SEARCH_IDENTITY = RunIdentity(
+    {
+        "data": ALL,
+        "model": ALL,
+        "train": all_but(*EXECUTION_FIELDS, "run_name"),
+        "tune": all_but("name", "max_concurrent_trials"),
+    }
+)
 
 
 def search_identity(cfg: TuneJobConfig, data_fingerprint: str) -> dict[str, Any]:
-    """What defines a search's results: data, model, training and search settings.
-
-    Not included: where it is stored, retries, concurrency and the name, which a resumed search may change.
-    """
-    return {
-        "data": cfg.data.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude=_NOT_IDENTITY),
-        "tune": cfg.tune.model_dump(mode="json", exclude={"name", "max_concurrent_trials"}),
-        "fingerprint": data_fingerprint,
-    }
+    """The values :data:`SEARCH_IDENTITY` takes of ``cfg`` (stored with the search, to name what changed on resume)."""
+    return SEARCH_IDENTITY.of(cfg, data_fingerprint)
 
 
 def search_name_for(cfg: TuneJobConfig, data_fingerprint: str) -> str:
-    """``tune.name``, or ``<model>-tune-<hash of the search identity>``: the same command finds the same search."""
+    """``tune.name``, or ``<model>-tune-<digest of SEARCH_IDENTITY>``: the same command finds the same search."""
     if cfg.tune.name:
         return cfg.tune.name
-    digest = hashlib.sha256(json.dumps(search_identity(cfg, data_fingerprint), sort_keys=True).encode()).hexdigest()[:10]
-    return f"{cfg.model.name}-tune-{digest}"
+    return f"{cfg.model.name}-tune-{SEARCH_IDENTITY.digest(cfg, data_fingerprint)}"
 
 
 def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

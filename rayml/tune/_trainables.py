@@ -1,7 +1,7 @@
 """What one trial runs: the same training loop as ``rayml train``, in one of two shapes.
 
 - **Single worker** (``workers_per_trial == 1``, the default): a Tune *function trainable* runs
-  :func:`rayml.train._loop.run_loop` in the trial's own process through :class:`TuneSession`. No Ray Train worker
+  :func:`rayml.train.run_loop` in the trial's own process through :class:`TuneSession`. No Ray Train worker
   group is started, so a trial costs one process and starts in about a second; the data comes from the object store
   (``tune.with_parameters`` puts it there once for all trials) and every epoch's checkpoint is a Tune checkpoint, which
   is what ASHA's stop decisions and ``Tuner.restore`` act on.
@@ -27,8 +27,7 @@ from rayml._private import fs
 from rayml.config import TrainJobConfig, TuneJobConfig
 from rayml.models import ModelSpec, build_spec
 from rayml.models.mlp import encode_categorical, encode_numeric, encode_target
-from rayml.train import PreparedData, loop_config
-from rayml.train._loop import LoopSession, run_loop, train_loop_per_worker
+from rayml.train import LoopSession, PreparedData, loop_config, run_loop, train_loop_per_worker
 from rayml.tune._space import decode, trial_config
 
 logger = logging.getLogger("rayml.tune")
@@ -123,8 +122,7 @@ def trainer_run_name(trial_id: str) -> str:
 def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: PreparedData) -> None:
     """Tune function trainable: one trial = a ``TorchTrainer`` with ``setup.workers`` DDP workers."""
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train import DataConfig as RayDataConfig
+    from ray.train import CheckpointConfig, DataConfig as RayDataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -157,7 +155,8 @@ def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: Pr
                 checkpoint_score_attribute=setup.cfg.tune.metric,
                 checkpoint_score_order=setup.cfg.resolved_mode,
             ),
-            callbacks=[TuneReportCallback()],
+            # mypy sees ray.train's Train v1 RunConfig (tune Callbacks); Ray runs Train v2's, which takes UserCallbacks
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
         datasets=to_ray_datasets(prepared, setup.workers),
         dataset_config=RayDataConfig(datasets_to_split=["train"]),

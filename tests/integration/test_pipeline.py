@@ -15,8 +15,17 @@ import pytest
 from rayml.config import PipelineJobConfig, SyntheticConfig, load_config
 from rayml.data import generate_sales
 from rayml.errors import ModelNotFoundError
-from rayml.pipeline import DONE, FAILED, PENDING, STAGE_NAMES, PipelineState, ServeRelease, StageContext, load_run
-from rayml.pipeline import _stages as stages
+from rayml.pipeline import (
+    DONE,
+    FAILED,
+    PENDING,
+    STAGE_NAMES,
+    PipelineState,
+    ServeRelease,
+    StageContext,
+    _stages as stages,
+    load_run,
+)
 from rayml.registry import Registry
 from rayml.train import prepare_data
 from tests.quickmodels import register_quick
