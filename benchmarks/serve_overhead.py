@@ -113,7 +113,7 @@ def main() -> None:
         from rayml.registry import Registry
         from rayml.serve import deploy
         from rayml.serve._model import ModelServer
-        from rayml.serve._testing import instances, register_tiny_model, v2_body
+        from rayml.testing import instances, register_tiny_model, v2_body
 
         registry = Registry(f"sqlite:///{home}/mlflow.db")
         for seed in (0, 1, 2):
@@ -131,7 +131,7 @@ def main() -> None:
                 *light,
             ],
         )
-        deploy(cfg, registry)
+        deploy(cfg, registry=registry)
         v1 = registry.load("sales-model:1")
         model = ModelServer.options(name="plain-model", ray_actor_options={"num_cpus": 0.25}).bind(
             model="sales-model", version=1, tracking_uri=registry.tracking_uri, local_path=str(v1.path)

@@ -1,20 +1,37 @@
-"""Test and demo helpers: register tiny (untrained) ONNX models in seconds, without Ray Train.
+"""Helpers for testing code that uses rayml: tiny registered models, request bodies, serve fault injection.
 
-A model trained by ``rayml train`` takes ~20 s; serving tests only need a real ONNX graph with the real signature,
-so these build the MLP with its preprocessing from a small synthetic frame, export it and register it with the
-same metadata layout as the trainer (``rayml_model.json``).
+Like ``ray.serve.testing``, this module is for tests, benchmarks and examples, never for production code: nothing
+in ``rayml`` imports it (an import-linter contract in ``pyproject.toml`` checks that).
+
+- :func:`register_tiny_model` / :func:`register_tiny_model_set`: a model trained by ``rayml train`` takes ~20 s;
+  serving tests only need a real ONNX graph with the real signature, so these build the MLP with its preprocessing
+  from a small synthetic frame (:func:`sample_frame`), export it and register it as the trainer would.
+- :func:`instances` / :func:`v2_body`: request rows with the tiny models' feature columns, as v1 instances or a v2
+  body.
+- :func:`serve_faults`: make the replicas of chosen versions raise, stall or answer wildly, to test what the
+  router, the shadow path and the rollout controller do about it.
+
+Example:
+    >>> from rayml.serve import deploy
+    >>> from rayml.testing import register_tiny_model, serve_faults
+    >>> register_tiny_model(registry, "sales-model", seed=1)
+    >>> with serve_faults({"sales-model:1": "raise"}):
+    ...     deploy(cfg, registry=registry)   # every prediction of v1 now fails with a 500
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import pandas as pd
 
+from rayml._private import faults as _faults
 from rayml.config import DataConfig, SyntheticConfig
 
 
@@ -26,7 +43,11 @@ def sample_frame(rows_per_segment: int = 50, segments: int = 4, seed: int = 0) -
 
 
 def register_tiny_model(
-    registry: Any, name: str = "sales-model", seed: int = 0, output_scale: float = 1.0, task: str = "regression"
+    registry: Any,
+    name: str = "sales-model",
+    seed: int = 0,
+    output_scale: float = 1.0,
+    task: Literal["regression", "binary"] = "regression",
 ) -> Any:
     """Register an untrained MLP as a new version of ``name``; returns its ModelVersionInfo.
 
@@ -38,10 +59,10 @@ def register_tiny_model(
         task: regression or binary.
     """
     import torch
+    from torch import nn
 
     from rayml.data import infer_schema, reference_stats
-    from rayml.models import build_model, build_spec, export_onnx
-    from rayml.models.predictor import OnnxPredictor
+    from rayml.models import ModelDir, OnnxPredictor, build_model, build_spec, export_onnx
 
     df = sample_frame()
     target = "sales" if task == "regression" else "high_sales"
@@ -50,32 +71,26 @@ def register_tiny_model(
     spec = build_spec(df, schema, [8], 0.0, 2)
     model = build_model(spec, seed=seed)
     if output_scale != 1.0:
-        last = model.mlp[-1]
+        last = cast(nn.Linear, model.mlp[-1])  # the output layer
         with torch.no_grad():
             last.weight.mul_(output_scale)
             last.bias.mul_(output_scale)
             if task == "regression":  # move the mean too, so outputs are wild, not just spread out
                 model.target_mean *= output_scale
     onnx_bytes = export_onnx(model)
-    predictor = OnnxPredictor(onnx_bytes)
-    out = Path(tempfile.mkdtemp(prefix="rayml-tiny-model-"))
-    (out / "model.onnx").write_bytes(onnx_bytes)
     meta = {
-        "format_version": 1,
-        "kind": "model",
         "task": task,
         "target": target,
         "schema": schema.to_dict(),
         "spec": spec.to_dict(),
-        "inputs": [vars(i) for i in predictor.inputs],
-        "outputs": [vars(o) for o in predictor.outputs],
         "data_fingerprint": f"tiny-{seed}",
         "name": name,
     }
-    (out / "rayml_model.json").write_text(json.dumps(meta, indent=2))
     # reference bins of the frame it was built from, as training saves them (online drift counts against these)
-    ref = reference_stats(df, schema, predictions=predictor.predict(df))
-    (out / "reference_stats.json").write_text(json.dumps(ref))
+    ref = reference_stats(df, schema, predictions=OnnxPredictor(onnx_bytes).predict(df))
+    out = ModelDir.write_model(
+        tempfile.mkdtemp(prefix="rayml-tiny-model-"), onnx_bytes=onnx_bytes, meta=meta, reference_stats=ref
+    ).path
     run_id = registry.create_run("serve-tests", f"tiny-{name}-{seed}", tags={"rayml.data_fingerprint": f"tiny-{seed}"})
     tags = {"rayml.data_fingerprint": f"tiny-{seed}", "rayml.run_id": run_id, "rayml.git_commit": "test"}
     try:
@@ -87,7 +102,8 @@ def register_tiny_model(
 def instances(n: int, seed: int = 1, drop: tuple[str, ...] = ("sales", "high_sales", "date", "store_id")) -> list[dict[str, Any]]:
     """``n`` request rows (v1 instances) with the feature columns of the tiny models."""
     df = sample_frame(rows_per_segment=max(1, n // 4 + 1), seed=seed).head(n).drop(columns=list(drop))
-    return json.loads(df.to_json(orient="records"))
+    rows: list[dict[str, Any]] = json.loads(df.to_json(orient="records"))
+    return rows
 
 
 def v2_body(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -106,8 +122,7 @@ def register_tiny_model_set(
 ) -> Any:
     """Register a model set (one untrained model per segment, plus a fallback) as a new version of ``name``."""
     from rayml.data import infer_schema
-    from rayml.models import build_model, build_spec, export_onnx
-    from rayml.registry import ModelSetWriter
+    from rayml.models import ModelSetWriter, build_model, build_spec, export_onnx
 
     df = sample_frame()
     schema = infer_schema(df, DataConfig(segment=["store_id"]))
@@ -129,3 +144,30 @@ def register_tiny_model_set(
         shutil.rmtree(out, ignore_errors=True)
     registry.set_model_tag(name, "rayml.kind", "model_set")
     return info
+
+
+@contextlib.contextmanager
+def serve_faults(faults: dict[str, str]) -> Iterator[None]:
+    """Inject faults into the model replicas of the versions that are deployed inside the block.
+
+    A fault is one of ``raise`` (every prediction raises: a 500, or a shadow error), ``sleep:S`` (sleep S seconds
+    before each prediction) or ``scale:K`` (outputs times K: "wild outputs"). ``deploy``, ``start_rollout``,
+    ``override`` and ``rollback_to_previous`` called inside the block give each listed version's replicas its fault;
+    a rollout started inside the block keeps them for its whole run (its controller redeploys with them). A version
+    deployed again outside the block restarts without its fault. Blocks nest; the inner one wins per version.
+
+    Args:
+        faults: ``{"NAME:VERSION": fault}``.
+
+    Raises:
+        ConfigError: a key is not ``NAME:VERSION`` or a fault is none of the above (nothing is changed).
+
+    Example:
+        >>> with serve_faults({"sales-model:3": "sleep:0.2"}):
+        ...     deploy(cfg, registry=registry)   # v3 (a shadow, say) answers 200 ms late; does the primary p50 move?
+    """
+    previous = _faults.set_serve_faults({**_faults.serve_faults(), **faults})
+    try:
+        yield
+    finally:
+        _faults.set_serve_faults(previous)

@@ -50,7 +50,7 @@ def example_serve_config(tracking_uri: str = CLUSTER_TRACKING_URI, overrides: li
     from unittest import mock
 
     from rayml.registry import Registry
-    from rayml.serve._testing import register_tiny_model
+    from rayml.testing import register_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="rayml-render-") as tmp, mock.patch.dict(os.environ, {"RAYML_SERVE_API_KEYS": ""}):
         registry = Registry(f"sqlite:///{tmp}/mlflow.db")

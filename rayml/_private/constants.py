@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import overload
 
 from rayml.errors import ConfigError
 
 ENV_PREFIX = "RAYML_"
 
 
+@overload
+def env_str(name: str, default: str) -> str: ...
+@overload
+def env_str(name: str, default: str | None = None) -> str | None: ...
 def env_str(name: str, default: str | None = None) -> str | None:
     """The value of ``name`` if it is set (even to an empty string), else ``default``."""
     value = os.environ.get(name)

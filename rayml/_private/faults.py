@@ -1,9 +1,16 @@
-"""Test-only fault injection, driven by ``RAYML_FAULT_INJECT`` on the driver.
+"""Test-only fault injection: training and batch through ``RAYML_FAULT_INJECT``, serving through a process hook.
 
-Grammar: comma-separated ``kind@key=value`` items, e.g. ``kill_worker@epoch=3`` (SIGKILL the rank-0 worker half-way
-through epoch 3), ``raise@epoch=3`` (raise in the train loop), ``sleep@seconds=0.5`` (sleep after every epoch, to
-give a test time to kill the driver between checkpoints). A kill/raise fires once per driver invocation: a marker
-file makes the restarted worker group run clean, as a real transient failure would.
+Training and batch (``RAYML_FAULT_INJECT`` on the driver). Grammar: comma-separated ``kind@key=value`` items, e.g.
+``kill_worker@epoch=3`` (SIGKILL the rank-0 worker half-way through epoch 3), ``raise@epoch=3`` (raise in the train
+loop), ``sleep@seconds=0.5`` (sleep after every epoch, to give a test time to kill the driver between checkpoints).
+A kill/raise fires once per driver invocation: a marker file makes the restarted worker group run clean, as a real
+transient failure would.
+
+Serving (``rayml.testing.serve_faults``, the documented entry point): per ``"name:version"``, ``raise`` (every
+prediction raises), ``sleep:S`` (sleep S seconds before predicting) or ``scale:K`` (outputs times K). They live in
+the process that deploys; the deploying code hands each version's fault to its replicas as a private ``_fault`` init
+argument, and to the rollout controller actor (the other process that redeploys the application), so a redeploy
+from there keeps them. Nothing in a config or a public signature reaches them.
 """
 
 from __future__ import annotations
@@ -66,3 +73,45 @@ def end_of_epoch(faults: list[Fault]) -> None:
     for f in faults:
         if f.kind == "sleep":
             time.sleep(f.seconds)
+
+
+# --- serving -------------------------------------------------------------------------------------------------------
+_SERVE_KINDS = ("raise", "sleep", "scale")
+_SERVE_HINT = 'faults are {"NAME:VERSION": "raise" | "sleep:SECONDS" | "scale:FACTOR"}'
+_serve_faults: dict[str, str] = {}
+
+
+def parse_serve_fault(fault: str | None) -> tuple[str, float]:
+    """``raise`` | ``sleep:S`` | ``scale:K`` -> (kind, value); ('', 0) for none."""
+    if not fault:
+        return "", 0.0
+    kind, _, value = fault.partition(":")
+    try:
+        number = float(value or 0.0)
+    except ValueError:
+        number = None
+    if kind not in _SERVE_KINDS or number is None:
+        raise ConfigError(f"unknown serve fault {fault!r}", hint=_SERVE_HINT)
+    return kind, number
+
+
+def set_serve_faults(faults: dict[str, str]) -> dict[str, str]:
+    """Replace this process's serve faults (all checked first); returns the previous ones."""
+    global _serve_faults
+    for key, fault in faults.items():
+        name, _, version = key.rpartition(":")
+        if not name or not version.isdigit():
+            raise ConfigError(f"serve fault key {key!r} is not NAME:VERSION", hint=_SERVE_HINT)
+        parse_serve_fault(fault)
+    previous, _serve_faults = _serve_faults, dict(faults)
+    return previous
+
+
+def serve_faults() -> dict[str, str]:
+    """This process's serve faults (a copy)."""
+    return dict(_serve_faults)
+
+
+def serve_fault(model: str, version: int) -> str | None:
+    """The fault the replicas of ``model:version`` get, if any."""
+    return _serve_faults.get(f"{model}:{version}")

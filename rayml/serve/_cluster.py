@@ -26,7 +26,7 @@ import ray
 
 from rayml._private import constants
 from rayml._private.net import free_port
-from rayml.errors import RaymlError, UserError
+from rayml.errors import RaymlError, ServeNotRunningError
 
 logger = logging.getLogger("rayml.serve")
 
@@ -34,10 +34,6 @@ ADDRESS_FILE = "ray_current_cluster"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 STARTED_MARKER = "rayml_started_head"
 SD_FILE = "prom_metrics_service_discovery.json"  # the name Ray gives its own service-discovery file
-
-
-class ServeNotRunningError(UserError):
-    """No Ray with a rayml application could be found."""
 
 
 def _address_file() -> Path:
@@ -60,8 +56,20 @@ def _local_address() -> str | None:
 def connect(start_local: bool = False, metrics_export_port: int | None = None) -> str:
     """Connect this process to the Ray that serves rayml applications; returns a description of it.
 
+    Every serve function that acts on a running application calls it first; call it yourself to join that Ray
+    before other Ray work (one Ray per process). It does nothing when this process already uses a Ray.
+
+    Args:
+        start_local: start a local Ray for serving when there is none (what `rayml serve up` does).
+        metrics_export_port: the metrics export port of that local Ray (``serve.metrics_export_port``).
+
     Raises:
         ServeNotRunningError: nothing to connect to and ``start_local`` is False.
+
+    Example:
+        >>> from rayml.serve import connect
+        >>> connect()
+        'local Ray at 127.0.0.1:61234 (temp dir /tmp/rayml-serve-3f2a9c1b07)'
     """
     if ray.is_initialized():
         return "the Ray this process already uses"

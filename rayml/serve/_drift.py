@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ Row = tuple[int, str, dict[str, Any]]  # (window index, reference key, DriftCoun
 
 def has_bins(reference: Mapping[str, Any] | None) -> bool:
     """Whether a reference has bins to count against (tiny test models and old versions may have none)."""
-    return bool(reference) and bool(reference.get("features"))
+    return bool(reference and reference.get("features"))
 
 
 def compact_reference(reference: Mapping[str, Any]) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def gauge_values(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def concat_columns(feeds: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def concat_columns(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """One array per column for a batch of request feeds (the shape counting wants)."""
     if len(feeds) == 1:
         return {n: np.asarray(a).reshape(-1) for n, a in feeds[0].items()}

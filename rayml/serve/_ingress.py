@@ -247,10 +247,10 @@ class Ingress:
         if state is None:
             return json_response(503, {"ready": False, "error": "the ingress has no routing table yet"})
         waiting = {
-            f"{m.spec.name}:{v}": state.ready.get(m.spec.version(v).deployment, "not checked yet")
+            f"{m.spec.name}:{v}": state.ready.get(m.spec.deployment_of(v), "not checked yet")
             for m in state.models.values()
             for v in m.route.primary_versions
-            if state.ready.get(m.spec.version(v).deployment, "not checked yet") is not None
+            if state.ready.get(m.spec.deployment_of(v), "not checked yet") is not None
         }
         if waiting:
             return json_response(503, {"ready": False, "not_ready": waiting})
@@ -281,9 +281,9 @@ class Ingress:
     async def model_ready(self, model: str, request: Request) -> Response:
         state, m = self._model(request, model)
         waiting = {
-            str(v): state.ready.get(m.spec.version(v).deployment, "not checked yet")
+            str(v): state.ready.get(m.spec.deployment_of(v), "not checked yet")
             for v in m.route.primary_versions
-            if state.ready.get(m.spec.version(v).deployment, "not checked yet") is not None
+            if state.ready.get(m.spec.deployment_of(v), "not checked yet") is not None
         }
         return json_response(
             503 if waiting else 200, {"name": model, "ready": not waiting, **({"not_ready": waiting} if waiting else {})}
@@ -293,7 +293,7 @@ class Ingress:
     async def version_ready(self, model: str, version: str, request: Request) -> Response:
         state, m = self._model(request, model)
         v = _pinned(m, version)
-        why = state.ready.get(m.spec.version(v).deployment, "not checked yet")
+        why = state.ready.get(m.spec.deployment_of(v), "not checked yet")
         return json_response(200 if why is None else 503, {"name": model, "version": str(v), "ready": why is None}, v)
 
     # --- inference ----------------------------------------------------------------------------------------------
@@ -364,6 +364,7 @@ class Ingress:
         if shadow is not None:
             # fire-and-forget, after the primary answer exists: its latency and failures never reach this caller
             primary = result["outputs"][0]
+            assert self._shadow is not None, "reconfigure() sets it with the routing table"
             self._shadow.submit((model, shadow), lambda: self._mirror(state, m, shadow, parsed, segment, primary))
         return self._finish(model, version, route, 200, t0, response)
 
@@ -406,7 +407,7 @@ class Ingress:
         return result, sig, feed
 
     async def _signature(self, state: _State, m: _Model, version: int) -> _Signature:
-        deployment = m.spec.version(version).deployment
+        deployment = m.spec.deployment_of(version)
         sig = self._signatures.get(deployment)
         if sig is None:
             why = await self._probe(state, deployment, state.spec.request_timeout_s)

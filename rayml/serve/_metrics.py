@@ -7,7 +7,7 @@ created lazily inside replicas (they need a running Ray).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 # Fewer, coarser buckets than the stats histogram: every bucket is a Prometheus time series per label set.
 LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
@@ -16,6 +16,11 @@ LOAD_BOUNDARIES_S = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 # Ray drops a gauge from its Prometheus export once it has not been set for two metrics report intervals (at least
 # 1 s each; seen on `ray start` clusters): gauges that must stay visible between changes are set again at this period.
 GAUGE_REFRESH_S = 1.0
+
+
+def _tag_keys(*keys: str) -> tuple[str]:
+    """``keys`` as ray.serve.metrics annotates its ``tag_keys`` (``Tuple[str]``: one key), though it takes any number."""
+    return cast("tuple[str]", keys)
 
 
 class IngressMetrics:
@@ -27,39 +32,39 @@ class IngressMetrics:
         self.requests = metrics.Counter(
             "rayml_requests_total",
             description="Requests answered, by model, version, route (primary|shadow|pinned) and HTTP status code.",
-            tag_keys=("model", "version", "route", "code"),
+            tag_keys=_tag_keys("model", "version", "route", "code"),
         )
         self.latency = metrics.Histogram(
             "rayml_request_latency_seconds",
             description="Request latency in the ingress, in seconds (shadow calls: their own latency).",
             boundaries=LATENCY_BOUNDARIES_S,
-            tag_keys=("model", "version", "route"),
+            tag_keys=_tag_keys("model", "version", "route"),
         )
         self.weight = metrics.Gauge(
             "rayml_traffic_weight",
             description="Current share of a model's traffic routed to a version (0..1).",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.shadow_percent = metrics.Gauge(
             "rayml_shadow_percent",
             description="Percent of a model's requests mirrored to its shadow version.",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.shadow_dropped = metrics.Counter(
             "rayml_shadow_dropped_total",
             description="Shadow calls dropped because the in-flight shadow queue was full.",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.shadow_errors = metrics.Counter(
             "rayml_shadow_errors_total",
             description="Shadow calls that failed or timed out (never returned to callers).",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.disagreement = metrics.Histogram(
             "rayml_shadow_disagreement",
             description="Per row |shadow - primary| (regression, target units) or class mismatch 0/1 (binary).",
             boundaries=DISAGREEMENT_BOUNDARIES,
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
 
     def request(self, model: str, version: Any, route: str, code: int, latency_s: float | None) -> None:
@@ -79,23 +84,23 @@ class ModelMetrics:
             "rayml_model_load_seconds",
             description="Time to load a model (download + ONNX Runtime session) in a replica, in seconds.",
             boundaries=LOAD_BOUNDARIES_S,
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.batch_rows = metrics.Histogram(
             "rayml_batch_rows",
             description="Rows per ONNX Runtime call after dynamic batching.",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096],
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.model_errors = metrics.Counter(
             "rayml_model_errors_total",
             description="Exceptions raised by model code (answered 500).",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.drift_errors = metrics.Counter(
             "rayml_drift_errors_total",
             description="Batches not counted for online drift (counting failed, or its queue was full); answered anyway.",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
 
 
@@ -110,33 +115,33 @@ class DriftMetrics:
             "rayml_feature_drift",
             description="Drift of a served feature against its training reference bins in the drift window: "
             "metric psi|js (numeric), linf|js (categorical).",
-            tag_keys=("model", "version", "feature", "metric"),
+            tag_keys=_tag_keys("model", "version", "feature", "metric"),
         )
         self.feature_status = metrics.Gauge(
             "rayml_feature_drift_status",
             description="Drift status of a served feature: -1 insufficient data, 0 ok, 1 warn, 2 alert (serve.drift thresholds).",
-            tag_keys=("model", "version", "feature"),
+            tag_keys=_tag_keys("model", "version", "feature"),
         )
         self.prediction = metrics.Gauge(
             "rayml_prediction_drift",
             description="Drift of a version's predictions against its reference prediction bins: metric psi|js.",
-            tag_keys=("model", "version", "metric"),
+            tag_keys=_tag_keys("model", "version", "metric"),
         )
         self.prediction_status = metrics.Gauge(
             "rayml_prediction_drift_status",
             description="Prediction drift status: -1 insufficient data, 0 ok, 1 warn, 2 alert.",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.window_rows = metrics.Gauge(
             "rayml_drift_window_rows",
             description="Rows counted (all replicas) in the drift window the drift gauges show.",
-            tag_keys=("model", "version"),
+            tag_keys=_tag_keys("model", "version"),
         )
         self.quality = metrics.Counter(
             "rayml_data_quality_total",
             description="Served values with a data-quality problem: missing (null/NaN), wrong_type, out_of_range "
             "(outside the training min/max), unseen (a category never seen in training); feature __prediction__ for outputs.",
-            tag_keys=("model", "version", "feature", "problem"),
+            tag_keys=_tag_keys("model", "version", "feature", "problem"),
         )
 
     def publish(self, model: str, version: int, values: dict[str, Any]) -> None:

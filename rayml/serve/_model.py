@@ -11,65 +11,46 @@ on a one-thread executor (never awaited by the request; a failure is logged and 
 ``rayml_drift_errors_total``), and the counts are pushed to the stats deployment every flush interval
 (see :mod:`rayml.serve._drift`).
 
-Test-only fault hook (``VersionSpec.fault``, set from Python by tests, never from config): ``raise`` makes every
-prediction raise, ``sleep:S`` sleeps S seconds before predicting, ``scale:K`` multiplies outputs by K ("wild outputs").
+Test-only fault hook (``rayml.testing.serve_faults``, which reaches a replica as its private ``_fault`` init
+argument; never from config): ``raise`` makes every prediction raise, ``sleep:S`` sleeps S seconds before
+predicting, ``scale:K`` multiplies outputs by K ("wild outputs").
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
 
+from rayml._private.faults import parse_serve_fault
+from rayml.models import KIND_MODEL, ModelDir
+
 logger = logging.getLogger("rayml.serve")
 
-META_FILE = "rayml_model.json"
-MODEL_FILE = "model.onnx"
-REF_STATS_FILE = "reference_stats.json"
 DRIFT_MAX_QUEUED = 64  # batches waiting to be counted per replica; beyond, a batch is skipped (and counted as skipped)
 
 
-def read_reference(path: Path) -> dict[str, Any]:
-    """The reference statistics saved with a model dir ({} when it has none)."""
-    f = path / REF_STATS_FILE
-    return json.loads(f.read_text()) if f.is_file() else {}
+def load_model_dir(model: str, version: int, tracking_uri: str, local_path: str | None) -> ModelDir:
+    """The version's model directory, checked: the local copy when it is complete, else a registry download."""
+    if local_path and ModelDir.is_complete(local_path):
+        return ModelDir.read(local_path, ref=f"{model}:{version}")
+    from rayml.registry import Registry  # imports MLflow: only paid when the model is not on this machine yet
+
+    return Registry(tracking_uri).load(f"{model}:{version}").model_dir
 
 
-def parse_fault(fault: str | None) -> tuple[str, float]:
-    """``raise`` | ``sleep:S`` | ``scale:K`` -> (kind, value); ('', 0) for none."""
-    if not fault:
-        return "", 0.0
-    kind, _, value = fault.partition(":")
-    if kind not in ("raise", "sleep", "scale"):
-        raise ValueError(f"unknown fault {fault!r}; use raise, sleep:S or scale:K")
-    return kind, float(value or 0.0)
-
-
-def load_model_dir(model: str, version: int, tracking_uri: str, local_path: str | None) -> tuple[Path, dict[str, Any]]:
-    """The model directory and its metadata: the local copy when it is complete, else a registry download."""
-    if local_path and (Path(local_path) / META_FILE).is_file() and (Path(local_path) / MODEL_FILE).is_file():
-        path = Path(local_path)
-    else:
-        from rayml.registry import Registry  # imports MLflow: only paid when the model is not on this machine yet
-
-        path = Registry(tracking_uri).load(f"{model}:{version}").path
-    return path, json.loads((path / META_FILE).read_text())
-
-
-def lineage(model: str, version: int, meta: dict[str, Any]) -> dict[str, Any]:
-    tags = meta.get("lineage") or {}
+def lineage(model: str, version: int, model_dir: ModelDir) -> dict[str, Any]:
+    tags = model_dir.lineage
     return {
         "model": model,
         "version": version,
         "run_id": tags.get("rayml.run_id"),
-        "data_fingerprint": meta.get("data_fingerprint") or tags.get("rayml.data_fingerprint"),
+        "data_fingerprint": model_dir.data_fingerprint,
         "git_commit": tags.get("rayml.git_commit"),
     }
 
@@ -91,21 +72,43 @@ class _BatchedPredict:
     _fault: tuple[str, float]
     _tags: dict[str, str]
 
-    def _init_batching(
-        self, max_batch_size: int, batch_wait_timeout_s: float, drift_window_s: float, drift_flush_interval_s: float
+    def _open(self, model: str, version: int, tracking_uri: str, local_path: str | None, fault: str | None) -> float:
+        """First half of a replica's start (both kinds): who it is, its test fault, its model directory.
+
+        Returns:
+            When loading started (``_ready`` reports the load time from it).
+        """
+        t0 = time.perf_counter()
+        self.model, self.version = model, int(version)
+        self._fault = parse_serve_fault(fault)
+        self.model_dir = load_model_dir(model, self.version, tracking_uri, local_path)
+        return t0
+
+    def _ready(
+        self,
+        t0: float,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        drift_window_s: float,
+        drift_flush_interval_s: float,
     ) -> None:
+        """Second half, once the kind's predictors are loaded: metrics, batching and drift counting."""
         from rayml.serve._drift import DriftRecorder
         from rayml.serve._metrics import ModelMetrics
 
+        self.load_time_s = time.perf_counter() - t0
+        self._tags = {"model": self.model, "version": str(self.version)}
         self._metrics = ModelMetrics()
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # serve.batch's wrapper has these setters; its annotation (a plain callable) does not say so
+        self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._drift = DriftRecorder(drift_window_s)
         self._drift_flush_s = drift_flush_interval_s
         self._drift_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayml-drift")
         self._drift_queued = 0
         self._drift_task: asyncio.Task | None = None
         self._drift_last_log = 0.0
+        self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
 
     async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
@@ -241,9 +244,9 @@ class ModelServer(_BatchedPredict):
         intra_op_threads: ONNX Runtime threads per call.
         max_batch_size: most requests per ONNX Runtime call.
         batch_wait_timeout_s: longest wait for a batch to fill.
-        fault: test-only fault hook (see the module docstring).
         drift_window_s: online drift window (see :mod:`rayml.serve._drift`).
         drift_flush_interval_s: how often drift counts go to the stats deployment.
+        _fault: set only by the test hook (see the module docstring); never pass it.
     """
 
     def __init__(
@@ -255,25 +258,17 @@ class ModelServer(_BatchedPredict):
         intra_op_threads: int = 1,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.002,
-        fault: str | None = None,
         drift_window_s: float = 300.0,
         drift_flush_interval_s: float = 1.0,
+        _fault: str | None = None,
     ) -> None:
-        from rayml.models.predictor import OnnxPredictor
-
-        t0 = time.perf_counter()
-        self.model, self.version = model, int(version)
-        self._fault = parse_fault(fault)
-        path, self.meta = load_model_dir(model, self.version, tracking_uri, local_path)
-        if self.meta.get("kind", "model") != "model":
-            raise ValueError(f"{model}:{version} is a {self.meta.get('kind')!r}, not a single model; serve it as a model set")
-        self.predictor = OnnxPredictor(path / MODEL_FILE, intra_op_threads=intra_op_threads)
-        self.load_time_s = time.perf_counter() - t0
-        self._tags = {"model": model, "version": str(self.version)}
-        self._reference = read_reference(path)
-        self._init_batching(max_batch_size, batch_wait_timeout_s, drift_window_s, drift_flush_interval_s)
-        self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
-        logger.info("loaded %s:%s in %.2fs from %s", model, version, self.load_time_s, path)
+        t0 = self._open(model, version, tracking_uri, local_path, _fault)
+        if self.model_dir.kind != KIND_MODEL:
+            raise ValueError(f"{model}:{version} is a {self.model_dir.kind!r}, not a single model; serve it as a model set")
+        self.predictor = self.model_dir.predictor(intra_op_threads=intra_op_threads)
+        self._reference = self.model_dir.reference_stats()
+        self._ready(t0, max_batch_size, batch_wait_timeout_s, drift_window_s, drift_flush_interval_s)
+        logger.info("loaded %s:%s in %.2fs from %s", model, version, self.load_time_s, self.model_dir.path)
 
     async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
         return self.predictor, {}
@@ -288,10 +283,10 @@ class ModelServer(_BatchedPredict):
         return {
             "name": self.model,
             "version": self.version,
-            "kind": "model",
-            "task": self.meta.get("task", "regression"),
+            "kind": KIND_MODEL,
+            "task": self.model_dir.task,
             "inputs": [vars(t) for t in self.predictor.inputs],
             "outputs": [vars(t) for t in self.predictor.outputs],
-            "lineage": lineage(self.model, self.version, self.meta),
+            "lineage": lineage(self.model, self.version, self.model_dir),
             "load_time_s": self.load_time_s,
         }

@@ -9,12 +9,12 @@ set's global fallback model when it has one; otherwise the request is a 404 that
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from ray import serve
 
-from rayml.serve._model import MODEL_FILE, _BatchedPredict, lineage, load_model_dir, parse_fault, read_reference
+from rayml.models import KIND_MODEL_SET
+from rayml.serve._model import _BatchedPredict, lineage
 
 logger = logging.getLogger("rayml.serve")
 
@@ -31,10 +31,10 @@ class ModelSetServer(_BatchedPredict):
         intra_op_threads: ONNX Runtime threads per call.
         max_batch_size: most requests of one segment per ONNX Runtime call.
         batch_wait_timeout_s: longest wait for a batch to fill.
-        fault: test-only fault hook (see :mod:`rayml.serve._model`).
         max_models_per_replica: segment models kept loaded per replica (LRU beyond).
         drift_window_s: online drift window (see :mod:`rayml.serve._drift`).
         drift_flush_interval_s: how often drift counts go to the stats deployment.
+        _fault: set only by the test hook (see :mod:`rayml.serve._model`); never pass it.
     """
 
     def __init__(
@@ -46,29 +46,17 @@ class ModelSetServer(_BatchedPredict):
         intra_op_threads: int = 1,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.002,
-        fault: str | None = None,
         max_models_per_replica: int = 8,
         drift_window_s: float = 300.0,
         drift_flush_interval_s: float = 1.0,
+        _fault: str | None = None,
     ) -> None:
-        from rayml.registry import ModelSet
-
-        t0 = time.perf_counter()
-        self.model, self.version = model, int(version)
-        self._fault = parse_fault(fault)
-        path, self.meta = load_model_dir(model, self.version, tracking_uri, local_path)
+        t0 = self._open(model, version, tracking_uri, local_path, _fault)
         # ModelSet's own session cache gets the same bound, so the two LRUs never hold different sets for long
-        self.model_set = ModelSet(path, self.meta, max_cached=max_models_per_replica)
+        self.model_set = self.model_dir.model_set(max_cached=max_models_per_replica)
         self._intra_op_threads = intra_op_threads
-        if not (path / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"{path} has no {MODEL_FILE}")
-        self.load_time_s = time.perf_counter() - t0
-        self._tags = {"model": model, "version": str(self.version)}
-        stats = read_reference(path)
-        self._global_reference = stats.get("global", stats)
-        self._segment_references = stats.get("segments") or {}
-        self._init_batching(max_batch_size, batch_wait_timeout_s, drift_window_s, drift_flush_interval_s)
-        self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
+        self._global_reference = self.model_dir.reference_stats()
+        self._ready(t0, max_batch_size, batch_wait_timeout_s, drift_window_s, drift_flush_interval_s)
         # The LRU bound comes from config, so the multiplexed loader is wrapped per instance (Serve detects it at
         # runtime). A plain function, not the bound method: Serve stores its LRU as an attribute of what it wraps.
 
@@ -95,7 +83,7 @@ class ModelSetServer(_BatchedPredict):
         """A segment's own reference bins when the set has them, else the set's global ones."""
         from rayml.serve._drift import GLOBAL, has_bins
 
-        own = self._segment_references.get(key)
+        own = self.model_dir.reference_stats(key, own_only=True)
         if has_bins(own):
             return key, own
         return (GLOBAL, self._global_reference) if has_bins(self._global_reference) else None
@@ -105,12 +93,12 @@ class ModelSetServer(_BatchedPredict):
         return {
             "name": self.model,
             "version": self.version,
-            "kind": "model_set",
-            "task": self.meta.get("task", "regression"),
-            "inputs": self.meta["inputs"],
-            "outputs": self.meta["outputs"],
+            "kind": KIND_MODEL_SET,
+            "task": self.model_dir.task,
+            "inputs": [vars(t) for t in self.model_dir.inputs],
+            "outputs": [vars(t) for t in self.model_dir.outputs],
             "segment_columns": self.model_set.segment_columns,
             "segments": len(self.model_set.segments),
-            "lineage": lineage(self.model, self.version, self.meta),
+            "lineage": lineage(self.model, self.version, self.model_dir),
             "load_time_s": self.load_time_s,
         }

@@ -5,6 +5,10 @@ that started it closes; the actor lives in the Serve cluster next to the applica
 if its process dies (``max_restarts=-1``) and it resumes from its persisted state, and every CLI command (status,
 approve, promote, rollback) finds it by name. `rayml rollout start` follows its progress by default; ``--detach``
 returns at once. The decision logic itself is plain Python (:mod:`rayml.serve._rollout`).
+
+The public commands (:func:`start_rollout`, :func:`rollout_status`, :func:`approve`, :func:`override`,
+:func:`rollback_to_previous`, :func:`traffic_stats`) take the serve job config whose ``serve.app_name`` names the
+application, and connect to the serving Ray themselves.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ import getpass
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from rayml._private import constants
+from rayml._private import constants, faults
 from rayml.config import ServeJobConfig
 from rayml.errors import UserError
-from rayml.serve._deploy import apply_spec, current_spec
+from rayml.serve._apply import apply_spec, current_spec
+from rayml.serve._cluster import connect
 from rayml.serve._rollout import RolloutController, RolloutState, StateStore
 from rayml.serve._spec import STATS, AppSpec, ShadowSpec, VersionSpec, deployment_name
 from rayml.serve._stats import VersionStats, by_version
@@ -40,7 +46,7 @@ def actor_name(app_name: str, model: str) -> str:
 
 
 class ServeTraffic:
-    """Applies a model's weights and shadow to the running application (staged, see :mod:`rayml.serve._deploy`)."""
+    """Applies a model's weights and shadow to the running application (staged, see :mod:`rayml.serve._apply`)."""
 
     def __init__(self, app_name: str, timeout_s: float) -> None:
         self.app_name, self.timeout_s = app_name, timeout_s
@@ -76,14 +82,16 @@ class ServeStats:
         return by_version(handle.window.remote(model, since, until).result(timeout_s=30))
 
 
-def traffic_stats(app_name: str, model: str, since: float, until: float | None = None) -> dict[tuple[int, str], VersionStats]:
+def traffic_stats(
+    cfg: ServeJobConfig, model: str, since: float, until: float | None = None
+) -> dict[tuple[int, str], VersionStats]:
     """Per-version traffic of a served model over a time window, summed over every ingress replica.
 
     Ingress replicas flush their counts every ``serve.stats_flush_interval_s`` (1 s by default): wait that long after
     the last request before reading it.
 
     Args:
-        app_name: the Serve application (``serve.app_name``).
+        cfg: the serve job config (``serve.app_name`` names the application).
         model: the served model's name.
         since: start of the window (wall-clock seconds, ``time.time()``).
         until: end of the window; None = now.
@@ -92,13 +100,19 @@ def traffic_stats(app_name: str, model: str, since: float, until: float | None =
         ``(version, route) -> VersionStats``; route is ``primary`` (weighted traffic), ``pinned`` (version URLs) or
         ``shadow`` (mirrored calls: ``compared_rows`` and ``disagreement(task)`` compare them with the primary answer).
 
+    Raises:
+        ServeNotRunningError: no serving Ray to connect to.
+
     Example:
-        >>> stats = traffic_stats("rayml", "sales-model", since=t0)
+        >>> stats = traffic_stats(cfg, "sales-model", since=t0)
         >>> stats[(2, "shadow")].disagreement("regression")
         0.043
     """
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
+
+    connect(start_local=False)
+    app_name = cfg.serve.app_name
 
     def read() -> dict[tuple[int, str], VersionStats]:
         return ServeStats(app_name).window(model, since, time.time() + 1 if until is None else until)
@@ -128,12 +142,22 @@ class RegistryPromoter:
         return moved
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4)
+# Ray's typing of ray.remote(...) lists task options only (not max_concurrency); and mypy keeps a class decorator's
+# input type (python/mypy#3135), so it sees RolloutActor as the plain class, without .options/.remote.
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4)  # type: ignore[call-overload]
 class RolloutActor:
-    """Drives one rollout in a background thread; resumes from the state file when Ray restarts it."""
+    """Drives one rollout in a background thread; resumes from the state file when Ray restarts it.
 
-    def __init__(self, root: str, app_name: str, model: str, tracking_uri: str, timeout_s: float) -> None:
+    ``_faults`` carries the test hook's serve faults of the process that started the rollout (see
+    :mod:`rayml._private.faults`): this actor redeploys the application, and a redeploy must keep them.
+    """
+
+    def __init__(
+        self, root: str, app_name: str, model: str, tracking_uri: str, timeout_s: float, _faults: dict[str, str] | None = None
+    ) -> None:
         logging.getLogger("rayml").setLevel(logging.INFO)
+        if _faults:
+            faults.set_serve_faults(_faults)
         self.store = StateStore(root, app_name, model)
         state = self.store.load()
         if state is None:
@@ -193,19 +217,34 @@ def _actor(app_name: str, model: str) -> Any | None:
         return None
 
 
-def start_rollout(
-    cfg: ServeJobConfig, model: str, candidate: int | str, registry: Any = None, faults: dict[str, str] | None = None
-) -> RolloutState:
+def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registry: Any = None) -> RolloutState:
     """Deploy ``candidate`` next to the current version (no traffic yet) and start the controller actor.
 
     Resumes instead when a rollout of the same candidate is already under way (e.g. after the cluster restarted).
+    The controller then goes on in the cluster (``cfg.rollout`` sets its steps and thresholds); follow it with
+    :func:`rollout_status`.
+
+    Args:
+        cfg: the serve job config (``serve.app_name`` names the application).
+        model: the served model's name.
+        candidate: a version number or an alias of ``model``.
+        registry: a :class:`rayml.registry.Registry` (default: from ``cfg.registry``).
+
+    Returns:
+        The rollout's state as it started (or as it is, when resumed).
 
     Raises:
         UserError: the app or model is not served, the model already splits traffic, the candidate is the version
             already serving, or another rollout of the model is under way.
+        ServeNotRunningError: no serving Ray to connect to.
+
+    Example:
+        >>> start_rollout(cfg, "sales-model", 3).phase
+        'canary'
     """
     from rayml.registry import PREVIOUS, Registry
 
+    connect(start_local=False)
     registry = registry or Registry(cfg.registry.tracking_uri)
     app = cfg.serve.app_name
     spec = _require_spec(app)
@@ -234,8 +273,8 @@ def start_rollout(
     baseline = next(iter(live))
     if cand == baseline:
         raise UserError(f"v{cand} of {model} already serves all traffic", hint="name another version as --candidate")
-    if loaded.meta.get("kind", "model") != m.kind:
-        raise UserError(f"{model}:{cand} is a {loaded.meta.get('kind')}, the served versions are {m.kind}s")
+    if loaded.kind != m.kind:
+        raise UserError(f"{model}:{cand} is a {loaded.kind}, the served versions are {m.kind}s")
     try:
         previous = registry.resolve(f"{model}@{PREVIOUS}").version
     except UserError:
@@ -248,7 +287,6 @@ def start_rollout(
             weight=0.0,
             deployment=deployment_name(model, cand, m.kind),
             local_path=str(loaded.path),
-            fault=(faults or {}).get(f"{model}:{cand}"),
         )
     )
     staged = spec.model_copy(
@@ -279,9 +317,10 @@ def start_rollout(
 
 def _ensure_actor(cfg: ServeJobConfig, model: str, tracking_uri: str) -> Any:
     app = cfg.serve.app_name
-    return RolloutActor.options(name=actor_name(app, model), namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
-        str(state_dir(cfg)), app, model, tracking_uri, cfg.serve.deploy_timeout_s
-    )
+    # a ray.remote actor class: mypy sees the plain class (see RolloutActor)
+    return RolloutActor.options(  # type: ignore[attr-defined]
+        name=actor_name(app, model), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(str(state_dir(cfg)), app, model, tracking_uri, cfg.serve.deploy_timeout_s, _faults=faults.serve_faults())
 
 
 def load_state(cfg: ServeJobConfig, model: str) -> tuple[RolloutState | None, StateStore]:
@@ -293,8 +332,56 @@ def controller_running(cfg: ServeJobConfig, model: str) -> bool:
     return _actor(cfg.serve.app_name, model) is not None
 
 
+@dataclass
+class RolloutStatus:
+    """A model's rollout as `rayml rollout status` shows it."""
+
+    state: RolloutState | None  # None: no rollout of the model was ever recorded
+    history: list[dict[str, Any]]  # the audit log, oldest record first
+    audit_path: Path
+    controller_running: bool
+
+
+def rollout_status(cfg: ServeJobConfig, model: str) -> RolloutStatus:
+    """The model's last rollout (under way or finished), its audit log and whether its controller runs.
+
+    Args:
+        cfg: the serve job config (``serve.app_name`` names the application; ``rollout.state_dir`` where state is).
+        model: the served model's name.
+
+    Raises:
+        ServeNotRunningError: no serving Ray to connect to.
+
+    Example:
+        >>> status = rollout_status(cfg, "sales-model")
+        >>> status.state.phase, status.history[-1]["event"]
+        ('canary', 'check_passed')
+    """
+    connect(start_local=False)
+    state, store = load_state(cfg, model)
+    return RolloutStatus(state, store.history(), store.audit_path, controller_running(cfg, model))
+
+
+def stop_controllers(app_name: str) -> None:
+    """Stop the rollout controllers of an application that is going away (their state files stay, as a record)."""
+    prefix = actor_name(app_name, "")
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry.get("namespace") == NAMESPACE and entry.get("name", "").startswith(prefix):
+            ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE), no_restart=True)
+            logger.info("stopped rollout controller %s", entry["name"])
+
+
 def approve(cfg: ServeJobConfig, model: str, note: str = "") -> dict[str, Any]:
-    """Approve the current (manual) step of the model's rollout; the approval is recorded with who and when."""
+    """Approve the current (manual) step of the model's rollout; the approval is recorded with who and when.
+
+    Returns:
+        The audit record of the approval.
+
+    Raises:
+        UserError: no rollout of the model is under way, or its controller is not running.
+        ServeNotRunningError: no serving Ray to connect to.
+    """
+    connect(start_local=False)
     state, _ = load_state(cfg, model)
     if state is None or state.done:
         raise UserError(f"no rollout of {model} is under way", hint=f"see rayml rollout status --model {model}")
@@ -308,7 +395,23 @@ def approve(cfg: ServeJobConfig, model: str, note: str = "") -> dict[str, Any]:
 
 
 def override(cfg: ServeJobConfig, model: str, action: str, reason: str = "", registry: Any = None) -> RolloutState:
-    """Promote or roll back the model's rollout by hand (through its controller, or in this process if it is gone)."""
+    """Promote or roll back the model's rollout by hand (through its controller, or in this process if it is gone).
+
+    Args:
+        cfg: the serve job config (``serve.app_name`` names the application).
+        model: the served model's name.
+        action: ``promote`` or ``rollback``.
+        reason: why (recorded in the audit log).
+        registry: a :class:`rayml.registry.Registry` (default: from ``cfg.registry``).
+
+    Returns:
+        The rollout's final state.
+
+    Raises:
+        UserError: no rollout of the model is under way, or the controller did not finish in time.
+        ServeNotRunningError: no serving Ray to connect to.
+    """
+    connect(start_local=False)
     state, store = load_state(cfg, model)
     if state is None or state.done:
         raise UserError(f"no rollout of {model} is under way", hint=f"see rayml rollout status --model {model}")
@@ -339,9 +442,14 @@ def rollback_to_previous(cfg: ServeJobConfig, model: str, registry: Any = None) 
 
     Returns:
         (the version now serving, the version it replaced).
+
+    Raises:
+        UserError: a rollout of the model is under way, the model is not served, or it has no ``previous`` version.
+        ServeNotRunningError: no serving Ray to connect to.
     """
     from rayml.registry import PREVIOUS, PRODUCTION, Registry
 
+    connect(start_local=False)
     registry = registry or Registry(cfg.registry.tracking_uri)
     state, _ = load_state(cfg, model)
     if state is not None and not state.done:

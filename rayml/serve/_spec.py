@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rayml.config import DriftConfig, IngressConfig, ModelDeploymentConfig, ServeConfig, ServeJobConfig
+from rayml.config import DriftConfig, IngressConfig, ModelDeploymentConfig, ServeConfig, ServedModelConfig, ServeJobConfig
 from rayml.errors import ConfigError, UserError
+from rayml.models import KIND_MODEL_SET, ModelDir
 from rayml.serve._router import ModelRoute, Shadow, check_weights
 
 logger = logging.getLogger("rayml.serve")
@@ -36,7 +38,15 @@ class VersionSpec(_Spec):
     weight: float = Field(description="Share of the model's traffic.")
     deployment: str = Field(description="Serve deployment that runs it.")
     local_path: str | None = Field(default=None, description="Model dir already on this machine (skips the download).")
-    fault: str | None = Field(default=None, description="Test-only fault hook (see rayml.serve._model); never from config.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_fault(cls, data: Any) -> Any:
+        # specs deployed by rayml before the fault hook moved to rayml.testing carry `fault: null`: a running
+        # application (and a rendered manifest) must still read back after an upgrade
+        if isinstance(data, dict) and "fault" in data:
+            data = {k: v for k, v in data.items() if k != "fault"}
+        return data
 
 
 class ShadowSpec(_Spec):
@@ -62,6 +72,12 @@ class ModelSpec(_Spec):
 
     def version(self, number: int) -> VersionSpec | None:
         return next((v for v in self.versions if v.version == number), None)
+
+    def deployment_of(self, number: int) -> str:
+        """The deployment of version ``number``, which must be one of :attr:`versions`."""
+        spec = self.version(number)
+        assert spec is not None, f"version {number} is not served for {self.name}"
+        return spec.deployment
 
     def route(self, rng: Any = None) -> ModelRoute:
         shadow = Shadow(self.shadow.version, self.shadow.percent) if self.shadow else None
@@ -135,20 +151,20 @@ def check_spec(spec: AppSpec) -> None:
         raise ConfigError("; ".join(problems), hint="weights of a model sum to 1 and a shadow version must be deployed")
 
 
-def resolve_spec(cfg: ServeJobConfig, registry: Any, faults: dict[str, str] | None = None, local: bool = True) -> AppSpec:
+def resolve_spec(cfg: ServeJobConfig, registry: Any, local: bool = True) -> AppSpec:
     """Resolve aliases to version numbers, check every version exists and read its kind and task.
+
+    Every problem of every model is collected first and raised once.
 
     Args:
         cfg: the serve job config.
         registry: a :class:`rayml.registry.Registry`.
-        faults: test-only fault hooks, ``{"name:version": "raise" | "sleep:0.2" | "scale:100"}``.
         local: pass the locally downloaded model dirs to the replicas (same machine); False for cluster manifests.
 
     Raises:
-        UserError: a model, alias or version does not exist, or the resolved weights are invalid.
+        ConfigError: ``serve.models`` is empty, or the resolved weights are invalid.
+        UserError: a model, alias or version does not exist, or one model's versions mix kinds.
     """
-    from rayml._private import constants
-
     s: ServeConfig = cfg.serve
     if not s.models:
         raise ConfigError(
@@ -159,69 +175,103 @@ def resolve_spec(cfg: ServeJobConfig, registry: Any, faults: dict[str, str] | No
     problems: list[str] = []
     models: dict[str, ModelSpec] = {}
     for name, mc in s.models.items():
-        resolved: dict[int, float] = {}
-        metas: dict[int, tuple[dict[str, Any], str]] = {}
-
-        def load(ref: int | str, name: str = name, metas: dict = metas) -> int | None:
-            try:
-                loaded = registry.load(f"{name}:{ref}" if isinstance(ref, int) else f"{name}@{ref}")
-            except UserError as e:
-                problems.append(e.message + (f" ({e.hint})" if e.hint else ""))
-                return None
-            metas[loaded.info.version] = (loaded.meta, str(loaded.path))
-            return loaded.info.version
-
-        for v in mc.versions:
-            number = load(v.version)
-            if number is not None and number in resolved:
-                problems.append(f"model {name!r}: {v.version!r} resolves to version {number}, which is already listed")
-            elif number is not None:
-                resolved[number] = v.weight
-        shadow_version = load(mc.shadow.version) if mc.shadow is not None else None
-        if shadow_version is not None:
-            resolved.setdefault(shadow_version, 0.0)
-        if not metas:
-            continue
-        kinds = {meta.get("kind", "model") for meta, _ in metas.values()}
-        tasks = {meta.get("task", "regression") for meta, _ in metas.values()}
-        if len(kinds) > 1:
-            problems.append(f"model {name!r}: versions mix kinds {sorted(kinds)}; serve model sets and models separately")
-            continue
-        kind = kinds.pop()
-        segment_columns = []
-        for meta, _ in metas.values():
-            segment_columns = list(meta.get("segment_columns") or meta.get("schema", {}).get("segment") or [])
-        versions = [
-            VersionSpec(
-                version=v,
-                weight=w,
-                deployment=deployment_name(name, v, kind),
-                local_path=metas[v][1] if local else None,
-                fault=(faults or {}).get(f"{name}:{v}"),
-            )
-            for v, w in sorted(resolved.items())
-        ]
-        models[name] = ModelSpec(
-            name=name,
-            kind=kind,
-            task=sorted(tasks)[0],
-            versions=versions,
-            shadow=ShadowSpec(version=shadow_version, percent=mc.shadow.percent) if shadow_version is not None else None,
-            sticky_header=mc.sticky_header.lower() if mc.sticky_header else None,
-            segment_columns=segment_columns if kind == "model_set" else [],
-            deployment=mc.deployment,
-        )
+        found = _find_versions(name, mc, registry, problems)
+        model = _model_spec(name, mc, found, local, problems) if found.dirs else None
+        if model is not None:
+            models[name] = model
     if problems:
         raise UserError(
             f"cannot serve the configured models: {'; '.join(problems)}",
             hint="`rayml models list` / `rayml models show NAME` list what is registered; fix serve.models",
         )
+    spec = _app_spec(s, registry.tracking_uri, models)
+    check_spec(spec)
+    return spec
+
+
+@dataclass
+class _Found:
+    """One configured model's versions as the registry resolved them."""
+
+    weights: dict[int, float] = field(default_factory=dict)  # version -> weight (the shadow version at 0 if unlisted)
+    dirs: dict[int, ModelDir] = field(default_factory=dict)  # version -> its downloaded model directory
+    shadow: int | None = None
+
+
+def _find_versions(name: str, mc: ServedModelConfig, registry: Any, problems: list[str]) -> _Found:
+    """Resolve ``name``'s listed versions and shadow to numbers; what is missing or listed twice goes to ``problems``."""
+    found = _Found()
+
+    def load(ref: int | str) -> int | None:
+        try:
+            loaded = registry.load(f"{name}:{ref}" if isinstance(ref, int) else f"{name}@{ref}")
+        except UserError as e:
+            problems.append(e.message + (f" ({e.hint})" if e.hint else ""))
+            return None
+        found.dirs[loaded.info.version] = loaded.model_dir
+        return loaded.info.version
+
+    for v in mc.versions:
+        number = load(v.version)
+        if number is not None and number in found.weights:
+            problems.append(f"model {name!r}: {v.version!r} resolves to version {number}, which is already listed")
+        elif number is not None:
+            found.weights[number] = v.weight
+    found.shadow = load(mc.shadow.version) if mc.shadow is not None else None
+    if found.shadow is not None:
+        found.weights.setdefault(found.shadow, 0.0)
+    return found
+
+
+def _model_spec(name: str, mc: ServedModelConfig, found: _Found, local: bool, problems: list[str]) -> ModelSpec | None:
+    """The routing table of one model from its resolved versions; None (and a problem) when they mix kinds."""
+    dirs = found.dirs
+    kinds = {d.kind for d in dirs.values()}
+    tasks = {d.task for d in dirs.values()}
+    if len(kinds) > 1:
+        problems.append(f"model {name!r}: versions mix kinds {sorted(kinds)}; serve model sets and models separately")
+        return None
+    kind = kinds.pop()
+    segment_columns = []
+    for d in dirs.values():
+        segment_columns = d.segment_columns
+    versions = [
+        VersionSpec(
+            version=v,
+            weight=w,
+            deployment=deployment_name(name, v, kind),
+            local_path=str(dirs[v].path) if local else None,
+        )
+        for v, w in sorted(found.weights.items())
+    ]
+    return ModelSpec(
+        name=name,
+        kind=cast(Literal["model", "model_set"], kind),  # a ModelDir's kind; the model validates it
+        task=sorted(tasks)[0],
+        versions=versions,
+        shadow=ShadowSpec(version=found.shadow, percent=mc.shadow.percent)
+        if found.shadow is not None and mc.shadow is not None  # found.shadow is set only from mc.shadow
+        else None,
+        sticky_header=mc.sticky_header.lower() if mc.sticky_header else None,
+        segment_columns=segment_columns if kind == KIND_MODEL_SET else [],
+        deployment=mc.deployment,
+    )
+
+
+def _auth_keys(s: ServeConfig) -> list[AuthKey]:
+    """Digests of the configured keys and of ``RAYML_SERVE_API_KEYS``' (the keys never leave this process)."""
+    from rayml._private import constants
+
     keys = [AuthKey(digest=key_digest(k.key), name=k.name or f"config-{i}", models=k.models) for i, k in enumerate(s.api_keys)]
     keys += [AuthKey(digest=key_digest(k), name=f"env-{i}", models=m) for i, (k, m) in enumerate(constants.serve_api_keys())]
-    spec = AppSpec(
+    return keys
+
+
+def _app_spec(s: ServeConfig, tracking_uri: str, models: dict[str, ModelSpec]) -> AppSpec:
+    return AppSpec(
         app_name=s.app_name,
         route_prefix=s.route_prefix,
-        tracking_uri=registry.tracking_uri,
+        tracking_uri=tracking_uri,
         models=models,
         ingress=s.ingress,
         max_batch_rows=s.max_batch_rows,
@@ -232,9 +282,7 @@ def resolve_spec(cfg: ServeJobConfig, registry: Any, faults: dict[str, str] | No
         shadow_timeout_s=s.shadow_timeout_s,
         stats_flush_interval_s=s.stats_flush_interval_s,
         health_check_interval_s=s.health_check_interval_s,
-        auth=keys,
+        auth=_auth_keys(s),
         drift_window_s=s.drift_window_s,
         drift=s.drift,
     )
-    check_spec(spec)
-    return spec

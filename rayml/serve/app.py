@@ -20,6 +20,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from rayml._private import faults
+from rayml.config import ServeJobConfig
 from rayml.serve._drift import DriftStore, Row, gauge_values, quality_deltas
 from rayml.serve._ingress import Ingress
 from rayml.serve._metrics import GAUGE_REFRESH_S
@@ -136,10 +138,12 @@ def model_deployment(spec: AppSpec, m: ModelSpec, v: VersionSpec) -> Application
         "intra_op_threads": d.intra_op_threads,
         "max_batch_size": d.max_batch_size,
         "batch_wait_timeout_s": d.batch_wait_timeout_s,
-        "fault": v.fault,
         "drift_window_s": spec.drift_window_s,
         "drift_flush_interval_s": spec.stats_flush_interval_s,
     }
+    fault = faults.serve_fault(m.name, v.version)
+    if fault:  # only under rayml.testing.serve_faults, in the deploying process (see rayml._private.faults)
+        init["_fault"] = fault
     cls: Any = ModelServer
     if m.kind == "model_set":
         from rayml.serve._model_set import ModelSetServer
@@ -162,8 +166,9 @@ def build_application(spec: AppSpec) -> Application:
     check_spec(spec)
     bound = {v.deployment: model_deployment(spec, m, v) for m in spec.models.values() for v in m.versions}
     drift = {"drift_window_s": spec.drift_window_s, "drift": spec.drift.model_dump()}
-    stats = _pin_version(RaymlStats.options(name=STATS), _hash(code_version(), "stats", drift)).bind(**drift)
-    ingress = Ingress.options(
+    # @serve.deployment made both Deployments; mypy keeps a class decorator's input type (python/mypy#3135)
+    stats = _pin_version(RaymlStats.options(name=STATS), _hash(code_version(), "stats", drift)).bind(**drift)  # type: ignore[attr-defined]
+    ingress = Ingress.options(  # type: ignore[attr-defined]
         name=INGRESS,
         user_config=spec.to_user_config(),
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
@@ -183,11 +188,18 @@ def build_app(args: dict[str, Any]) -> Application:
     return build_application(AppSpec.model_validate(args["spec"]))
 
 
-def build_serve_config(cfg: Any, registry: Any = None) -> str:
-    """The Ray Serve config YAML (``serve deploy`` / KubeRay ``serveConfigV2``) for a :class:`ServeJobConfig`.
+def build_serve_config(cfg: ServeJobConfig, registry: Any = None) -> str:
+    """The Ray Serve config YAML (``serve deploy`` / KubeRay ``serveConfigV2``) of the application ``cfg`` describes.
 
     Versions are resolved to numbers now (aliases move; a manifest must not), and model directories are fetched
     from the registry by the replicas (``registry.tracking_uri`` must be reachable from the cluster).
+
+    Args:
+        cfg: the serve job config (what `rayml serve up` would deploy).
+        registry: a :class:`rayml.registry.Registry` (default: from ``cfg.registry``).
+
+    Example:
+        >>> open("serve_config.yaml", "w").write(build_serve_config(cfg))   # then: serve deploy serve_config.yaml
     """
     import yaml
 

@@ -21,7 +21,7 @@ import httpx
 
 from rayml._private.net import free_port
 from rayml.registry import Registry
-from rayml.serve._testing import register_tiny_model, sample_frame, v2_body
+from rayml.testing import register_tiny_model, sample_frame, v2_body
 from tests.e2e.helpers import ROOT, run_cli
 from tests.e2e.test_serve_cli import _head_dir, _head_pids
 

@@ -11,7 +11,7 @@ from rayml.config import ServeJobConfig, load_config
 from rayml.errors import UserError
 from rayml.serve import build_serve_config
 from rayml.serve._spec import resolve_spec
-from rayml.serve._testing import register_tiny_model
+from rayml.testing import register_tiny_model
 
 
 def test_build_resolves_aliases_and_is_a_valid_serve_config(registry, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from rayml.config import ServeJobConfig, load_config
 from rayml.errors import ConfigError
-from rayml.serve._deploy import plan_stages
+from rayml.serve._apply import plan_stages
 from rayml.serve._http import authorize
 from rayml.serve._protocol import HttpError, Tensor, parse_json, parse_v1, parse_v2, to_json_values, v2_response, validate
 from rayml.serve._spec import AppSpec, AuthKey, ModelSpec, ShadowSpec, VersionSpec, check_spec
