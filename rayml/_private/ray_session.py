@@ -31,6 +31,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     cpus = num_cpus if num_cpus is not None else constants.ray_num_cpus()
     logger.info("starting a local Ray (num_cpus=%s, dashboard on 127.0.0.1)", cpus or "auto")
+    # log_to_driver: the workers' logs come to this process, where a notebook shows them and the CLI writes them to
+    # its log file (rayml._private.logs); without it they would only be in Ray's session directory
     ray.init(num_cpus=cpus, dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
     global _started_here
     _started_here = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -26,10 +27,16 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config field: --set train.epochs=3 (repeatable).", show_default=False),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Show Ray's, MLflow's and the workers' logs here (not in a log file), and rayml's debug logs."
+    ),
+]
 
 
 def setup_logging(verbose: bool = False, default_level: int = logging.INFO) -> None:
+    """The ``rayml`` logger to stderr: every command with ``--verbose``, and the light ones (no Ray) always."""
     level = logging.DEBUG if verbose else default_level
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -43,7 +50,7 @@ def load(cls: type[C], config: Path | None, overrides: list[str] | None) -> C:
     return load_config(cls, config, overrides or [])
 
 
-def table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
+def table(title: str, columns: list[str], rows: Sequence[Sequence[object]]) -> Table:
     t = Table(title=title, title_justify="left", show_lines=False)
     for c in columns:
         t.add_column(c)

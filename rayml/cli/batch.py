@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load, setup_logging
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load
+from rayml.cli._output import start_output
+from rayml.cli._progress import Bar
 from rayml.config import BatchJobConfig
+
+FAILED_SHOWN = 10
+
+logger = logging.getLogger("rayml.cli")
 
 
 def batch(
@@ -32,29 +39,16 @@ def batch(
     are scored, with no duplicated and no missing rows. Model sets route each row to its segment's model (or the
     fallback model). Exit code 1 when any input file failed (the others are committed).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from rayml.batch import run_batch
 
-    setup_logging(verbose)
     cfg = load(BatchJobConfig, config, set_)
+    log = start_output("batch", verbose)
     counts = {"rows": 0}
-    with Progress(
-        TextColumn("scoring files"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rows]:,} rows"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("files", total=None, rows=0)
+    with Bar("files") as bar:
 
         def on_file(r, done: int, total: int) -> None:
             counts["rows"] += r.rows
-            bar.update(task, completed=done, total=total, rows=counts["rows"])
-            if r.status == "failed":
-                bar.console.print(f"[red]failed[/] {r.path}: {r.error}")
+            bar.update(done, total, detail=f"{counts['rows']:,} rows")
 
         summary = run_batch(cfg, model=model, input=input_, output=output, overwrite=overwrite or None, progress=on_file)
     console.print(
@@ -76,7 +70,12 @@ def batch(
         )
     if summary.failed:
         for path, error in sorted(summary.failed.items()):
+            logger.info("failed input file %s: %s", path, error)  # the whole list, in the log file
+        for path, error in sorted(summary.failed.items())[:FAILED_SHOWN]:
             err_console.print(f"[bold red]failed:[/] {path}: {error}")
+        if len(summary.failed) > FAILED_SHOWN:
+            where = f"all of them in {log}" if log else "all of them in the log above"
+            err_console.print(f"… and {len(summary.failed) - FAILED_SHOWN} more; {where}", soft_wrap=True)
         err_console.print(
             "[yellow]Hint:[/] fix or remove those files and run the same command again; committed files are skipped"
         )

@@ -49,7 +49,7 @@ def generate(
     overrides = list(set_ or [])
     overrides = [o if o.startswith("data.") else f"data.synthetic.{o}" for o in overrides]
     cfg = load(_DataOnly, config, overrides).data.synthetic
-    updates = {
+    updates: dict[str, object] = {
         k: v for k, v in {"segments": segments, "rows_per_segment": rows_per_segment, "seed": seed}.items() if v is not None
     }
     if drift:

@@ -10,19 +10,22 @@ import sys
 
 import typer
 
-from rayml.cli import batch as batch_cmd
-from rayml.cli import data as data_cmd
-from rayml.cli import manymodels as manymodels_cmd
-from rayml.cli import models as models_cmd
-from rayml.cli import monitor as monitor_cmd
-from rayml.cli import pipeline as pipeline_cmd
-from rayml.cli import quickstart as quickstart_cmd
-from rayml.cli import rollout as rollout_cmd
-from rayml.cli import serve as serve_cmd
-from rayml.cli import train as train_cmd
-from rayml.cli import tune as tune_cmd
-from rayml.cli import validate as validate_cmd
+from rayml.cli import (
+    batch as batch_cmd,
+    data as data_cmd,
+    manymodels as manymodels_cmd,
+    models as models_cmd,
+    monitor as monitor_cmd,
+    pipeline as pipeline_cmd,
+    quickstart as quickstart_cmd,
+    rollout as rollout_cmd,
+    serve as serve_cmd,
+    train as train_cmd,
+    tune as tune_cmd,
+    validate as validate_cmd,
+)
 from rayml.cli._common import err_console
+from rayml.cli._output import last_log_path, stop_output
 from rayml.errors import RaymlError, UserError
 
 app = typer.Typer(
@@ -50,7 +53,10 @@ app.command("quickstart")(quickstart_cmd.quickstart)
 def main() -> None:
     """Console-script entry point: runs the app and turns rayml errors into clear messages and exit codes."""
     try:
-        app(standalone_mode=False)
+        try:
+            app(standalone_mode=False)
+        finally:
+            stop_output()  # the command's own close did it already, unless it never got that far
     except UserError as e:
         err_console.print(f"[bold red]error:[/] {e.message}")
         if e.hint:
@@ -60,19 +66,28 @@ def main() -> None:
         err_console.print(f"[bold red]failed:[/] {e.message}")
         if e.hint:
             err_console.print(f"[yellow]Hint:[/] {e.hint}")
+        _point_at_logs()
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors come through here in non-standalone mode
+    except Exception as e:  # usage errors come through here in non-standalone mode
         import click
+        from typer.exceptions import TyperException  # typer's bundled click raises these, not click's own
 
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, (click.exceptions.ClickException, TyperException)) and hasattr(e, "show"):
             e.show()
             sys.exit(e.exit_code)
+        _point_at_logs()
         raise
+
+
+def _point_at_logs() -> None:
+    path = last_log_path()
+    if path is not None:
+        err_console.print(f"Logs of Ray, MLflow and the workers: {path}", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load, setup_logging
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load
+from rayml.cli._output import start_output
+from rayml.cli._progress import Bar
 from rayml.config import ManyModelsJobConfig
+
+FAILED_SHOWN = 10
 
 app = typer.Typer(
     help="Many models: one model per segment, trained in parallel, registered as one model set.", no_args_is_help=True
@@ -22,27 +28,17 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = F
     nothing) only when more than `manymodels.max_failed_share` of the segments failed. If the driver crashes, run
     the same command again: segments that already trained are reused.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from rayml.manymodels import train_model_set
 
-    setup_logging(verbose)
     cfg = load(ManyModelsJobConfig, config, set_)
-    with Progress(
-        TextColumn("training segments"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("segments", total=None)
-        result = train_model_set(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    log = start_output("manymodels-train", verbose)
+    with Bar("segments") as bar:
+        result = train_model_set(cfg, progress=lambda done, total: bar.update(done, total))
     if result.already_done:
         console.print(f"Run {result.run_name} already finished; nothing to train again.")
     elif result.reused:
         console.print(f"Run {result.run_name} resumed: {result.reused} segment model(s) reused from the interrupted attempt.")
-    rows = [
+    rows: list[list[Any]] = [
         ["segments", result.segments],
         ["trained (own model)", result.trained],
         ["fell back (fewer than min_rows rows)", result.fell_back],
@@ -64,10 +60,11 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = F
     for label, value in rows:
         summary.add_row(label, str(value))
     console.print(summary)
-    for key, error in sorted(result.failed.items())[:10]:
-        err_console.print(f"  failed segment {key!r}: {error}")
-    if len(result.failed) > 10:
-        err_console.print(f"  ... and {len(result.failed) - 10} more (all listed in the log above)")
+    for key, error in sorted(result.failed.items())[:FAILED_SHOWN]:
+        err_console.print(f"  failed segment {key!r}: {error}", markup=False)
+    if len(result.failed) > FAILED_SHOWN:
+        where = f"all of them in {log}" if log else "all of them in the log above"
+        err_console.print(f"  … and {len(result.failed) - FAILED_SHOWN} more; {where}", markup=False, soft_wrap=True)
     if not result.ok:
         err_console.print(
             f"[bold red]failed:[/] {len(result.failed)} of {result.segments} segments failed, more than "

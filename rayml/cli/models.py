@@ -31,6 +31,7 @@ def list_models(config: ConfigOpt = None, set_: SetOpt = None) -> None:
         for m in models
     ]
     console.print(table("Registered models", ["name", "kind", "versions", "latest", "aliases"], rows))
+    console.print(f"Next: rayml models show {models[0]['name']}")
 
 
 @app.command("show")
@@ -77,6 +78,10 @@ def show(
     metrics = reg.run_metrics(info.run_id)
     for k in sorted(m for m in metrics if m.startswith("best_")):
         console.print(f"  {k}: {metrics[k]:.6g}")
+    if "production" not in info.aliases:
+        console.print(f"Next: rayml models alias {info.name} {info.version} production")
+    else:
+        console.print(f"Next: rayml batch --model {info.name}@production --input DATA --output OUT")
 
 
 @app.command("alias")
@@ -91,3 +96,4 @@ def alias(
     changed = _registry(config, set_).set_alias(name, version, alias_)
     for a, v in changed.items():
         console.print(f"{name}@{a} -> version {v}")
+    console.print(f"Next: rayml models show {name}@{alias_}")

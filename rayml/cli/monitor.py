@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, table
+from rayml.cli._output import start_output
 from rayml.config import MonitorJobConfig
 
 app = typer.Typer(help="Drift and data quality.", no_args_is_help=True)
@@ -31,12 +32,11 @@ def drift(
     """
     from rayml.config import DataConfig
     from rayml.data import load_table
-    from rayml.monitor import drift_of_frame, write_report
-    from rayml.monitor._scoring import global_reference, predict_frame
+    from rayml.monitor import drift_of_frame, global_reference, predict_frame, write_report
     from rayml.registry import Registry
 
-    setup_logging(verbose)
     cfg = load(MonitorJobConfig, config, set_)
+    start_output("monitor-drift", verbose)
     loaded = Registry(cfg.registry.tracking_uri).load(model)
     df = load_table(DataConfig(source=data))
     reference = global_reference(loaded)
@@ -69,3 +69,5 @@ def drift(
     if result["status"] == "alert":
         console.print(f"Next: retrain on fresh data, e.g. rayml train --config jobs/configs/train.yaml --set data.source={data}")
         raise typer.Exit(EXIT_DRIFT)
+    if not report:
+        console.print(f"Next: rayml monitor drift --model {model} --data {data} --report drift-report   (HTML and plots)")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
+from rayml.cli._output import start_output
 from rayml.config import PipelineJobConfig
 
 app = typer.Typer(
@@ -84,8 +85,8 @@ def run(
     from rayml.errors import RaymlError
     from rayml.pipeline import load_run, run_pipeline
 
-    setup_logging(verbose)
     cfg = load(PipelineJobConfig, config, set_)
+    start_output("pipeline-run", verbose)
     flags = _flags(config, set_)
     started = time.time()
     try:

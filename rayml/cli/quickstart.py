@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from rayml.cli._common import VerboseOpt, console, fmt_metrics, setup_logging, table
+from rayml.cli._common import VerboseOpt, console, fmt_metrics, table
+from rayml.cli._output import start_output
+from rayml.cli._progress import Bar, FollowSearch, FollowTraining
+from rayml.cli.validate import print_gate_failures
 
 MODEL = "sales-model"
 FAMILY = "sales-per-store"
@@ -61,7 +64,8 @@ def _data_and_train(ctx: _Ctx) -> None:
             "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
         }
     )
-    result = train(cfg)
+    with Bar("epochs", total=ctx.epochs) as bar, FollowTraining(bar, ctx.tracking_uri, "quickstart", MODEL, cfg.train.run_name):
+        result = train(cfg)
     console.print(
         f"  run {result.run_name}: {result.epochs_completed} epochs, checkpoints in {result.storage_path}/{result.run_name}"
     )
@@ -116,7 +120,8 @@ def _tune(ctx: _Ctx) -> None:
             },
         }
     )
-    result = tune(cfg)
+    with Bar("trials", total=ctx.trials) as bar, FollowSearch(bar, ctx.tracking_uri, "quickstart", cfg.tune.name):
+        result = tune(cfg)
     rows = [
         [t.trial_id, ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()), _short(t.best_metric), t.epochs_run, t.status]
         for t in result.trials
@@ -149,7 +154,8 @@ def _many_models(ctx: _Ctx) -> None:
             "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
         }
     )
-    result = train_model_set(cfg)
+    with Bar("segments") as bar:
+        result = train_model_set(cfg, progress=lambda done, total: bar.update(done, total))
     console.print(
         f"  {result.segments} segments: {result.trained} trained, {result.fell_back} on the global fallback, "
         f"{len(result.failed)} failed; {result.models_per_min:,.0f} models/min"
@@ -172,7 +178,14 @@ def _batch(ctx: _Ctx) -> None:
 
     _step("Batch-score the data with the model set on Ray Data (each file committed atomically, exactly once)")
     out = ctx.home / "scores"
-    summary = run_batch(model=f"{FAMILY}@production", input=str(ctx.data_dir), output=str(out), registry=ctx.registry)
+    with Bar("files") as bar:
+        summary = run_batch(
+            model=f"{FAMILY}@production",
+            input=str(ctx.data_dir),
+            output=str(out),
+            registry=ctx.registry,
+            progress=lambda _result, done, total: bar.update(done, total),
+        )
     console.print(
         f"  {summary.rows:,} rows in {summary.wall_s:.1f}s ({summary.rows_per_s:,.0f} rows/s), {summary.committed} file(s) "
         f"committed, {summary.skipped} skipped -> {out}"
@@ -196,8 +209,9 @@ def _gate(ctx: _Ctx) -> None:
     report = run_gate(ctx.registry, MODEL, broken.version, holdout, GateConfig(), baseline_alias="production")
     verdict = "[bold green]PASSED[/]" if report.passed else "[bold red]REFUSED[/]"
     console.print(f"  candidate v{broken.version} vs production v{report.baseline}: {verdict}")
-    for failure in report.failures:
-        console.print(f"    - {failure}")
+    saved = ctx.home / f"gate-report-v{broken.version}.json"
+    saved.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    print_gate_failures(report, f"all of them in {saved}", indent="    ")
     top = list(report.feature_importance.items())[:3]
     console.print(f"  most important features (permutation): {', '.join(f'{k} ({v:.3g})' for k, v in top)}")
 
@@ -210,8 +224,11 @@ def _write_broken_copy(src: Path, dst: Path) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
+    from rayml.models import ModelDir
+
     shutil.copytree(src, dst, dirs_exist_ok=True)
-    m = onnx.load(str(dst / "model.onnx"))
+    model_file = ModelDir(dst).model_file
+    m = onnx.load(str(model_file))
     out = m.graph.output[0].name
     m.graph.initializer.append(numpy_helper.from_array(np.array(25.0, dtype="float32"), "quickstart_scale"))
     for node in m.graph.node:
@@ -219,26 +236,29 @@ def _write_broken_copy(src: Path, dst: Path) -> None:
             if name == out:
                 node.output[i] = "unscaled_prediction"
     m.graph.node.append(helper.make_node("Mul", ["unscaled_prediction", "quickstart_scale"], [out]))
-    onnx.save(m, str(dst / "model.onnx"))
+    onnx.save(m, str(model_file))
 
 
 def _serve(ctx: _Ctx) -> None:
-    from rayml.serve import canary_demo
+    from rayml.cli._demo import canary_demo
 
     stable = ctx.versions["trained"]
     canary = ctx.versions.get("tuned") or _copy_version(ctx, stable, "canary")
     shadow = ctx.versions.get("broken") or _copy_version(ctx, stable, "shadow")
     _step(f"Serve on Ray Serve: v{stable} stable, v{canary} as a 10% canary, v{shadow} in shadow; then promote v{canary}")
     keep = "drift" not in ctx.skip
-    result = canary_demo(
-        ctx.tracking_uri,
-        MODEL,
-        ctx.df.sample(200, random_state=5),
-        versions=(stable, canary, shadow),
-        requests=300,
-        report=lambda line: console.print(f"  {line}"),
-        keep_running=keep,
-    )
+    requests = 300
+    with Bar("requests", total=requests) as bar:
+        result = canary_demo(
+            ctx.tracking_uri,
+            MODEL,
+            ctx.df.sample(200, random_state=5),
+            versions=(stable, canary, shadow),
+            requests=requests,
+            report=lambda line: console.print(f"  {line}"),
+            keep_running=keep,
+            on_request=bar.update,
+        )
     ctx.versions["served"] = result.promoted
     ctx.serve_url = result.url if keep else None
     if result.failed:
@@ -250,7 +270,7 @@ def _drift(ctx: _Ctx) -> None:
     import httpx
     import numpy as np
 
-    from rayml.config import ServeConfig
+    from rayml.config import ServeJobConfig
     from rayml.data.synthetic import apply_drift, parse_drift
     from rayml.serve import drift_status, undeploy
 
@@ -276,7 +296,7 @@ def _drift(ctx: _Ctx) -> None:
         report: dict = {}
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # replicas push their counts every stats flush (about 1 s)
-            report = drift_status(model=MODEL).get(MODEL, {})
+            report = drift_status(ServeJobConfig(), model=MODEL).get(MODEL, {})  # the serve step used the default app
             if all(report.get(v, {}).get("rows", 0) >= len(rows) for v in (served, previous)):
                 break  # every row just sent is counted (the canary phase's rows are in the window too)
             time.sleep(1.0)
@@ -290,7 +310,7 @@ def _drift(ctx: _Ctx) -> None:
         console.print(table("  drift per served version", headers, rows_out))
         console.print("  the same numbers are Prometheus gauges: ray_rayml_feature_drift{model,version,feature,metric}")
     finally:
-        undeploy(ServeConfig(), keep_ray=False)
+        undeploy(ServeJobConfig(), keep_ray=False)
 
 
 def _v2(records: list[dict], types: dict[str, str]) -> dict:
@@ -352,7 +372,8 @@ def quickstart(
     broken model, serve: a weighted canary with the broken model in shadow, then promotion, and finally catch drifted
     traffic online (per-version drift status from every replica's counts).
 
-    Everything is kept under --workdir (it becomes $RAYML_HOME for this run), so it never touches your other runs.
+    Everything is kept under --workdir (it becomes $RAYML_HOME for this run), so it never touches your other runs;
+    the logs of Ray, MLflow and the workers go to --workdir/logs/ (--verbose shows them instead).
     """
     from rayml._private import constants
     from rayml.errors import ConfigError
@@ -360,8 +381,6 @@ def quickstart(
     unknown = sorted(set(skip or []) - set(STEPS) | ({"train"} & set(skip or [])))
     if unknown:
         raise ConfigError(f"--skip {unknown} is not a step that can be skipped", hint=f"steps: {', '.join(list(STEPS)[1:])}")
-    # the steps narrate themselves; library INFO logs (resolved configs, ...) only with --verbose
-    setup_logging(verbose, default_level=logging.WARNING)
     t0 = time.perf_counter()
     home = constants.set_rayml_home(workdir)
     ctx = _Ctx(
@@ -374,6 +393,7 @@ def quickstart(
         skip=list(skip or []),
     )
     console.print(f"[bold]rayml quickstart[/] in {home}")
+    start_output("quickstart", verbose)  # after set_rayml_home: the log goes under --workdir with the rest
     for name, step in STEPS.items():
         if name not in (skip or []):
             step(ctx)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, table
+from rayml.cli._output import start_output
 from rayml.config import ServeJobConfig
+
+if TYPE_CHECKING:
+    from rayml.serve import RolloutState
 
 app = typer.Typer(
     help="Progressive delivery: shadow phase, canary steps gated on error rate, p95 latency and disagreement; "
@@ -27,11 +31,9 @@ def _flags(config: Path | None, set_: list[str] | None) -> str:
 
 
 def _cfg(config: Path | None, set_: list[str] | None, verbose: bool) -> ServeJobConfig:
-    from rayml.serve._cluster import connect
-
-    setup_logging(verbose)
+    # no connect here: every rayml.serve call connects to the serving Ray first (and fails when there is none)
     cfg = load(ServeJobConfig, config, set_)
-    connect(start_local=False)
+    start_output("rollout", verbose)
     return cfg
 
 
@@ -90,8 +92,7 @@ def start(
     Ray actor: it keeps going if this command stops (Ctrl-C) and resumes after a crash.
     Exit code: 0 promoted, 1 rolled back (2 for a usage error).
     """
-    from rayml.serve import start_rollout
-    from rayml.serve._rollout_runtime import load_state
+    from rayml.serve import rollout_status, start_rollout
 
     overrides = list(set_ or [])
     if steps:
@@ -104,6 +105,7 @@ def start(
         overrides.append(f"rollout.manual_steps=[{manual}]")
     cfg = _cfg(config, overrides, verbose)
     ref: int | str = int(candidate) if candidate.isdigit() else candidate
+    state: RolloutState | None  # the status read below may have none
     state = start_rollout(cfg, model, ref)
     flags = _flags(config, set_)
     console.print(
@@ -117,8 +119,8 @@ def start(
     seen = 0
     try:
         while True:
-            state, store = load_state(cfg, model)
-            history = store.history()
+            rollout = rollout_status(cfg, model)
+            state, history = rollout.state, rollout.history
             for record in history[seen:]:
                 console.print(f"  {time.strftime('%H:%M:%S', time.localtime(record['ts']))} {_describe(record)}")
             seen = len(history)
@@ -146,11 +148,11 @@ def start(
 @app.command("status")
 def status(model: ModelOpt, config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Show the rollout's phase, step, weights, per-version metrics of the current window and its last decisions."""
-    from rayml.serve import app_state
-    from rayml.serve._rollout_runtime import ServeStats, controller_running, load_state
+    from rayml.serve import rollout_status, serve_status, traffic_stats
 
     cfg = _cfg(config, set_, verbose)
-    state, store = load_state(cfg, model)
+    rollout = rollout_status(cfg, model)
+    state = rollout.state
     if state is None:
         console.print(
             f"No rollout of {model} recorded. Next: rayml rollout start --model {model} --candidate VERSION{_flags(config, set_)}"
@@ -158,7 +160,7 @@ def status(model: ModelOpt, config: ConfigOpt = None, set_: SetOpt = None, verbo
         raise typer.Exit(1)
     steps = state.cfg.steps
     where = "shadow phase" if state.phase == "shadow" else f"step {state.step_index + 1}/{len(steps)} ({state.step_percent:g}%)"
-    running = controller_running(cfg, model)
+    running = rollout.controller_running
     console.print(
         f"Rollout {model}: v{state.baseline} -> v{state.candidate}: [bold]{state.phase}[/] at {where}; "
         f"failed checks {state.failures}/{state.cfg.failure_budget} allowed; controller {'running' if running else 'not running'}"
@@ -167,13 +169,13 @@ def status(model: ModelOpt, config: ConfigOpt = None, set_: SetOpt = None, verbo
         console.print(f"Reason: {state.reason}")
     if state.last_error:
         console.print(f"[yellow]Last error (retrying):[/] {state.last_error}")
-    app = app_state(cfg.serve.app_name)
+    app = serve_status(cfg)
     if app is not None and app.spec is not None and model in app.spec.models:
         m = app.spec.models[model]
         shadow = f"; shadow v{m.shadow.version} {m.shadow.percent:g}%" if m.shadow else ""
         console.print("Weights: " + ", ".join(f"v{v}={w:.0%}" for v, w in sorted(m.weights.items())) + shadow)
     if not state.done:
-        window = ServeStats(cfg.serve.app_name).window(model, state.window_start, time.time() + 1)
+        window = traffic_stats(cfg, model, since=state.window_start)  # until now
         rows = [[f"v{v}", route, *s.summary(state.task).values()] for (v, route), s in sorted(window.items())]
         cols = ["version", "route", *VersionStatsColumns]
         console.print(table("Current window (all ingress replicas)", cols, rows))
@@ -182,7 +184,7 @@ def status(model: ModelOpt, config: ConfigOpt = None, set_: SetOpt = None, verbo
             f"Approved step {a['step_percent']:g}% by {a['by']} at {time.strftime('%H:%M:%S', time.localtime(a['at']))}"
         )
     console.print("Last decisions:")
-    for record in store.history()[-6:]:
+    for record in rollout.history[-6:]:
         console.print(f"  {time.strftime('%H:%M:%S', time.localtime(record['ts']))} {_describe(record)}")
     flags = _flags(config, set_)
     if state.phase == "waiting_approval":
@@ -190,7 +192,7 @@ def status(model: ModelOpt, config: ConfigOpt = None, set_: SetOpt = None, verbo
     elif not state.done:
         console.print(f"Next: rayml rollout promote --model {model}{flags}   |   rayml rollout rollback --model {model}{flags}")
     else:
-        console.print(f"Audit log: {store.audit_path}. Next: rayml serve status{flags}")
+        console.print(f"Audit log: {rollout.audit_path}. Next: rayml serve status{flags}")
 
 
 VersionStatsColumns = [

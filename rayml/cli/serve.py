@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
+from rayml.cli._output import start_output
+from rayml.cli._progress import Bar
 from rayml.config import ServeJobConfig
 
 app = typer.Typer(
@@ -44,12 +46,12 @@ def print_state(state, verbose: bool = False) -> None:
     console.print(f"URL: {state.url}")
 
 
-def print_drift(app_name: str, model: str | None = None) -> None:
+def print_drift(cfg: ServeJobConfig, model: str | None = None) -> None:
     """Online drift per served version (all replicas, the window the gauges show); nothing when no rows were counted."""
     from rayml.serve import drift_status
 
     try:
-        reports = drift_status(app_name, model)
+        reports = drift_status(cfg, model)
     except Exception as e:  # drift is extra information: status still shows health when it cannot be read
         console.print(f"[yellow]Drift: not available ({type(e).__name__}: {e})[/]")
         return
@@ -97,9 +99,10 @@ def up(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = Fals
     """
     from rayml.serve import deploy
 
-    setup_logging(verbose)
     cfg = load(ServeJobConfig, config, set_)
-    state = deploy(cfg)
+    start_output("serve-up", verbose)
+    with Bar(f"deploying {cfg.serve.app_name}", spinner=True):
+        state = deploy(cfg)
     print_state(state)
     first = next(iter(state.spec.models)) if state.spec else "MODEL"
     console.print(
@@ -114,14 +117,14 @@ def status(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = 
     """Show every deployment's health and replicas (with replica constructor errors), the routing table and online drift."""
     from rayml.serve import serve_status
 
-    setup_logging(verbose)
     cfg = load(ServeJobConfig, config, set_)
-    state = serve_status(cfg.serve)
+    start_output("serve-status", verbose)
+    state = serve_status(cfg)
     if state is None:
         console.print(f"Application {cfg.serve.app_name!r} is not deployed. Next: rayml serve up {_flags(config, set_)}")
         raise typer.Exit(1)
     print_state(state, verbose)
-    print_drift(state.name)
+    print_drift(cfg)
     if not state.healthy:
         console.print(f"[yellow]Not healthy.[/] Fix the errors above, then: rayml serve up {_flags(config, set_)}")
         raise typer.Exit(1)
@@ -140,9 +143,9 @@ def down(
     """Remove the application (in-flight requests finish first); stop the local serving Ray once nothing is left."""
     from rayml.serve import undeploy
 
-    setup_logging(verbose)
     cfg = load(ServeJobConfig, config, set_)
-    existed, stopped = undeploy(cfg.serve, keep_ray=keep_ray)
+    start_output("serve-down", verbose)
+    existed, stopped = undeploy(cfg, keep_ray=keep_ray)
     console.print(f"Application {cfg.serve.app_name!r} {'removed' if existed else 'was not deployed'}.")
     if stopped:
         console.print("Stopped the local Ray that `rayml serve up` started (no application left).")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, fmt_metrics, load, setup_logging
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, fmt_metrics, load
+from rayml.cli._output import start_output
+from rayml.cli._progress import Bar, FollowTraining
 from rayml.config import TrainJobConfig
 
 
@@ -15,9 +17,12 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = F
     """
     from rayml.train import train as run_training
 
-    setup_logging(verbose)
     cfg = load(TrainJobConfig, config, set_)
-    result = run_training(cfg)
+    start_output("train", verbose)
+    with Bar("epochs", total=cfg.train.epochs) as bar, FollowTraining(
+        bar, cfg.registry.tracking_uri, cfg.registry.experiment, cfg.model.name, cfg.train.run_name
+    ):
+        result = run_training(cfg)
     if result.already_done:
         console.print(f"Run {result.run_name} already finished; nothing to train again.")
     elif len(result.resumed_from) > 1 or (result.resumed_from and result.resumed_from[0] > 0):

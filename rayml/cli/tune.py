@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, table
+from rayml.cli._output import start_output
+from rayml.cli._progress import Bar, FollowSearch
 from rayml.config import TuneJobConfig
 
 ResumeOpt = Annotated[
@@ -28,19 +30,21 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = Fals
 
     Every trial checkpoints every epoch. If the driver dies, run the same command with --resume.
     """
-    from rayml.tune import table_rows
-    from rayml.tune import tune as run_search
+    from rayml.tune import table_rows, tune as run_search
 
-    setup_logging(verbose)
     cfg = load(TuneJobConfig, config, set_)
-    result = run_search(cfg, resume=resume)
+    start_output("tune", verbose)
+    with Bar("trials", total=trial_count(cfg)) as bar, FollowSearch(
+        bar, cfg.registry.tracking_uri, cfg.registry.experiment, cfg.tune.name
+    ):
+        result = run_search(cfg, resume=resume)
     if result.already_done:
         console.print(f"Search {result.name} had already finished; showing its results.")
     elif result.resumed:
         console.print(f"Search {result.name} resumed: finished trials were kept, unfinished ones continued.")
     columns, rows = table_rows(result.trials, cfg)
     # piped output (CI logs, `| tee`) would wrap the table at 80 columns; a results table is read whole
-    out = console if console.is_terminal else Console(width=200, highlight=False)
+    out = console if console.is_terminal else Console(width=200, highlight=False, file=console.file)
     out.print(table(f"Search {result.name}: {len(result.trials)} trials, best first", columns, rows))
     best = result.best
     early = f"; {result.stopped_early} stopped early by ASHA" if cfg.tune.scheduler == "asha" else ""
@@ -58,3 +62,12 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = Fals
         out.print(f"Next: rayml models show {v.name}   |   rayml models alias {v.name} {v.version} production")
     else:
         out.print(f"Best model exported to {result.model_dir} (registry.register_version is false)")
+
+
+def trial_count(cfg: TuneJobConfig) -> int:
+    """How many trials the search runs: every sample walks the whole grid (Tune's ``num_samples`` x grid points)."""
+    points = 1
+    for dim in cfg.tune.space.values():
+        if dim.type == "grid":
+            points *= len(dim.values or [])
+    return cfg.resolved_num_samples * points

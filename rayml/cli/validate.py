@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, table
+from rayml.cli._output import print_limited, start_output
 from rayml.config import GateJobConfig
 
 
@@ -34,11 +35,11 @@ def validate(
     from rayml.gate import run_gate
     from rayml.registry import Registry, validate_name
 
-    setup_logging(verbose)
     overrides = list(set_ or []) + ([f"gate.max_regression={max_regression}"] if max_regression is not None else [])
     cfg = load(GateJobConfig, config, overrides)
     validate_name(model)
     validate_name(baseline, "alias")
+    start_output("validate", verbose)
     df = load_table(DataConfig(source=data))
     report = run_gate(Registry(cfg.registry.tracking_uri), model, candidate, df, cfg.gate, baseline_alias=baseline)
 
@@ -59,6 +60,7 @@ def validate(
     ]
     console.print(table("Metrics", ["metric", "candidate", "baseline", "trivial"], rows))
     if report.slices:
+        worst = sorted(report.slices, key=lambda s: -s.get("regression", 0))
         srows = [
             [
                 s["segment"],
@@ -67,11 +69,12 @@ def validate(
                 f"{s.get('baseline', float('nan')):.4g}",
                 f"{s.get('regression', 0):+.1%}",
             ]
-            for s in report.slices[:20]
+            for s in worst[:SLICES_SHOWN]
         ]
+        shown = f"worst {SLICES_SHOWN} of {len(worst)}" if len(worst) > SLICES_SHOWN else "worst first"
         console.print(
             table(
-                f"Slices ({report.primary_metric}; first 20)", ["segment", "rows", "candidate", "baseline", "regression"], srows
+                f"Slices ({report.primary_metric}; {shown})", ["segment", "rows", "candidate", "baseline", "regression"], srows
             )
         )
     imp = [[f, f"{v:.4g}"] for f, v in list(report.feature_importance.items())[:10]]
@@ -83,6 +86,26 @@ def validate(
         console.print(f"Next: rayml models alias {model} {report.candidate} production")
         return
     console.print("[bold red]FAILED[/]")
-    for failure in report.failures:
-        console.print(f"  - {failure}")
+    print_gate_failures(report, f"all of them in gate_report.json of MLflow run {report.mlflow_run_id}")
     raise typer.Exit(1)
+
+
+SLICES_SHOWN = 10
+FAILED_SEGMENTS_SHOWN = 3
+
+
+def print_gate_failures(report: Any, more: str, indent: str = "  ") -> None:
+    """The gate's failures: every model-level one, then the worst few failing segments and how many others failed.
+
+    Args:
+        report: the :class:`rayml.gate.GateReport`.
+        more: where all of them can be read (a file, an MLflow run).
+        indent: prefix of every line.
+    """
+    regression = {f"segment {s['segment']!r}:": s.get("regression", 0.0) for s in report.slices}
+    segments = [f for f in report.failures if f.startswith("segment ")]
+    overall = [f for f in report.failures if f not in segments]
+    segments.sort(key=lambda f: -regression.get(f[: f.find(":") + 1], 0.0))
+    print_limited([f"- {f}" for f in overall], len(overall), more, indent=indent)
+    if segments:
+        print_limited([f"- {f}" for f in segments], FAILED_SEGMENTS_SHOWN, more, indent=indent)

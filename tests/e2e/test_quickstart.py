@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 from tests.e2e.helpers import run_cli
@@ -12,6 +14,7 @@ def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> 
     args = ["quickstart", "--workdir", str(work), "--stores", "6", "--days", "60", "--epochs", "2", "--trials", "2"]
     out = run_cli(args, cli_env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _assert_only_raymls_own_lines(out, work)
     text = out.stdout
     for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 8", "Step 9", "Step 10", "Done in"):
         assert step in text, step
@@ -29,6 +32,18 @@ def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> 
     assert v1.split("│")[5].strip() == "-" and float(v1.split("│")[4]) < 0.1, drift[:2000]  # no feature alerts on v1
     assert "rayml models list" in text  # the next command to try
     assert (work / "mlflow.db").is_file() and any((work / "runs").iterdir())
+
+
+def _assert_only_raymls_own_lines(out: subprocess.CompletedProcess, work: Path) -> None:
+    """A successful run shows no engine output: no traceback, no ERROR line; those are in the log file it names."""
+    shown = out.stdout + out.stderr
+    assert "Traceback" not in shown and "ERROR" not in shown, shown[-5000:]
+    assert out.stderr.strip() == "", out.stderr[-3000:]  # nothing went wrong, so nothing to say on stderr
+    logs = re.findall(r"Logs of Ray, MLflow and the workers: (\S+\.log)", out.stdout)
+    assert len(logs) == 1, out.stdout[:2000]  # printed once
+    log = Path(logs[0])
+    assert log.parent == work / "logs" and log.is_file() and log.stat().st_size > 0
+    assert "Started a local Ray instance" in log.read_text()  # Ray's own lines went there
 
 
 def test_train_job_entrypoint_exit_code_for_bad_config(cli_env: dict[str, str], tmp_path: Path) -> None:
