@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch: pip takes the local file here and never pulls CUDA packages on a CPU machine.
 # On a GPU machine: make install TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
+# Tests run in a random order (pytest-randomly; the seed is in pytest's header). Replay one order:
+# make test PYTEST_ARGS="--randomly-seed=N" (or =last); file order: PYTEST_ARGS="-p no:randomly".
 PYTEST_ARGS ?=
 
 PROMTOOL ?= promtool
@@ -24,9 +26,11 @@ install: $(BIN)/rayml
 demo: install
 	$(BIN)/rayml quickstart
 
+# mypy: every module of rayml/, the public ones strictly ([tool.mypy] in pyproject.toml); .mypy_cache/ keeps reruns fast
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy rayml
 
 # Prometheus alert rules: promtool's syntax check and unit tests (Debian's prometheus package provides promtool).
 alerts:
@@ -59,4 +63,4 @@ strip-notebooks: install
 	$(BIN)/python notebooks/strip_outputs.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -63,8 +63,7 @@ def resolve_files(source: str, fmt: str = "auto") -> tuple[pafs.FileSystem, list
         else:
             files = [root]
     if fmt == "auto":
-        kinds = {_EXTENSIONS.get(os.path.splitext(f)[1].lower()) for f in files}
-        kinds.discard(None)
+        kinds = {kind for f in files if (kind := _EXTENSIONS.get(os.path.splitext(f)[1].lower())) is not None}
         files = [f for f in files if os.path.splitext(f)[1].lower() in _EXTENSIONS]
         if len(kinds) > 1:
             raise DataError(f"data source {source!r} mixes parquet and CSV files", hint="set data.format or separate the files")
@@ -87,7 +86,8 @@ def read_file(fs: pafs.FileSystem, path: str, fmt: str) -> pd.DataFrame:
             table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         raise DataError(f"cannot read {fmt} file {path!r}: {e}", hint="the file is corrupt or not in that format") from e
-    return table.to_pandas()
+    df: pd.DataFrame = table.to_pandas()
+    return df
 
 
 def load_table(cfg: DataConfig) -> pd.DataFrame:

@@ -8,7 +8,7 @@ categories), the target and the task. ``validate`` checks a frame against a sche
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -126,7 +126,8 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
         counts = counts[counts.index != UNKNOWN]
         # most frequent first, ties broken by value so the order is deterministic
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_categories]
-        features.append(Feature(name, "categorical", tuple(k for k, _ in ordered)))
+        # as_category_strings made every value a str
+        features.append(Feature(name, "categorical", tuple(cast(str, k) for k, _ in ordered)))
     return Schema(features=tuple(features), target=cfg.target, task=cfg.task, segment=tuple(cfg.segment))
 
 

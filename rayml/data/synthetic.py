@@ -76,7 +76,7 @@ def generate_sales(cfg: SyntheticConfig) -> pd.DataFrame:
     sales = np.maximum(sales, 0.0)  # a store cannot sell less than nothing
 
     width = max(3, len(str(n_stores - 1)))
-    df = pd.DataFrame(
+    df: pd.DataFrame = pd.DataFrame(
         {
             "store_id": np.char.add("store_", np.char.zfill(store_idx.astype(str), width)),
             "date": dates.strftime("%Y-%m-%d"),
@@ -106,7 +106,7 @@ def apply_drift(df: pd.DataFrame, spec: DriftSpec, rng: np.random.Generator) -> 
             f"drift column {spec.column!r} is not in the data",
             hint=f"choose one of: {', '.join(df.columns)}",
         )
-    out = df.copy()
+    out: pd.DataFrame = df.copy()
     col = out[spec.column]
     if spec.kind == "shift":
         if not pd.api.types.is_numeric_dtype(col):

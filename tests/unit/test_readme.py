@@ -51,3 +51,14 @@ def test_every_readme_command_exists_and_its_options_parse(args: list[str]) -> N
 def test_every_repo_path_in_the_readme_exists() -> None:
     for path in set(re.findall(r"\b((?:jobs|benchmarks|clusters|notebooks|rayml)/[\w./-]+\.(?:py|yaml|md|ipynb))", README)):
         assert (ROOT / path).exists(), path
+
+
+def test_every_rayml_name_in_the_readmes_python_blocks_exists() -> None:
+    import rayml
+
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert blocks, "the README shows the Python API"
+    names = {m for block in blocks for m in re.findall(r"\brayml\.(\w+)", block)}
+    assert names, "no rayml.<name> in the README's Python blocks"
+    for name in sorted(names):
+        assert hasattr(rayml, name), f"README uses rayml.{name}, which does not exist"
