@@ -1,4 +1,5 @@
-"""Shared fixtures: markers from the path, an isolated $RAYML_HOME, one local Ray per session, fresh registries."""
+"""Shared fixtures: markers from the path, an isolated $RAYML_HOME, one local Ray per session, Ray Serve per module
+(cleaned between tests), fresh registries."""
 
 from __future__ import annotations
 
@@ -51,6 +52,42 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+def remove_serve_apps() -> None:
+    """Stop every rollout controller and delete every Serve application (whatever a test left behind)."""
+    from ray import serve
+
+    from rayml.serve._rollout_runtime import stop_controllers
+
+    for app in serve.status().applications:
+        stop_controllers(app)  # detached actors: they outlive the application and Serve
+        serve.delete(app)
+
+
+@pytest.fixture(scope="module")
+def serve_http(ray_session):
+    """Ray Serve's HTTP proxy on a free local port for one test module (Serve starts in seconds, an app in tens)."""
+    from ray import serve
+
+    from rayml._private.net import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield {"port": port, "url": f"http://127.0.0.1:{port}"}
+    remove_serve_apps()
+    serve.shutdown()
+
+
+@pytest.fixture
+def serve_instance(serve_http):
+    """``serve_http`` for one test: every application and rollout controller the test leaves is removed after it.
+
+    Modules whose tests share one application (deploying it costs a replica start per version) use ``serve_http``
+    instead, and start each test by moving that application to the state the test asserts on.
+    """
+    yield serve_http
+    remove_serve_apps()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,7 @@ class LocalCluster:
     env: dict[str, str]  # the environment local.sh and `ray job ...` run with (ports, temp dir, token)
     dashboard: str
     dir: Path
+    killed: list[str] = field(default_factory=list)  # nodes a test killed (the module shares the cluster, in any order)
 
     def sh(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([str(LOCAL_SH), *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -135,7 +136,9 @@ def _submit(c: LocalCluster, runtime_env: Path, *entrypoint: str, wait: bool = T
 
 def test_train_job_on_a_local_multinode_cluster_registers_the_model(cluster: LocalCluster, tmp_path: Path) -> None:
     status = cluster.sh("status")
-    assert status.returncode == 0 and status.stdout.count(": running") == 4, status.stdout
+    # every node up, but for one another test of this module killed (`status` then exits 1)
+    assert status.returncode == int(bool(cluster.killed)), status.stdout
+    assert status.stdout.count(": running") == 4 - len(cluster.killed), status.stdout
 
     runtime_env = _runtime_env(tmp_path)
     job = ["python", "jobs/train.py", "--config", "jobs/configs/train.yaml", *SMALL, "--set", "train.epochs=2"]
@@ -193,6 +196,7 @@ def test_training_job_survives_a_worker_node_killed_mid_run(cluster: LocalCluste
         time.sleep(0.3)
     name, pgid = _node_running_a_train_worker(cluster)
     os.killpg(pgid, signal.SIGKILL)  # the whole node: raylet, object store, agents (its workers die with the raylet)
+    cluster.killed.append(name)
     killed_at = _max_checkpoint_epoch(runs)
     assert killed_at < 5
 

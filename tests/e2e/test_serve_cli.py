@@ -20,7 +20,7 @@ import httpx
 
 from rayml._private.net import free_port
 from rayml.registry import Registry
-from rayml.serve._testing import instances, register_tiny_model
+from rayml.testing import instances, register_tiny_model
 from tests.e2e.helpers import run_cli
 
 CONFIG = "jobs/configs/serve.yaml"

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from rayml._private.net import free_port
 from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
 from rayml.serve import deploy, drift_status
-from rayml.serve._testing import register_tiny_model, sample_frame, v2_body
+from rayml.testing import register_tiny_model, sample_frame, v2_body
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -29,21 +26,13 @@ ROWS_PER_REQUEST = 10
 REQUESTS = 40  # per version: 400 rows, over the default min_rows (100)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
-    from ray import serve
-
-    db = tmp_path_factory.mktemp("drift-registry") / "mlflow.db"
-    shutil.copy(_registry_template, db)
-    registry = Registry(f"sqlite:///{db}")
+@pytest.fixture
+def env(serve_instance: dict, registry: Registry):
+    # per test: drift counts stay in the stats deployment for the whole window, so each test gets a fresh application
     for seed in (0, 1):
         register_tiny_model(registry, MODEL, seed=seed)
     inputs = [i["name"] for i in registry.load(f"{MODEL}:1").meta["inputs"]]
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield {"registry": registry, "port": port, "url": f"http://127.0.0.1:{port}", "inputs": inputs}
-    serve.delete("rayml")
-    serve.shutdown()
+    return {**serve_instance, "registry": registry, "inputs": inputs}
 
 
 def _rows(inputs: list[str], drifted: bool) -> list[dict]:
@@ -69,7 +58,7 @@ def _wait_for_rows(expected: dict[int, int], timeout_s: float = 20.0) -> dict[in
     deadline = time.monotonic() + timeout_s
     reports: dict[int, dict] = {}
     while time.monotonic() < deadline:
-        reports = drift_status("rayml", MODEL).get(MODEL, {})
+        reports = drift_status(ServeJobConfig(), MODEL).get(MODEL, {})  # the default application, "rayml"
         if all(reports.get(v, {}).get("rows") == n for v, n in expected.items()):
             return reports
         time.sleep(0.5)
@@ -87,7 +76,7 @@ def test_drifted_traffic_alerts_clean_stays_ok_and_two_replicas_merge_exactly(en
         "serve.drift_window_s=1000000",  # one window for the whole test: every row sent is in the report
         "serve.deploy_timeout_s=180",
     ]
-    deploy(load_config(ServeJobConfig, None, overrides), env["registry"])
+    deploy(load_config(ServeJobConfig, None, overrides), registry=env["registry"])
     clean, drifted = _rows(env["inputs"], False), _rows(env["inputs"], True)
     codes = asyncio.run(_send(env["url"], f"/v2/models/{MODEL}/versions/1/infer", clean, REQUESTS))
     codes += asyncio.run(_send(env["url"], f"/v2/models/{MODEL}/versions/2/infer", drifted, REQUESTS))

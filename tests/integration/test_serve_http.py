@@ -1,10 +1,11 @@
 """Real Ray Serve over HTTP: protocols, split, stickiness, shadow, bad input, auth, zero-downtime changes, metrics.
 
 One Serve instance (on a free port) and one set of tiny registered models serve the whole module; each test
-deploys what it needs as an update of the same application (most updates only reconfigure the ingress), and the
+starts by deploying the whole spec it asserts on as an update of the same application (most updates only
+reconfigure the ingress, so tests run alone and in any order without a fresh application each), and the
 application is deleted and Serve shut down at the end. Misbehaving models use the test-only fault hook of the model
-deployment (``deploy(..., faults={"name:version": "raise" | "sleep:S" | "scale:K"})``): the real ONNX deployment,
-told to raise, sleep or scale its outputs.
+deployment (``with rayml.testing.serve_faults({"name:version": "raise" | "sleep:S" | "scale:K"}): deploy(...)``):
+the real ONNX deployment, told to raise, sleep or scale its outputs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import httpx
 import pytest
 from scipy.stats import binom
 
-from rayml._private.net import free_port
 from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
-from rayml.serve._deploy import app_state, deploy
-from rayml.serve._testing import instances, register_tiny_model, register_tiny_model_set, v2_body
+from rayml.serve import deploy
+from rayml.serve._apply import app_state
+from rayml.testing import instances, register_tiny_model, register_tiny_model_set, serve_faults, v2_body
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -42,20 +43,30 @@ LIGHT = [  # small CPU reservations: the whole app fits the 4 logical CPUs of th
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
-    from ray import serve
-
+def served(serve_http: dict, tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
     db = tmp_path_factory.mktemp("serve-registry") / "mlflow.db"
     shutil.copy(_registry_template, db)
     registry = Registry(f"sqlite:///{db}")
     for seed in (0, 1, 2):  # versions 1, 2, 3: same signature, different predictions
         register_tiny_model(registry, MODEL, seed=seed)
     register_tiny_model_set(registry, "store-models")  # a many-models family: one model per store + a fallback
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield {"registry": registry, "port": port, "url": f"http://127.0.0.1:{port}"}
-    serve.delete("rayml")
-    serve.shutdown()
+    return {**serve_http, "registry": registry}
+
+
+@pytest.fixture
+def env(served: dict):
+    """The module's Serve and registry for one test, which starts by deploying (``up``) the whole spec it asserts on.
+
+    A deploy is a full spec, not a delta, so nothing an earlier test served reaches the next one; the registry loses
+    the versions a test registered.
+    """
+    registry: Registry = served["registry"]
+    known = {m: [v.version for v in registry.versions(m)] for m in (MODEL, "store-models")}
+    yield served
+    for model, versions in known.items():
+        for v in registry.versions(model):
+            if v.version not in versions:
+                registry.client.delete_model_version(model, str(v.version))
 
 
 def cfg(env: dict, models: str, *extra: str) -> ServeJobConfig:
@@ -68,7 +79,8 @@ def cfg(env: dict, models: str, *extra: str) -> ServeJobConfig:
 
 
 def up(env: dict, models: str, *extra: str, faults: dict[str, str] | None = None):
-    return deploy(cfg(env, models, *extra), env["registry"], faults=faults)
+    with serve_faults(faults or {}):
+        return deploy(cfg(env, models, *extra), registry=env["registry"])
 
 
 def replica_pids(app: str = "rayml") -> dict[str, set[int]]:
@@ -275,6 +287,7 @@ def test_a_slow_shadow_does_not_move_primary_p50(env: dict) -> None:
         "serve.shadow_queue_size=200",
         faults={f"{MODEL}:3": "sleep:0.2"},
     )
+    started = time.time()
     c = httpx.Client(base_url=env["url"], timeout=30)
     body = {"instances": ROWS[:1]}
     routed, pinned = [], []
@@ -295,7 +308,7 @@ def test_a_slow_shadow_does_not_move_primary_p50(env: dict) -> None:
     assert p50_routed <= 1.10 * p50_pinned + 0.0005, f"p50 routed {p50_routed * 1e3:.2f} ms vs pinned {p50_pinned * 1e3:.2f} ms"
     assert p50_routed < 0.1  # nowhere near the shadow's 200 ms
     time.sleep(1.0)
-    assert stats_window(MODEL, time.time() - 120)[(3, "shadow")].requests > 50  # the shadow really ran
+    assert stats_window(MODEL, started)[(3, "shadow")].requests > 50  # the shadow really ran (in this test)
 
 
 # --- zero-downtime changes -----------------------------------------------------------------------------------------
@@ -346,22 +359,29 @@ def test_metrics_are_exported_to_prometheus(env: dict) -> None:
         "ray_rayml_traffic_weight",
         "ray_rayml_model_load_seconds_bucket",
     }
+    labels = ('model="sales-model"', 'version="2"', 'route="primary"', 'code="200"')
+
+    def this_tests_requests(text: str) -> list[str]:
+        return [x for x in text.splitlines() if x.startswith("ray_rayml_requests_total{") and all(la in x for la in labels)]
+
     deadline, text = time.monotonic() + 40, ""
     while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if all(name in text for name in wanted):
+        # wait for this test's own series too: earlier tests in the session already export every metric name
+        if all(name in text for name in wanted) and this_tests_requests(text):
             break
         fire(env, 2)
         time.sleep(2)
     missing = sorted(n for n in wanted if n not in text)
     assert not missing, f"not exported: {missing}"
-    labels = ('model="sales-model"', 'version="2"', 'route="primary"', 'code="200"')
     lines = [x for x in text.splitlines() if x.startswith("ray_rayml_requests_total{")]
-    assert any(all(label in x for label in labels) for x in lines), lines[:5]
+    assert this_tests_requests(text), lines[:5]
 
 
 # --- failures are visible --------------------------------------------------------------------------------------------
-def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(env: dict, tmp_path: Path) -> None:
+def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(
+    env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rayml.cli import serve as serve_cli
     from rayml.serve import ServeDeployError
 
@@ -383,6 +403,8 @@ def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(env: dic
     state = app_state("rayml")
     failed = next(d for d in state.deployments if d.name == f"model-{MODEL}-v{version}")
     assert failed.status == "DEPLOY_FAILED" and "cannot load ONNX model" in failed.message
+    # a wide terminal: at 80 columns the message cell is narrower while a replica is "stopping", and wraps mid-phrase
+    monkeypatch.setattr(serve_cli.console, "width", 200)
     with serve_cli.console.capture() as captured:
         serve_cli.print_state(state)
     assert "DEPLOY_FAILED" in captured.get() and "cannot load ONNX model" in captured.get()  # what `serve status` shows

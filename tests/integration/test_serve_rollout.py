@@ -2,7 +2,7 @@
 
 Intervals are seconds, not minutes. The controller runs as the detached Ray actor it runs as in production; the
 traffic comes from a background HTTP client; the decisions are read back from the state file and the audit log.
-A candidate that errors uses the model deployment's test-only fault hook (``raise``); "wild outputs" is a real
+A candidate that errors uses the test-only fault hook (``rayml.testing.serve_faults``, ``raise``); "wild outputs" is a real
 ONNX model whose last layer is scaled by 100.
 """
 
@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rayml._private.net import free_port
 from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
-from rayml.serve._deploy import app_state, deploy
-from rayml.serve._rollout_runtime import approve, load_state, rollback_to_previous, start_rollout
-from rayml.serve._testing import instances, register_tiny_model
+from rayml.serve import approve, deploy, rollback_to_previous, start_rollout
+from rayml.serve._apply import app_state
+from rayml.serve._rollout_runtime import load_state, stop_controllers
+from rayml.testing import instances, register_tiny_model, serve_faults
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -31,9 +31,12 @@ ROWS = instances(2)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
-    from ray import serve
+def served(serve_http: dict, tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
+    """One registry with four versions, the application and its background traffic, shared by the module.
 
+    Deploying from scratch costs a replica start per version; each test instead starts with :func:`given`, which
+    moves this application and the registry's aliases to the state it asserts on (cheap when they are there already).
+    """
     db = tmp_path_factory.mktemp("rollout-registry") / "mlflow.db"
     shutil.copy(_registry_template, db)
     registry = Registry(f"sqlite:///{db}")
@@ -41,35 +44,54 @@ def env(tmp_path_factory: pytest.TempPathFactory, _registry_template: Path):
     register_tiny_model(registry, MODEL, seed=0, output_scale=1.03)  # v2: a good candidate (3% different)
     register_tiny_model(registry, MODEL, seed=0, output_scale=100.0)  # v3: wild outputs
     register_tiny_model(registry, MODEL, seed=0, output_scale=1.01)  # v4: raises (fault hook)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    state_root = tmp_path_factory.mktemp("rollouts")
-    cfg = load_config(
-        ServeJobConfig,
-        None,
-        [
-            f"serve.port={port}",
-            f"serve.models={{{MODEL}: {{versions: [{{version: 1}}]}}}}",
-            "serve.ingress.num_cpus=0.1",
-            f"serve.models.{MODEL}.deployment.num_cpus=0.1",
-            "serve.stats_flush_interval_s=0.5",
-            "serve.health_check_interval_s=0.5",
-            "rollout.interval_s=2",
-            "rollout.min_requests=10",
-            "rollout.min_shadow_comparisons=10",
-            "rollout.poll_interval_s=0.25",
-            "rollout.failure_budget=0",
-            "rollout.max_p95_latency_ratio=null",  # latency on a shared 2-core machine is too noisy for seconds-long windows
-            f"rollout.state_dir={state_root}",
-        ],
-    )
-    deploy(cfg, registry)
-    load = Load(f"http://127.0.0.1:{port}")
+    overrides = [
+        f"serve.port={serve_http['port']}",
+        "serve.ingress.num_cpus=0.1",
+        f"serve.models.{MODEL}.deployment.num_cpus=0.1",
+        "serve.stats_flush_interval_s=0.5",
+        "serve.health_check_interval_s=0.5",
+        "rollout.interval_s=2",
+        "rollout.min_requests=10",
+        "rollout.min_shadow_comparisons=10",
+        "rollout.poll_interval_s=0.25",
+        "rollout.failure_budget=0",
+        "rollout.max_p95_latency_ratio=null",  # latency on a shared 2-core machine is too noisy for seconds-long windows
+    ]
+    deploy(_config(overrides, {1: 1.0}), registry=registry)
+    load = Load(serve_http["url"])
     load.start()
-    yield {"registry": registry, "cfg": cfg, "load": load}
+    yield {"registry": registry, "overrides": overrides, "load": load}
     load.stop()
-    serve.delete("rayml")
-    serve.shutdown()
+
+
+@pytest.fixture
+def env(served: dict, tmp_path: Path):
+    """The shared application for one test: its own rollout state folder, and no controller left running after it."""
+    overrides = [*served["overrides"], f"rollout.state_dir={tmp_path / 'rollouts'}"]
+    cfg = _config(overrides, {1: 1.0})
+    yield {**served, "overrides": overrides, "cfg": cfg}
+    stop_controllers(cfg.serve.app_name)  # a failed test's controller would otherwise keep moving the next test's traffic
+
+
+def _config(overrides: list[str], weights: dict[int, float]) -> ServeJobConfig:
+    versions = ", ".join(f"{{version: {v}, weight: {w}}}" for v, w in sorted(weights.items()))
+    return load_config(ServeJobConfig, None, [f"serve.models={{{MODEL}: {{versions: [{versions}]}}}}", *overrides])
+
+
+def given(env: dict, traffic: dict[int, float], production: int | None = None, previous: int | None = None) -> None:
+    """Serve exactly ``traffic`` (version -> weight, no shadow); point the registry's aliases at ``production`` and
+    ``previous`` only."""
+    from rayml.registry import PREVIOUS, PRODUCTION
+
+    reg: Registry = env["registry"]
+    for alias in {a for v in reg.versions(MODEL) for a in v.aliases}:
+        reg.delete_alias(MODEL, alias)
+    for alias, version in ((PREVIOUS, previous), (PRODUCTION, production)):  # previous first: no alias moves
+        if version is not None:
+            reg.set_alias(MODEL, version, alias)
+    env["cfg"] = _config(env["overrides"], traffic)
+    deploy(env["cfg"], registry=reg)
+    assert weights(env) == traffic
 
 
 class Load:
@@ -119,7 +141,8 @@ def run_rollout(
     for item in overrides:
         key, value = item.split("=", 1)
         setattr(cfg.rollout, key, [float(x) for x in value.split(",")] if key in ("steps", "manual_steps") else float(value))
-    start_rollout(cfg, MODEL, candidate, env["registry"], faults=faults)
+    with serve_faults(faults or {}):  # the controller actor keeps them for the whole rollout
+        start_rollout(cfg, MODEL, candidate, env["registry"])
     env["crashed"] = False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -144,6 +167,7 @@ def weights(env: dict) -> dict[int, float]:
 
 
 def test_a_good_candidate_is_promoted_after_approval_even_when_the_controller_crashes(env: dict) -> None:
+    given(env, {1: 1.0})  # v1 serves everything and is no alias yet (deployed by number)
     t0 = time.time()
     state, history = run_rollout(env, 2, "steps=50,100", "manual_steps=50", crash=True, approve_note="looks good")
     assert state.phase == "promoted", (state.reason, state.last_check)
@@ -166,6 +190,7 @@ def test_a_good_candidate_is_promoted_after_approval_even_when_the_controller_cr
 
 
 def test_an_erroring_candidate_is_rolled_back_automatically(env: dict) -> None:
+    given(env, {1: 0.0, 2: 1.0}, production=2, previous=1)  # as a promotion of v2 over v1 leaves it
     t0 = time.time()
     state, history = run_rollout(env, 4, "steps=25,100", faults={f"{MODEL}:4": "raise"})
     assert state.phase == "rolled_back" and "error rate" in state.reason, state.reason
@@ -180,6 +205,7 @@ def test_an_erroring_candidate_is_rolled_back_automatically(env: dict) -> None:
 
 
 def test_wild_outputs_are_rolled_back_in_the_shadow_phase_before_any_caller_sees_them(env: dict) -> None:
+    given(env, {1: 0.0, 2: 1.0}, production=2, previous=1)
     t0 = time.time()
     state, _ = run_rollout(env, 3, "steps=100", "shadow_s=2")
     assert state.phase == "rolled_back" and "disagreement" in state.reason, state.reason
@@ -189,6 +215,7 @@ def test_wild_outputs_are_rolled_back_in_the_shadow_phase_before_any_caller_sees
 
 
 def test_blue_green_rollback_restores_previous_in_one_command(env: dict) -> None:
+    given(env, {1: 0.0, 2: 1.0}, production=2, previous=1)
     t0 = time.time()
     now, replaced = rollback_to_previous(env["cfg"], MODEL, env["registry"])
     assert (now, replaced) == (1, 2)

@@ -1,8 +1,8 @@
 """Cluster manifests in clusters/ are valid for the tools that consume them, offline.
 
 - Ray cluster launcher YAMLs against Ray's own launcher schema (ray/autoscaler/ray-schema.json of the installed Ray);
-- KubeRay RayCluster / RayJob / RayService against the CRDs' openAPIV3Schema, read from ../shared/kuberay-crds/ next to
-  the project root (the project's test data, kept outside the repo on purpose);
+- KubeRay RayCluster / RayJob / RayService against the CRDs' openAPIV3Schema (kept outside the repo on purpose; found
+  by tests/kuberay_crds.py: $RAYML_KUBERAY_CRDS, ../shared/kuberay-crds/, then a download cache);
 - the RayService's serveConfigV2 is what `rayml serve build` emits for jobs/configs/serve.yaml (cluster variant);
 - every manifest starts with the command that uses it.
 """
@@ -17,22 +17,30 @@ import jsonschema
 import pytest
 import yaml
 
+from tests import kuberay_crds
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "clusters" / "kuberay"
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
 LAUNCHER = sorted((ROOT / "clusters" / "launcher").glob("*.yaml"))
 MANIFESTS = sorted(KUBERAY.glob("*.yaml"))
 KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
 
 
 @functools.cache
+def _crds() -> Path | str:
+    """The CRD folder, or why there is none (looked up once per session: a failed download is not retried per test)."""
+    try:
+        return kuberay_crds.find_crds()
+    except kuberay_crds.CrdsNotFoundError as e:
+        return str(e)
+
+
+@functools.cache
 def _crd(kind: str) -> dict:
-    path = CRDS / f"ray.io_{KINDS[kind]}.yaml"
-    if not path.is_file():
-        raise AssertionError(
-            f"KubeRay CRD {path} is missing: these tests read the CRDs from ../shared/kuberay-crds/ next to the project "
-            "root. Hint: check out the project beside its shared/ folder (or link it there: ln -s /path/to/shared ../shared)"
-        )
+    folder = _crds()
+    if isinstance(folder, str):
+        pytest.fail(folder, pytrace=False)  # a fresh clone must not pass by skipping its manifest checks
+    path = folder / f"ray.io_{KINDS[kind]}.yaml"
     # the CRDs are ~1 MB of YAML each: libyaml's loader when PyYAML has it, parsed once per session
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return yaml.load(path.read_bytes(), Loader=loader)
@@ -99,7 +107,7 @@ def test_rayservice_serve_config_is_the_rayml_serve_build_output(registry, monke
 
     from rayml.config import ServeJobConfig, load_config
     from rayml.serve import build_serve_config
-    from rayml.serve._testing import register_tiny_model
+    from rayml.testing import register_tiny_model
 
     monkeypatch.delenv("RAYML_SERVE_API_KEYS", raising=False)
     spec = importlib.util.spec_from_file_location("render_rayservice", KUBERAY / "render_rayservice.py")
@@ -119,3 +127,97 @@ def test_rayservice_serve_config_is_the_rayml_serve_build_output(registry, monke
     assert yaml.safe_load(render.serve_config(render.CLUSTER_TRACKING_URI, registry)) == built
     env = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "MLFLOW_TRACKING_URI", "value": render.CLUSTER_TRACKING_URI} in env
+
+
+# --- where the CRDs come from: $RAYML_KUBERAY_CRDS, then ../shared/kuberay-crds, then the download cache ------------
+class FakeGitHub:
+    """Serves made-up CRD files (their checksums pinned by the test) and records every request."""
+
+    def __init__(self, fail: Exception | None = None, corrupt: bool = False) -> None:
+        self.fail, self.corrupt, self.urls, self.timeouts = fail, corrupt, [], []
+
+    def __call__(self, url: str, timeout_s: float) -> bytes:
+        self.urls.append(url)
+        self.timeouts.append(timeout_s)
+        if self.fail is not None:
+            raise self.fail
+        return _fake_crd(url.rsplit("/", 1)[-1]) + (b"tampered" if self.corrupt else b"")
+
+
+def _fake_crd(name: str) -> bytes:
+    return f"kind: CustomResourceDefinition  # {name}\n".encode()
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    import hashlib
+
+    monkeypatch.setattr(kuberay_crds, "SHA256", {n: hashlib.sha256(_fake_crd(n)).hexdigest() for n in kuberay_crds.FILES})
+    return {name: tmp_path / name for name in ("mine", "shared", "cache")}
+
+
+def _fill(folder: Path, files: tuple[str, ...] = kuberay_crds.FILES) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (folder / name).write_bytes(_fake_crd(name))
+    return folder
+
+
+def _find(places: dict[str, Path], get: FakeGitHub, env: dict[str, str] | None = None) -> Path:
+    return kuberay_crds.find_crds(env=env or {}, shared=places["shared"], cache_root=places["cache"], get=get)
+
+
+def test_crds_env_var_wins_over_shared_and_cache(places: dict[str, Path]) -> None:
+    _fill(places["shared"]), _fill(places["cache"] / kuberay_crds.COMMIT)
+    github = FakeGitHub()
+    assert _find(places, github, {kuberay_crds.ENV_VAR: str(_fill(places["mine"]))}) == places["mine"]
+    assert github.urls == []
+
+
+def test_crds_env_var_naming_an_incomplete_folder_fails_without_falling_back(places: dict[str, Path]) -> None:
+    _fill(places["shared"])
+    _fill(places["mine"], kuberay_crds.FILES[:2])
+    github = FakeGitHub()
+    with pytest.raises(kuberay_crds.CrdsNotFoundError) as e:
+        _find(places, github, {kuberay_crds.ENV_VAR: str(places["mine"])})
+    assert f"${kuberay_crds.ENV_VAR}={places['mine']}: missing ray.io_rayservices.yaml" in str(e.value)
+    assert github.urls == []  # a typo in the variable must not silently validate against another copy
+
+
+def test_crds_shared_folder_comes_next(places: dict[str, Path]) -> None:
+    _fill(places["cache"] / kuberay_crds.COMMIT)
+    shared = _fill(places["shared"])
+    github = FakeGitHub()
+    assert _find(places, github) == shared
+    assert github.urls == []
+
+
+def test_crds_cache_comes_last_and_is_filled_once_from_the_pinned_commit(places: dict[str, Path]) -> None:
+    _fill(places["shared"], kuberay_crds.FILES[:1])  # an incomplete shared folder does not count
+    github = FakeGitHub()
+    cache = places["cache"] / kuberay_crds.COMMIT
+    assert _find(places, github) == cache
+    assert sorted(p.name for p in cache.iterdir()) == sorted(kuberay_crds.FILES)
+    assert len(github.urls) == 3 and all(f"/kuberay/raw/{kuberay_crds.COMMIT}/ray-operator/" in u for u in github.urls)
+    assert max(github.timeouts) <= 5  # offline, a fresh clone's test run must not hang on the download
+    assert _find(places, github) == cache and len(github.urls) == 3  # cached: no second download
+    assert [p.name for p in places["cache"].iterdir()] == [kuberay_crds.COMMIT]  # no temp folder left behind
+
+
+def test_crds_a_download_with_the_wrong_checksum_is_not_cached(places: dict[str, Path]) -> None:
+    with pytest.raises(kuberay_crds.CrdsNotFoundError) as e:
+        _find(places, FakeGitHub(corrupt=True))
+    assert "has SHA-256" in str(e.value) and not (places["cache"] / kuberay_crds.COMMIT).exists()
+    assert list(places["cache"].iterdir()) == []
+
+
+def test_crds_nowhere_fails_listing_what_was_tried_and_the_three_ways_to_provide_them(places: dict[str, Path]) -> None:
+    github = FakeGitHub(fail=TimeoutError("timed out"))
+    with pytest.raises(kuberay_crds.CrdsNotFoundError) as e:
+        _find(places, github)
+    message = str(e.value)
+    assert len(github.urls) == 1  # the first failure stops the download
+    assert f"{places['shared']}: no such folder" in message
+    assert f"{places['cache'] / kuberay_crds.COMMIT}: not cached, and the download failed: TimeoutError: timed out" in message
+    assert f"export {kuberay_crds.ENV_VAR}=" in message and str(places["shared"]) in message
+    assert "python -m tests.kuberay_crds" in message
