@@ -29,7 +29,7 @@ from rayml.errors import UserError
 from rayml.serve._apply import apply_spec, current_spec
 from rayml.serve._cluster import connect
 from rayml.serve._rollout import RolloutController, RolloutState, StateStore
-from rayml.serve._spec import STATS, AppSpec, ShadowSpec, VersionSpec, deployment_name
+from rayml.serve._spec import STATS, AppSpec, ModelSpec, ShadowSpec, VersionSpec, deployment_name
 from rayml.serve._stats import VersionStats, by_version
 
 logger = logging.getLogger("rayml.serve")
@@ -263,40 +263,16 @@ def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registr
         _ensure_actor(cfg, model, registry.tracking_uri)
         return existing
     m = spec.models[model]
-    live = {v.version: v.weight for v in m.versions if v.weight > 0}
-    if len(live) != 1:
-        split = ", ".join(f"v{v}={w:g}" for v, w in sorted(live.items()))
-        raise UserError(
-            f"model {model} already splits its traffic ({split}); a rollout starts from one version with all traffic",
-            hint="send all traffic to one version first (serve.models weights in the config, then rayml serve up)",
-        )
-    baseline = next(iter(live))
+    baseline = _sole_live_version(model, m)
     if cand == baseline:
         raise UserError(f"v{cand} of {model} already serves all traffic", hint="name another version as --candidate")
     if loaded.kind != m.kind:
         raise UserError(f"{model}:{cand} is a {loaded.kind}, the served versions are {m.kind}s")
     try:
-        previous = registry.resolve(f"{model}@{PREVIOUS}").version
+        previous: int | None = registry.resolve(f"{model}@{PREVIOUS}").version
     except UserError:
         previous = None
-    keep = {baseline, cand, previous}
-    versions = [v for v in m.versions if v.version in keep and v.version != cand]
-    versions.append(
-        VersionSpec(
-            version=cand,
-            weight=0.0,
-            deployment=deployment_name(model, cand, m.kind),
-            local_path=str(loaded.path),
-        )
-    )
-    staged = spec.model_copy(
-        update={
-            "models": {
-                **spec.models,
-                model: m.model_copy(update={"versions": sorted(versions, key=lambda v: v.version), "shadow": None}),
-            }
-        }
-    )
+    staged = _with_candidate(spec, model, cand, str(loaded.path), keep={baseline, cand, previous})
     apply_spec(staged, cfg.serve.deploy_timeout_s)  # the candidate is up (no traffic) before the controller starts
     state = RolloutState(
         model=model,
@@ -313,6 +289,29 @@ def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registr
     controller.start()
     _ensure_actor(cfg, model, registry.tracking_uri)
     return state
+
+
+def _sole_live_version(model: str, m: ModelSpec) -> int:
+    """The one version that takes all of ``model``'s traffic (a rollout starts from there)."""
+    live = {v.version: v.weight for v in m.versions if v.weight > 0}
+    if len(live) != 1:
+        split = ", ".join(f"v{v}={w:g}" for v, w in sorted(live.items()))
+        raise UserError(
+            f"model {model} already splits its traffic ({split}); a rollout starts from one version with all traffic",
+            hint="send all traffic to one version first (serve.models weights in the config, then rayml serve up)",
+        )
+    return next(iter(live))
+
+
+def _with_candidate(spec: AppSpec, model: str, cand: int, local_path: str, keep: set[int | None]) -> AppSpec:
+    """``spec`` with ``cand`` deployed at weight 0 next to the versions in ``keep`` (others and the shadow dropped)."""
+    m = spec.models[model]
+    versions = [v for v in m.versions if v.version in keep and v.version != cand]
+    versions.append(
+        VersionSpec(version=cand, weight=0.0, deployment=deployment_name(model, cand, m.kind), local_path=local_path)
+    )
+    updated = m.model_copy(update={"versions": sorted(versions, key=lambda v: v.version), "shadow": None})
+    return spec.model_copy(update={"models": {**spec.models, model: updated}})
 
 
 def _ensure_actor(cfg: ServeJobConfig, model: str, tracking_uri: str) -> Any:

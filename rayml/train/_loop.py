@@ -7,6 +7,7 @@ driver continues from the last checkpoint instead of epoch 0.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -206,27 +207,14 @@ def _train_epochs(
         wall: dict[str, float] = {"previous_epoch_wall_s": t0 - previous_start} if previous_start is not None else {}
         previous_start = t0
         model.train()
-        total, count = 0.0, 0
         # per-epoch generator: the batch order of an epoch is the same whether or not the run was resumed
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 101 + rank)
         batches = (
             _cached_batches(cached, batch_size, gen) if cached else session.train_batches(spec, target, batch_size, seed + epoch)
         )
-        half_done = False
+        on_half = functools.partial(_faults.mid_epoch, faults, epoch, rank, config["fault_marker"]) if faults else None
         n_rows = cached[2].shape[0] if cached else None
-        for num, cat, y in batches:
-            num, cat, y = num.to(device), cat.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(model(num, cat, raw=True), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            if faults and not half_done and (n_rows is None or count >= n_rows // 2):
-                half_done = True
-                _faults.mid_epoch(faults, epoch, rank, config["fault_marker"])
+        total, count = _fit_batches(batches, (model, optimizer, scaler, loss_fn), device, use_amp, n_rows, on_half)
         metrics = {"epoch": epoch, "train_loss": total / max(count, 1), **evaluate(core, val_num, val_cat, val_y, device)}
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics.update(wall)
@@ -240,29 +228,66 @@ def _train_epochs(
         # for the controller callback: each attempt's start, and whether this report is already in MLflow
         metrics.update(resumed_from_epoch=start_epoch, logged_by_worker=int(mlflow_log.enabled))
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                torch.save(
-                    {
-                        "model": core.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "epoch": epoch,
-                        "best": best,
-                        "since_best": since_best,
-                    },
-                    os.path.join(tmp, STATE_FILE),
-                )
-                with open(os.path.join(tmp, META_FILE), "w") as f:
-                    json.dump({"epoch": epoch, "val_loss": metrics["val_loss"]}, f)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            state = (core, optimizer, scaler, epoch, best, since_best)
+            ckpt = _write_checkpoint(tmp, state, metrics["val_loss"]) if rank == 0 else None
             session.report(metrics, ckpt)
         _faults.end_of_epoch(faults)
         if stop:
             if rank == 0:
                 logger.info("early stopping after epoch %d: no improvement for %d epoch(s)", epoch, patience)
             break
+
+
+def _fit_batches(
+    batches: Any,
+    step: tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, nn.Module],
+    device: torch.device,
+    use_amp: bool,
+    n_rows: int | None,
+    on_half: Any,
+) -> tuple[float, int]:
+    """One pass of optimizer steps over ``batches``; returns (summed loss, rows). ``on_half`` (a test fault hook)
+    runs once, when half of ``n_rows`` (or the first batch, when the count is unknown) has been seen."""
+    model, optimizer, scaler, loss_fn = step
+    total, count = 0.0, 0
+    for num, cat, y in batches:
+        num, cat, y = num.to(device), cat.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            loss = loss_fn(model(num, cat, raw=True), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+        if on_half is not None and (n_rows is None or count >= n_rows // 2):
+            on_half()
+            on_half = None
+    return total, count
+
+
+def _write_checkpoint(
+    tmp: str,
+    state: tuple[TabularMLP, torch.optim.Optimizer, torch.amp.GradScaler, int, float, int],
+    val_loss: float,
+) -> ray.train.Checkpoint:
+    """Rank 0's checkpoint of the epoch that just ended: weights, optimizer, AMP scaler, RNG and early-stopping state."""
+    core, optimizer, scaler, epoch, best, since_best = state
+    torch.save(
+        {
+            "model": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "best": best,
+            "since_best": since_best,
+        },
+        os.path.join(tmp, STATE_FILE),
+    )
+    with open(os.path.join(tmp, META_FILE), "w") as f:
+        json.dump({"epoch": epoch, "val_loss": val_loss}, f)
+    return ray.train.Checkpoint.from_directory(tmp)
 
 
 def _cached_batches(cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_size: int, gen: torch.Generator):
