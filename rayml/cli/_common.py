@@ -15,8 +15,10 @@ from rich.table import Table
 
 from rayml.config import load_config
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: a printed line is never broken at the console width, so a command it names ("Next: rayml ...") can be
+# copied whole; tables still fit the width
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 C = TypeVar("C", bound=BaseModel)
 

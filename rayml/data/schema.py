@@ -89,7 +89,10 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
         problems.append(f"target column {cfg.target!r} is missing (columns: {cols})")
     for name in cfg.segment:
         if name not in df.columns:
-            problems.append(f"segment column {name!r} is missing (columns: {cols})")
+            problems.append(
+                f"segment column {name!r} (data.segment) is missing (columns: {cols}); "
+                "set data.segment to your segment column(s), or [] when the data has none"
+            )
     excluded = {cfg.target, *cfg.segment, *cfg.ignore_columns}
     if cfg.numeric_features is None and cfg.categorical_features is None:
         candidates = [c for c in df.columns if c not in excluded]
