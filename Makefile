@@ -63,4 +63,4 @@ strip-notebooks: install
 	$(BIN)/python notebooks/strip_outputs.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info
