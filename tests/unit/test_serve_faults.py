@@ -7,26 +7,10 @@ import pytest
 
 from rayml._private import faults
 from rayml.errors import ConfigError
-from rayml.serve._spec import AppSpec, ModelSpec, VersionSpec
+from rayml.serve._spec import AppSpec, VersionSpec
 from rayml.serve.app import model_deployment
 from rayml.testing import serve_faults
-
-
-def _spec() -> AppSpec:
-    version = VersionSpec(version=3, weight=1.0, deployment="model-m-v3")
-    return AppSpec(
-        app_name="app",
-        tracking_uri="sqlite:///x.db",
-        models={"m": ModelSpec(name="m", versions=[version])},
-        max_batch_rows=10,
-        max_request_bytes=1024,
-        allow_missing_values=False,
-        request_timeout_s=1,
-        shadow_queue_size=1,
-        shadow_timeout_s=1,
-        stats_flush_interval_s=1,
-        health_check_interval_s=1,
-    )
+from tests.unit.serve_specs import app_spec
 
 
 def _init_kwargs(spec: AppSpec) -> dict:
@@ -35,7 +19,7 @@ def _init_kwargs(spec: AppSpec) -> dict:
 
 
 def test_a_fault_reaches_the_replica_only_inside_the_block_and_never_the_spec() -> None:
-    spec = _spec()
+    spec = app_spec(m={3: 1.0})
     assert "_fault" not in _init_kwargs(spec)
     with serve_faults({"m:3": "sleep:0.2", "other:1": "raise"}):
         assert _init_kwargs(spec)["_fault"] == "sleep:0.2"

@@ -13,7 +13,8 @@ from rayml.errors import ConfigError
 from rayml.serve._apply import plan_stages
 from rayml.serve._http import authorize
 from rayml.serve._protocol import HttpError, Tensor, parse_json, parse_v1, parse_v2, to_json_values, v2_response, validate
-from rayml.serve._spec import AppSpec, AuthKey, ModelSpec, ShadowSpec, VersionSpec, check_spec
+from rayml.serve._spec import AppSpec, AuthKey, ShadowSpec, check_spec
+from tests.unit.serve_specs import app_spec
 
 INPUTS = [Tensor("price", "FP32", [-1]), Tensor("promo", "BYTES", [-1])]
 
@@ -138,36 +139,13 @@ def test_auth_401_403_and_constant_time_digest_match() -> None:
     assert code == 403 and "may not call model 'b'" in message
 
 
-def _spec(**weights_by_model: dict[int, float]) -> AppSpec:
-    models = {
-        name: ModelSpec(
-            name=name,
-            versions=[VersionSpec(version=v, weight=w, deployment=f"model-{name}-v{v}") for v, w in sorted(ws.items())],
-        )
-        for name, ws in weights_by_model.items()
-    }
-    return AppSpec(
-        app_name="app",
-        tracking_uri="sqlite:///x.db",
-        models=models,
-        max_batch_rows=10,
-        max_request_bytes=1024,
-        allow_missing_values=False,
-        request_timeout_s=1,
-        shadow_queue_size=1,
-        shadow_timeout_s=1,
-        stats_flush_interval_s=1,
-        health_check_interval_s=1,
-    )
-
-
 def _weights(spec: AppSpec) -> dict[str, dict[int, float]]:
     return {n: m.weights for n, m in spec.models.items()}
 
 
 def test_plan_adds_versions_at_weight_zero_first_and_removes_them_last() -> None:
-    old = _spec(m={1: 1.0})
-    new = _spec(m={2: 1.0})
+    old = app_spec(m={1: 1.0})
+    new = app_spec(m={2: 1.0})
     stages = plan_stages(old, new)
     assert [_weights(s) for s in stages] == [
         {"m": {1: 1.0, 2: 0.0}},  # v2 starts with no traffic; v1 untouched
@@ -176,19 +154,19 @@ def test_plan_adds_versions_at_weight_zero_first_and_removes_them_last() -> None
     ]
     assert plan_stages(None, new) == [new]
     assert plan_stages(new, new) == [new]
-    weights_only = plan_stages(_spec(m={1: 0.9, 2: 0.1}), _spec(m={1: 0.5, 2: 0.5}))
+    weights_only = plan_stages(app_spec(m={1: 0.9, 2: 0.1}), app_spec(m={1: 0.5, 2: 0.5}))
     assert [_weights(s) for s in weights_only] == [{"m": {1: 0.5, 2: 0.5}}]
-    new_model = plan_stages(_spec(m={1: 1.0}), _spec(m={1: 1.0}, n={1: 1.0}))
+    new_model = plan_stages(app_spec(m={1: 1.0}), app_spec(m={1: 1.0}, n={1: 1.0}))
     assert [_weights(s) for s in new_model] == [{"m": {1: 1.0}, "n": {1: 1.0}}]
-    gone_model = plan_stages(_spec(m={1: 1.0}, n={1: 1.0}), _spec(m={1: 1.0}))
+    gone_model = plan_stages(app_spec(m={1: 1.0}, n={1: 1.0}), app_spec(m={1: 1.0}))
     assert [_weights(s) for s in gone_model] == [{"m": {1: 1.0}, "n": {1: 1.0}}, {"m": {1: 1.0}}]
 
 
 def test_spec_checks_weights_and_shadow() -> None:
-    spec = _spec(m={1: 0.5, 2: 0.4})
+    spec = app_spec(m={1: 0.5, 2: 0.4})
     with pytest.raises(ConfigError, match="sum to 0.9"):
         check_spec(spec)
-    spec = _spec(m={1: 1.0})
+    spec = app_spec(m={1: 1.0})
     spec.models["m"].shadow = ShadowSpec(version=7, percent=10)
     with pytest.raises(ConfigError, match="shadow version 7 is not deployed"):
         check_spec(spec)
