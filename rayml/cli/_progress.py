@@ -7,16 +7,20 @@ to MLflow), :class:`FollowTraining` and :class:`FollowSearch`, threads that poll
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from rayml.cli._common import console as default_console
+
+if TYPE_CHECKING:
+    from rayml.registry import Registry, RunRecord
 
 logger = logging.getLogger("rayml.cli")
 
@@ -109,15 +113,13 @@ class Bar:
             self._progress = None
 
 
-class _Poller(threading.Thread):
-    """Calls ``poll(client)`` every ``interval_s`` with an MLflow client until stopped; errors are logged, not raised
-    (a progress bar must never fail the command)."""
+class _Poller(threading.Thread, abc.ABC):
+    """Calls ``poll(registry)`` every ``interval_s`` until stopped; errors are logged, not raised (a progress bar must
+    never fail the command). Reads MLflow through the registry facade, like the rest of rayml."""
 
     def __init__(self, tracking_uri: str | None, interval_s: float = POLL_S) -> None:
-        from rayml._private import constants
-
         super().__init__(name=f"rayml-{type(self).__name__}", daemon=True)
-        self.tracking_uri = tracking_uri or constants.default_tracking_uri()  # what the library resolves None to
+        self.tracking_uri = tracking_uri  # None: what Registry() resolves it to, as the library does
         self.interval_s = interval_s
         self.since_ms = int(time.time() * 1000)
         self._stop_event = threading.Event()
@@ -131,35 +133,34 @@ class _Poller(threading.Thread):
         self.join(timeout=5)
 
     def run(self) -> None:
-        client = None
+        registry = None
         while not self._stop_event.wait(self.interval_s):
             try:
-                if client is None:
-                    from mlflow.tracking import MlflowClient
+                if registry is None:
+                    from rayml.registry import Registry
 
-                    client = MlflowClient(self.tracking_uri)
-                self.poll(client)
+                    registry = Registry(self.tracking_uri)
+                self.poll(registry)
             except Exception as e:
                 logger.debug("progress: could not read MLflow: %s", e)
 
-    def poll(self, client: Any) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def poll(self, registry: Registry) -> None:
+        """Read the run(s) this command drives and move the bar."""
 
-    def _newest_running(self, client: Any, experiment: str, filter_string: str, skip_tag: str | None = None) -> Any:
+    def _newest_running(
+        self, registry: Registry, experiment: str, tags: dict[str, str], prefixes: dict[str, str], skip_tag: str
+    ) -> RunRecord | None:
         """The RUNNING run that this command most likely drives: started since it began, else the newest (a resumed
         run keeps its old start time)."""
-        exp = client.get_experiment_by_name(experiment)
+        exp = registry.find_experiment(experiment)
         if exp is None:
             return None
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and {filter_string}",
-            order_by=["attributes.start_time DESC"],
-            max_results=20,
-        )
-        runs = [r for r in runs if not (skip_tag and skip_tag in r.data.tags)]
-        fresh = [r for r in runs if r.info.start_time >= self.since_ms - 1000]
-        return (fresh or runs or [None])[0]
+        runs = registry.search_runs(exp, tags, 20, tag_prefixes=prefixes, status="RUNNING", newest_first=True)
+        runs = [r for r in runs if skip_tag not in r.tags]
+        fresh = [r for r in runs if r.start_ms >= self.since_ms - 1000]
+        candidates = fresh or runs
+        return candidates[0] if candidates else None
 
 
 def _quoted(value: str) -> str | None:
@@ -178,19 +179,22 @@ class FollowTraining(_Poller):
         run_name: ``train.run_name`` when the config sets it.
     """
 
+    RUN_TAG = "rayml.train_run_name"  # the tag rayml.train writes on its run
+
     def __init__(
         self, bar: Bar, tracking_uri: str | None, experiment: str, model: str, run_name: str | None = None
     ) -> None:
         super().__init__(tracking_uri)
         self.bar, self.experiment = bar, experiment
         name = _quoted(run_name) if run_name else None
-        self.filter = f"tags.`rayml.train_run_name` = '{name}'" if name else f"tags.`rayml.train_run_name` LIKE '{model}-%'"
+        self.tags = {self.RUN_TAG: name} if name else {}
+        self.prefixes = {} if name else {self.RUN_TAG: f"{model}-"}
 
-    def poll(self, client: Any) -> None:
-        run = self._newest_running(client, self.experiment, self.filter, skip_tag="mlflow.parentRunId")
+    def poll(self, registry: Registry) -> None:
+        run = self._newest_running(registry, self.experiment, self.tags, self.prefixes, skip_tag="mlflow.parentRunId")
         if run is None:
             return
-        m = run.data.metrics
+        m = run.metrics
         if "epoch" in m:
             detail = f"val_loss {m['val_loss']:.4g}" if "val_loss" in m else ""
             self.bar.update(int(m["epoch"]), detail=detail)
@@ -214,17 +218,14 @@ class FollowSearch(_Poller):
         super().__init__(tracking_uri)
         self.bar, self.experiment = bar, experiment
         name = _quoted(search_name) if search_name else None
-        self.filter = f"tags.`{self.SEARCH_TAG}` = '{name}'" if name else f"tags.`{self.SEARCH_TAG}` LIKE '%'"
+        self.tags = {self.SEARCH_TAG: name} if name else {}
+        self.prefixes = {} if name else {self.SEARCH_TAG: ""}  # any search
 
-    def poll(self, client: Any) -> None:
-        parent = self._newest_running(client, self.experiment, self.filter, skip_tag=self.PARENT_TAG)
+    def poll(self, registry: Registry) -> None:
+        parent = self._newest_running(registry, self.experiment, self.tags, self.prefixes, skip_tag=self.PARENT_TAG)
         if parent is None:
             return
-        children = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{self.PARENT_TAG}` = '{parent.info.run_id}'",
-            max_results=10_000,
-        )
-        done = sum(r.info.status in ("FINISHED", "KILLED", "FAILED") for r in children)
-        epochs = sum(int(r.data.metrics.get("epoch", 0)) for r in children)
+        children = registry.search_runs(parent.experiment_id, {self.PARENT_TAG: parent.run_id}, 10_000)
+        done = sum(r.status in ("FINISHED", "KILLED", "FAILED") for r in children)
+        epochs = sum(int(r.metrics.get("epoch", 0)) for r in children)
         self.bar.update(done, detail=f"{epochs} epochs")

@@ -146,9 +146,10 @@ class Registry:
 
     # --- runs -----------------------------------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
+        """The id of experiment ``name``, created (with its artifact location) when it does not exist yet."""
+        found = self.find_experiment(name)
+        if found is not None:
+            return found
         location = None
         if self._embedded:
             # artifacts live beside the SQLite file: $RAYML_HOME/mlflow.db -> $RAYML_HOME/mlartifacts
@@ -190,10 +191,36 @@ class Registry:
                 hint="check registry.tracking_uri (or MLFLOW_TRACKING_URI): the run belongs to another tracking store",
             ) from e
 
-    def search_runs(self, experiment_id: str, tags: Mapping[str, str], max_results: int = 50_000) -> list[RunRecord]:
-        """Active runs of ``experiment_id`` that carry every tag of ``tags`` with that value."""
-        runs = self.client.search_runs([experiment_id], filter_string=tag_filter(tags), max_results=max_results)
+    def search_runs(
+        self,
+        experiment_id: str,
+        tags: Mapping[str, str],
+        max_results: int = 50_000,
+        *,
+        tag_prefixes: Mapping[str, str] | None = None,
+        status: str | None = None,
+        newest_first: bool = False,
+    ) -> list[RunRecord]:
+        """Active runs of ``experiment_id`` that carry every tag of ``tags`` with that value.
+
+        Args:
+            tag_prefixes: tags whose values must start with the given prefix (``""``: the tag is set at all).
+            status: only runs in this status (e.g. ``RUNNING``).
+            newest_first: order by start time, newest first (else MLflow's default order).
+        """
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=tag_filter(tags, tag_prefixes, status),
+            order_by=["attributes.start_time DESC"] if newest_first else None,
+            max_results=max_results,
+        )
         return [RunRecord.from_mlflow(r) for r in runs]
+
+    def find_experiment(self, name: str) -> str | None:
+        """The id of experiment ``name``, or None when it does not exist yet (unlike :meth:`experiment_id`, which
+        creates it)."""
+        exp = self.client.get_experiment_by_name(name)
+        return None if exp is None else str(exp.experiment_id)
 
     def set_run_running(self, run_id: str) -> None:
         """Mark a run RUNNING again: a resumed run continues the run it started instead of opening a new one."""

@@ -34,6 +34,7 @@ class RunRecord:
     name: str
     experiment_id: str
     status: str  # RUNNING | FINISHED | FAILED | KILLED | SCHEDULED
+    start_ms: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -45,6 +46,7 @@ class RunRecord:
             name=run.info.run_name or "",
             experiment_id=run.info.experiment_id,
             status=run.info.status,
+            start_ms=int(run.info.start_time or 0),
             metrics=dict(run.data.metrics),
             params=dict(run.data.params),
             tags=dict(run.data.tags),
@@ -78,14 +80,19 @@ def param_batches(params: Mapping[str, str]) -> Iterable[list[Any]]:
         yield items[i : i + MAX_PARAMS_PER_BATCH]
 
 
-def tag_filter(tags: Mapping[str, str]) -> str:
-    """An MLflow search filter matching runs that carry every tag of ``tags`` with that exact value."""
-    clauses = []
-    for key, value in tags.items():
-        if "`" in key or "'" in value:
-            raise RegistryError(
-                f"cannot search runs by tag {key!r}={value!r}: backquotes in keys and quotes in values are not supported",
-                hint="search by tags whose keys and values are plain names or run ids",
-            )
-        clauses.append(f"tags.`{key}` = '{value}'")
+def tag_filter(
+    tags: Mapping[str, str], tag_prefixes: Mapping[str, str] | None = None, status: str | None = None
+) -> str:
+    """An MLflow search filter matching runs that carry every tag of ``tags`` with that exact value, every tag of
+    ``tag_prefixes`` with a value starting with that prefix (``""``: the tag is set), and ``status`` if given."""
+    clauses = [f"attributes.status = '{status}'"] if status else []
+    for op, items, suffix in (("=", tags, ""), ("LIKE", tag_prefixes or {}, "%")):
+        for key, value in items.items():
+            if "`" in key or "'" in value:
+                raise RegistryError(
+                    f"cannot search runs by tag {key!r}={value!r}: backquotes in keys and quotes in values are not "
+                    "supported",
+                    hint="search by tags whose keys and values are plain names or run ids",
+                )
+            clauses.append(f"tags.`{key}` {op} '{value}{suffix}'")
     return " and ".join(clauses)

@@ -7,6 +7,7 @@ driver continues from the last checkpoint instead of epoch 0.
 
 from __future__ import annotations
 
+import abc
 import functools
 import json
 import logging
@@ -71,7 +72,7 @@ def evaluate(model: TabularMLP, num: torch.Tensor, cat: torch.Tensor, y: torch.T
     return {"val_loss": loss, "val_rmse": float(np.sqrt(np.mean(err**2))), "val_mae": float(np.mean(np.abs(err)))}
 
 
-class LoopSession:
+class LoopSession(abc.ABC):
     """Where the loop gets its data, checkpoint and rank, and where it reports: Ray Train or Ray Tune.
 
     The loop body is the same for both (one train loop, two ways to run it); only this adapter differs.
@@ -79,16 +80,19 @@ class LoopSession:
 
     rank: int = 0
 
+    @abc.abstractmethod
     def get_checkpoint(self) -> Any: ...
 
+    @abc.abstractmethod
     def report(self, metrics: dict[str, Any], checkpoint: Any) -> None: ...
 
-    def validation_frame(self) -> pd.DataFrame:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def validation_frame(self) -> pd.DataFrame: ...
 
-    def train_frame(self) -> pd.DataFrame:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def train_frame(self) -> pd.DataFrame: ...
 
+    @abc.abstractmethod
     def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int): ...
 
     def prepare_model(self, model: nn.Module) -> nn.Module:

@@ -137,3 +137,31 @@ def test_log_paths_are_per_command_and_never_reused(tmp_path: Path) -> None:
     first.parent.mkdir()
     first.touch()
     assert log_path("serve up", tmp_path) != first
+
+
+def test_pollers_follow_the_running_training_run_and_search_through_the_registry(registry) -> None:
+    from rayml.cli._progress import FollowSearch, FollowTraining
+
+    quiet = Console(file=io.StringIO(), force_terminal=False)
+    # an older, finished run of another model must not be followed
+    other = registry.create_run("exp", "other", tags={"rayml.train_run_name": "other-abc"})
+    registry.log_metrics(other, {"epoch": 9}, step=9)
+    registry.end_run(other)
+    run = registry.create_run("exp", "m", tags={"rayml.train_run_name": "m-0123456789"})
+    registry.log_metrics(run, {"epoch": 3, "val_loss": 0.25}, step=3)
+    with Bar("epochs", total=10, out=quiet) as bar:
+        follow = FollowTraining(bar, registry.tracking_uri, "exp", "m")
+        follow.poll(registry)
+        assert (bar.completed, bar.detail) == (3, "val_loss 0.25")
+        FollowTraining(bar, registry.tracking_uri, "nope", "m").poll(registry)  # no experiment yet: no move
+        assert bar.completed == 3
+
+    parent = registry.create_run("tune-exp", "search", tags={"rayml.tune_search_id": "m-tune-1"})
+    for status, epochs in (("FINISHED", 4), ("KILLED", 2), ("RUNNING", 1)):
+        child = registry.create_run("tune-exp", "trial", tags={"mlflow.parentRunId": parent})
+        registry.log_metrics(child, {"epoch": epochs}, step=epochs)
+        if status != "RUNNING":
+            registry.end_run(child, status)
+    with Bar("trials", total=3, out=quiet) as bar:
+        FollowSearch(bar, registry.tracking_uri, "tune-exp").poll(registry)
+        assert (bar.completed, bar.detail) == (2, "7 epochs")
