@@ -54,7 +54,10 @@ def main() -> None:
     """Console-script entry point: runs the app and turns rayml errors into clear messages and exit codes."""
     try:
         try:
-            app(standalone_mode=False)
+            # non-standalone click returns a typer.Exit's code instead of raising it: pass it on as the exit status
+            code = app(standalone_mode=False)
+            if isinstance(code, int) and code != 0:
+                sys.exit(code)
         finally:
             stop_output()  # the command's own close did it already, unless it never got that far
     except UserError as e:
@@ -87,7 +90,7 @@ def main() -> None:
 def _point_at_logs() -> None:
     path = last_log_path()
     if path is not None:
-        err_console.print(f"Logs of Ray, MLflow and the workers: {path}", soft_wrap=True)
+        err_console.print(f"Logs of Ray, MLflow and the workers: {path}")
 
 
 if __name__ == "__main__":

@@ -165,3 +165,29 @@ def test_pollers_follow_the_running_training_run_and_search_through_the_registry
     with Bar("trials", total=3, out=quiet) as bar:
         FollowSearch(bar, registry.tracking_uri, "tune-exp").poll(registry)
         assert (bar.completed, bar.detail) == (2, "7 epochs")
+
+
+def test_the_console_script_exits_with_a_commands_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # non-standalone click returns typer.Exit's code instead of raising it: `rayml validate` refusing a candidate
+    # and `rayml batch` with failed files must still exit 1 from the console script, not 0
+    import typer
+
+    from rayml.cli import main as cli_main
+
+    fake = typer.Typer(add_completion=False)
+
+    @fake.command()
+    def refuse() -> None:
+        raise typer.Exit(1)
+
+    @fake.command()
+    def fine() -> None:
+        pass
+
+    monkeypatch.setattr(cli_main, "app", fake)
+    monkeypatch.setattr(sys, "argv", ["rayml", "refuse"])
+    with pytest.raises(SystemExit) as e:
+        cli_main.main()
+    assert e.value.code == 1
+    monkeypatch.setattr(sys, "argv", ["rayml", "fine"])
+    cli_main.main()  # success: no SystemExit at all
