@@ -95,7 +95,7 @@ class LogCapture:
         self._saved_fd2: int | None = None
         self._saved_streams: tuple[TextIO, TextIO] | None = None
         self._saved_rayml: tuple[list[logging.Handler], int, bool] | None = None
-        self._captured_warnings = False
+        self._release_warnings = False
         self._repeats = _Repeats()
 
     @property
@@ -130,7 +130,7 @@ class LogCapture:
             sys.stderr = log
         self._route_rayml(log)
         # logging keeps whether warnings are captured only in a private global: read it to restore the same state
-        self._captured_warnings = getattr(logging, "_warnings_showwarning", None) is None
+        self._release_warnings = getattr(logging, "_warnings_showwarning", None) is None  # not captured before us
         logging.captureWarnings(True)
         root = logging.getLogger()
         if not any(getattr(h, "_rayml_capture", False) for h in root.handlers):
@@ -176,7 +176,7 @@ class LogCapture:
             rayml.handlers[:], level, rayml.propagate = self._saved_rayml
             rayml.setLevel(level)
             self._saved_rayml = None
-        if self._captured_warnings:
+        if self._release_warnings:
             logging.captureWarnings(False)
         root = logging.getLogger()
         root.handlers[:] = [h for h in root.handlers if not getattr(h, "_rayml_capture", False)]

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
+
 from rayml._private.logs import LogCapture, log_path
 from rayml.cli._common import console, err_console, setup_logging
 
@@ -52,7 +54,7 @@ def start_output(command: str, verbose: bool = False) -> Path | None:
         ctx.call_on_close(stop_output)  # runs when the command returns or raises, before main() reports an error
     else:
         atexit.register(stop_output)
-    console.print(f"[dim]Logs of Ray, MLflow and the workers: {capture.path} (--verbose shows them here)[/]", soft_wrap=True)
+    console.print(f"[dim]Logs of Ray, MLflow and the workers: {capture.path} (--verbose shows them here)[/]")
     return capture.path
 
 
@@ -84,7 +86,9 @@ def last_log_path() -> Path | None:
     return _last_path if _last_path is not None and _last_path.is_file() else None
 
 
-def print_limited(lines: Sequence[str], limit: int, more: str, indent: str = "  ", style: str = "") -> None:
+def print_limited(
+    lines: Sequence[str], limit: int, more: str, indent: str = "  ", style: str = "", out: Console | None = None
+) -> None:
     """Print the first ``limit`` lines (callers sort worst first), then ``… and N more; <more>``.
 
     Args:
@@ -93,11 +97,13 @@ def print_limited(lines: Sequence[str], limit: int, more: str, indent: str = "  
         more: where the rest can be read (a file, a command).
         indent: prefix of every line.
         style: rich style of the lines (markup in ``lines`` is not interpreted).
+        out: where to print (default: the command's stdout console; failures go to ``err_console``).
     """
+    out = out or console
     for line in lines[:limit]:
-        console.print(f"{indent}{line}", markup=False, style=style or None)
+        out.print(f"{indent}{line}", markup=False, style=style or None)
     if len(lines) > limit:
-        console.print(f"{indent}… and {len(lines) - limit} more; {more}", markup=False, soft_wrap=True)
+        out.print(f"{indent}… and {len(lines) - limit} more; {more}", markup=False)
 
 
 def _ray_initialized() -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load
-from rayml.cli._output import start_output
+from rayml.cli._output import print_limited, start_output
 from rayml.cli._progress import Bar
 from rayml.config import BatchJobConfig
 
@@ -71,11 +71,9 @@ def batch(
     if summary.failed:
         for path, error in sorted(summary.failed.items()):
             logger.info("failed input file %s: %s", path, error)  # the whole list, in the log file
-        for path, error in sorted(summary.failed.items())[:FAILED_SHOWN]:
-            err_console.print(f"[bold red]failed:[/] {path}: {error}")
-        if len(summary.failed) > FAILED_SHOWN:
-            where = f"all of them in {log}" if log else "all of them in the log above"
-            err_console.print(f"… and {len(summary.failed) - FAILED_SHOWN} more; {where}", soft_wrap=True)
+        where = f"all of them in {log}" if log else "all of them in the log above"
+        failed = [f"failed: {path}: {error}" for path, error in sorted(summary.failed.items())]
+        print_limited(failed, FAILED_SHOWN, where, indent="", style="red", out=err_console)
         err_console.print(
             "[yellow]Hint:[/] fix or remove those files and run the same command again; committed files are skipped"
         )

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, err_console, load
-from rayml.cli._output import start_output
+from rayml.cli._output import print_limited, start_output
 from rayml.cli._progress import Bar
 from rayml.config import ManyModelsJobConfig
 
@@ -60,11 +60,9 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = F
     for label, value in rows:
         summary.add_row(label, str(value))
     console.print(summary)
-    for key, error in sorted(result.failed.items())[:FAILED_SHOWN]:
-        err_console.print(f"  failed segment {key!r}: {error}", markup=False)
-    if len(result.failed) > FAILED_SHOWN:
-        where = f"all of them in {log}" if log else "all of them in the log above"
-        err_console.print(f"  … and {len(result.failed) - FAILED_SHOWN} more; {where}", markup=False, soft_wrap=True)
+    where = f"all of them in {log}" if log else "all of them in the log above"
+    failed = [f"failed segment {key!r}: {error}" for key, error in sorted(result.failed.items())]
+    print_limited(failed, FAILED_SHOWN, where, out=err_console)
     if not result.ok:
         err_console.print(
             f"[bold red]failed:[/] {len(result.failed)} of {result.segments} segments failed, more than "
