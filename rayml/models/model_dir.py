@@ -34,7 +34,7 @@ import pandas as pd
 
 from rayml.data.schema import Schema
 from rayml.errors import InvalidModelDirError
-from rayml.models.predictor import TensorInfo
+from rayml.models.predictor import LABEL, OUTPUTS_BY_TASK, PREDICTION, PROBABILITIES, TASKS, TensorInfo
 
 if TYPE_CHECKING:
     from rayml.models.model_set import ModelSet
@@ -60,6 +60,33 @@ _HINT = (
 def segment_file(index: int) -> str:
     """The file of the ``index``-th segment model inside a model set (never derived from the segment's values)."""
     return f"{SEGMENTS_DIR}/{int(index)}.onnx"
+
+
+def contract_problems(task: str, class_labels: list[Any], outputs: list[TensorInfo]) -> list[str]:
+    """What keeps a graph's outputs from the model contract of ``task`` ([] when it holds; see
+    :mod:`rayml.models.predictor` for the outputs each task answers with)."""
+    if task not in TASKS:
+        return [f"task {task!r} is not one of {list(TASKS)}"]
+    names = [o.name for o in outputs]
+    wanted = list(OUTPUTS_BY_TASK[task])
+    problems = []
+    if names[: len(wanted)] != wanted:
+        problems.append(f"a {task} model's graph must answer with outputs {wanted} first, in that order; it has {names}")
+    by_name = {o.name: o for o in outputs}
+    if PREDICTION in wanted and PREDICTION in by_name and by_name[PREDICTION].datatype not in ("FP32", "FP64"):
+        problems.append(f"output {PREDICTION!r} must be FP32, not {by_name[PREDICTION].datatype}")
+    if task == "binary" and class_labels and len(class_labels) != 2:
+        problems.append(f"a binary model has exactly 2 class labels, got {class_labels}")
+    if task == "multiclass":
+        if len(class_labels) < 2:
+            problems.append(f"a multiclass model records its class labels (at least 2), got {class_labels}")
+        probs = by_name.get(PROBABILITIES)
+        if probs is not None and probs.shape[-1:] not in ([-1], [len(class_labels)]):
+            problems.append(f"output {PROBABILITIES!r} has shape {probs.shape}; it must be [N, {len(class_labels)}]")
+        label = by_name.get(LABEL)
+        if label is not None and label.datatype not in ("INT64", "BYTES"):
+            problems.append(f"output {LABEL!r} must be INT64 or BYTES (the class label), not {label.datatype}")
+    return problems
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -366,6 +393,16 @@ class ModelDir:
         from rayml.models.predictor import OnnxPredictor
 
         predictor = OnnxPredictor(onnx_bytes)  # loads the graph: a broken export fails here, before anything is written
+        problems = contract_problems(
+            str(meta.get("task", "regression")), list(meta.get("class_labels") or []), predictor.outputs
+        )
+        if problems:
+            from rayml.errors import ModelError
+
+            raise ModelError(
+                f"the model does not keep rayml's model contract: {'; '.join(problems)}",
+                hint="this is a bug in the exporter or importer that wrote it; please report it",
+            )
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         full = {

@@ -17,6 +17,19 @@ import pandas as pd
 from rayml.data.schema import as_category_strings
 from rayml.errors import ModelError, PredictionInputError
 
+# The outputs of a rayml model graph (DESIGN.md, "The model contract"). Whatever produced the model (rayml's MLP, a
+# user's torch factory, an imported scikit-learn / XGBoost / LightGBM / ONNX / MLflow model), its graph takes one raw
+# input per feature column and answers with these outputs, the first one being what a caller gets as "the prediction":
+#   regression  PREDICTION     FP32 [N]     the value, in the target's units
+#   binary      PREDICTION     FP32 [N]     the probability of class_labels[1] (class_labels default to [0, 1])
+#   multiclass  LABEL          INT64 [N] when every class label is an integer, else BYTES [N]: the predicted class
+#               PROBABILITIES  FP32 [N, K]  one column per class, in class_labels order (rows sum to 1)
+PREDICTION = "prediction"
+LABEL = "label"
+PROBABILITIES = "probabilities"
+TASKS = ("regression", "binary", "multiclass")
+OUTPUTS_BY_TASK = {"regression": (PREDICTION,), "binary": (PREDICTION,), "multiclass": (LABEL, PROBABILITIES)}
+
 _ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(string)": "BYTES", "tensor(int64)": "INT64"}
 
 
@@ -108,3 +121,12 @@ class OnnxPredictor:
             return np.zeros(0, dtype=np.float32)
         preds: np.ndarray = self.session.run(None, feed)[0]
         return preds
+
+    def predict_all(self, rows: pd.DataFrame | Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Every output of the graph by name (a multiclass model: ``label`` [N] and ``probabilities`` [N, K])."""
+        columns = rows if isinstance(rows, Mapping) else {c: rows[c] for c in rows.columns}
+        feed = self.feed(columns)
+        if not feed or len(next(iter(feed.values()))) == 0:
+            return {o.name: np.zeros([0, *[max(d, 0) for d in o.shape[1:]]], dtype=np.float32) for o in self.outputs}
+        values = self.session.run(None, feed)
+        return {o.name: v for o, v in zip(self.outputs, values, strict=True)}
