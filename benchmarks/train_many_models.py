@@ -34,12 +34,14 @@ TARGET = 1.6
 
 def _cfg(data_path: str, epochs: int, work: str, *extra: str):
     from rayml.config import ManyModelsJobConfig, load_config
+    from rayml.testing import sales_columns
 
     return load_config(
         ManyModelsJobConfig,
         None,
         [
             f"data.source={data_path}",
+            *sales_columns(),
             "model.name=bench-stores",
             "model.hidden_sizes=[32, 16]",
             f"train.epochs={epochs}",

@@ -35,6 +35,13 @@ from rayml._private import faults as _faults
 from rayml.config import DataConfig, SyntheticConfig
 
 
+def sales_columns(target: str = "sales") -> list[str]:
+    """``--set`` overrides naming the synthetic sales columns' roles, for configs whose ``data.source`` is a file of that
+    data (a source other than ``synthetic`` assumes nothing about its columns)."""
+    other = "high_sales" if target == "sales" else "sales"
+    return [f"data.target={target}", "data.segment=[store_id]", f"data.ignore_columns=[date,{other}]"]
+
+
 def sample_frame(rows_per_segment: int = 50, segments: int = 4, seed: int = 0) -> pd.DataFrame:
     """Synthetic sales rows (the columns every served test model takes)."""
     from rayml.data import generate_sales

@@ -22,6 +22,12 @@ class DriftSpec(_Section):
     category: str = Field(default="new_category", description="For `new_category`: the unseen category value.")
 
 
+# The synthetic retail-sales dataset's columns that are not features (see rayml.data.synthetic).
+SYNTHETIC_TARGET = "sales"
+SYNTHETIC_TARGETS = ("sales", "high_sales")
+SYNTHETIC_SEGMENT = ("store_id",)
+
+
 class SyntheticConfig(_Section):
     """The synthetic retail-sales dataset used when ``data.source`` is ``synthetic``."""
 
@@ -41,7 +47,10 @@ class DataConfig(_Section):
         "glob or URI (s3://, gs://, file://).",
     )
     format: Literal["auto", "parquet", "csv"] = Field(default="auto", description="File format; auto = by extension.")
-    target: str = Field(default="sales", description="Target column.")
+    target: str = Field(
+        default="",
+        description="Target column (required for your own data; the synthetic dataset's default is `sales`).",
+    )
     task: Literal["regression", "binary"] = Field(default="regression", description="Learning task.")
     numeric_features: list[str] | None = Field(
         default=None, description="Numeric feature columns; null = inferred from the data's dtypes."
@@ -50,13 +59,14 @@ class DataConfig(_Section):
         default=None, description="Categorical feature columns; null = inferred (string/bool/category dtypes)."
     )
     segment: list[str] = Field(
-        default_factory=lambda: ["store_id"],
+        default_factory=list,
         description="Segment key column(s) (one model per segment in many-models work); [] for none. A segment column "
-        "is not a feature unless listed in the feature lists.",
+        "is not a feature unless listed in the feature lists. The synthetic dataset's default is [store_id].",
     )
     ignore_columns: list[str] = Field(
-        default_factory=lambda: ["date", "high_sales"],
-        description="Columns that are neither features nor target (ids, timestamps, other targets).",
+        default_factory=list,
+        description="Columns that are neither features nor target (ids, timestamps, other targets). The synthetic "
+        "dataset's default is [date] plus whichever of sales / high_sales is not the target.",
     )
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Share of rows held out for validation.")
     max_nan_fraction: float = Field(
@@ -66,6 +76,22 @@ class DataConfig(_Section):
         default=50, ge=1, description="Most frequent categories kept per categorical feature; the rest map to unknown."
     )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Used when source is `synthetic`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_roles(cls, data: Any) -> Any:
+        """The synthetic dataset's column roles, for the fields a synthetic-data config leaves out.
+
+        Defaults carry no trace of the synthetic data: a config for your own table names its ``source`` and
+        ``target`` and nothing else is assumed about its columns.
+        """
+        if not isinstance(data, dict) or data.get("source", "synthetic") != "synthetic":
+            return data
+        data = dict(data)
+        target = data.setdefault("target", SYNTHETIC_TARGET)
+        data.setdefault("segment", list(SYNTHETIC_SEGMENT))
+        data.setdefault("ignore_columns", ["date", *(t for t in SYNTHETIC_TARGETS if t != target)])
+        return data
 
     @field_validator("segment", mode="before")
     @classmethod

@@ -6,13 +6,14 @@ top-level sections.
 
 from __future__ import annotations
 
-from typing import cast
+import re
+from typing import Any, cast
 
 from pydantic import Field, model_validator
 
 from rayml.config._base import _Section
 from rayml.config.batch import BatchConfig
-from rayml.config.data import DataConfig
+from rayml.config.data import SYNTHETIC_TARGET, DataConfig
 from rayml.config.loader import load_config
 from rayml.config.manymodels import ManyModelsConfig
 from rayml.config.monitor import DriftConfig, GateConfig
@@ -32,6 +33,37 @@ class TrainJobConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model name and architecture.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Ray Train settings.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_name(cls, data: Any) -> Any:
+        """``model.name`` left out: named after what it predicts (``<data.target>-model``)."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        if isinstance(model, dict) and "name" in model or isinstance(model, ModelConfig):
+            return data
+        raw_data = data.get("data")
+        if isinstance(raw_data, DataConfig):
+            target = raw_data.target
+        else:
+            raw_data = raw_data if isinstance(raw_data, dict) else {}
+            target = str(raw_data.get("target") or "")
+            if not target and raw_data.get("source", "synthetic") == "synthetic":
+                target = SYNTHETIC_TARGET
+        if not target:
+            return data  # the target check below reports it
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", target).strip("-.") or "model"
+        return {**data, "model": {**(model if isinstance(model, dict) else {}), "name": f"{name}-model"}}
+
+    @model_validator(mode="after")
+    def _has_target(self) -> TrainJobConfig:
+        if not self.data.target:
+            raise ValueError(
+                f"data.target is not set; name the column to predict, e.g. data.target=price (data.source is "
+                f"{self.data.source!r})"
+            )
+        return self
 
 
 class RegistryJobConfig(_Section):

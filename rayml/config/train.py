@@ -10,7 +10,11 @@ from rayml.config._base import Name, _Section
 class ModelConfig(_Section):
     """The model: its registry name and the MLP's shape."""
 
-    name: Name = Field(default="sales-model", description="Registered model name ([A-Za-z0-9_.-]+).")
+    name: Name = Field(
+        default="model",
+        description="Registered model name ([A-Za-z0-9_.-]+). In a job config left out: `<data.target>-model` "
+        "(`sales-model` for the synthetic data).",
+    )
     hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32], description="Widths of the hidden layers.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
     embedding_dim: int = Field(default=4, ge=1, le=256, description="Largest embedding size of a categorical feature.")

@@ -49,7 +49,7 @@ def test_user_mistakes_exit_2_with_a_hint(cli_env: dict[str, str], tmp_path: Pat
     bad_name = run_cli(["models", "alias", "../etc", "1", "production"], cli_env)
     assert bad_name.returncode == 2 and "is not allowed" in bad_name.stderr
 
-    no_data = run_cli(["train", "--set", f"data.source={tmp_path / 'nothing'}"], cli_env)
+    no_data = run_cli(["train", "--set", f"data.source={tmp_path / 'nothing'}", "--set", "data.target=sales"], cli_env)
     assert no_data.returncode == 2 and "does not exist" in no_data.stderr
 
 

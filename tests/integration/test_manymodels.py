@@ -13,6 +13,7 @@ from rayml.data import generate_sales
 from rayml.manymodels import train_model_set
 from rayml.models import OnnxPredictor
 from rayml.registry import FALLBACK, KIND_TAG, ModelSet, Registry
+from rayml.testing import sales_columns
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def _cfg(path: Path, tracking_uri: str, tmp_path: Path, *extra: str) -> ManyMode
         None,
         [
             f"data.source={path}",
+            *sales_columns(),
             "model.name=stores",
             "model.hidden_sizes=[8]",
             "train.epochs=12",

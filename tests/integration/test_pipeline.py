@@ -27,6 +27,7 @@ from rayml.pipeline import (
     load_run,
 )
 from rayml.registry import Registry
+from rayml.testing import sales_columns
 from rayml.train import prepare_data
 from tests.quickmodels import register_quick
 
@@ -47,6 +48,7 @@ def _data(df: pd.DataFrame, tmp_path: Path, name: str = "new.parquet") -> Path:
 def _sets(tmp_path: Path, data: Path, uri: str, *extra: str) -> list[str]:
     return [
         f"data.source={data}",
+        *sales_columns(),
         f"model.name={MODEL}",
         "model.hidden_sizes=[16]",
         "train.epochs=2",

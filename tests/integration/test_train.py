@@ -14,6 +14,7 @@ from rayml.config import TrainJobConfig, load_config
 from rayml.errors import DataValidationError, TrainingError
 from rayml.monitor.training import training_status
 from rayml.registry import Registry
+from rayml.testing import sales_columns
 from rayml.train import train
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -170,7 +171,7 @@ def test_bad_data_fails_before_any_run_is_created(tmp_path: Path, tracking_uri: 
     (tmp_path / "d").mkdir()
     pd.DataFrame({"price": [1.0, 2.0], "store_id": ["a", "b"]}).to_parquet(tmp_path / "d" / "x.parquet")
     with pytest.raises(DataValidationError) as e:
-        train(small_cfg(tmp_path, tracking_uri, f"data.source={tmp_path / 'd'}"))
+        train(small_cfg(tmp_path, tracking_uri, f"data.source={tmp_path / 'd'}", *sales_columns()))
     assert "target column 'sales' is missing" in str(e.value)
     reg = Registry(tracking_uri)
     assert reg.client.search_runs([reg.experiment_id("rayml")]) == []

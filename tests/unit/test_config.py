@@ -103,3 +103,33 @@ def test_apply_overrides_parses_yaml_scalars() -> None:
 def test_data_segment_accepts_string_or_list() -> None:
     assert DataConfig(segment="store_id").segment == ["store_id"]
     assert DataConfig(segment=None).segment == []
+
+
+def test_a_config_naming_only_source_and_target_fits_any_table(tmp_path: Path) -> None:
+    """Defaults carry no trace of the synthetic sales data: the user's own table needs only its source and target."""
+    from sklearn.datasets import load_diabetes
+
+    from rayml.data import infer_schema, load_table
+
+    frame = load_diabetes(as_frame=True).frame
+    frame.to_parquet(tmp_path / "diabetes.parquet")
+    cfg = load_config_text(tmp_path, f"data:\n  source: {tmp_path / 'diabetes.parquet'}\n  target: target\n")
+    assert cfg.data.segment == [] and cfg.data.ignore_columns == []
+    assert cfg.model.name == "target-model"  # named after what it predicts, not "sales-model"
+    schema = infer_schema(load_table(cfg.data), cfg.data)
+    assert schema.feature_names == [c for c in frame.columns if c != "target"]
+    # the synthetic dataset keeps its own roles, filled in only for what a synthetic config leaves out
+    synthetic = TrainJobConfig()
+    assert (synthetic.data.target, synthetic.data.segment, synthetic.model.name) == ("sales", ["store_id"], "sales-model")
+    assert TrainJobConfig.model_validate({"data": {"target": "high_sales"}}).data.ignore_columns == ["date", "sales"]
+
+
+def test_own_data_without_a_target_says_to_name_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.target is not set; name the column to predict"):
+        load_config_text(tmp_path, "data:\n  source: /data/houses.parquet\n")
+
+
+def load_config_text(tmp_path: Path, text: str) -> TrainJobConfig:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return load_config(TrainJobConfig, path)
