@@ -26,7 +26,8 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = Fals
     """Search hyperparameters on Ray Tune (ASHA or FIFO; random, grid or Optuna) and register the best model.
 
     The search space is the config's `tune.space`: fields such as train.learning_rate, train.batch_size,
-    model.hidden_sizes or model.dropout, each a uniform / loguniform / randint range or a choice / grid list.
+    model.hidden_sizes or model.dropout (with model.factory: model.factory_kwargs.<name>), each a uniform /
+    loguniform / randint range or a choice / grid list.
 
     Every trial checkpoints every epoch. If the driver dies, run the same command with --resume.
     """

@@ -51,7 +51,11 @@ class DataConfig(_Section):
         default="",
         description="Target column (required for your own data; the synthetic dataset's default is `sales`).",
     )
-    task: Literal["regression", "binary"] = Field(default="regression", description="Learning task.")
+    task: Literal["regression", "binary", "multiclass"] = Field(
+        default="regression",
+        description="Learning task: `regression` (a numeric target), `binary` (a 0/1 target) or `multiclass` (integer "
+        "or string class labels, at least 2 classes with at least 2 rows each).",
+    )
     numeric_features: list[str] | None = Field(
         default=None, description="Numeric feature columns; null = inferred from the data's dtypes."
     )

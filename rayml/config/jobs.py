@@ -144,6 +144,11 @@ class ManyModelsJobConfig(TrainJobConfig):
     def _has_segments(self) -> ManyModelsJobConfig:
         if not self.data.segment:
             raise ValueError("data.segment is empty; many models needs the segment column(s), e.g. data.segment=[store_id]")
+        if self.model.factory is not None:
+            raise ValueError(
+                f"model.factory ({self.model.factory!r}) is for `rayml train` / `rayml tune`; many models trains rayml's "
+                "small MLP per segment (model.hidden_sizes, model.dropout); remove model.factory from this config"
+            )
         return self
 
 

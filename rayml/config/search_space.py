@@ -9,7 +9,15 @@ from pydantic import BaseModel, ValidationError
 from rayml.config.data import DataConfig
 from rayml.config.registry import RegistryConfig
 from rayml.config.train import ModelConfig, TrainConfig
-from rayml.config.tune import _MAXIMISED_METRICS, _RANGE_TYPES, _VALUE_TYPES, TUNABLE_FIELDS, TUNE_METRICS, SearchDimension
+from rayml.config.tune import (
+    _MAXIMISED_METRICS,
+    _RANGE_TYPES,
+    _VALUE_TYPES,
+    FACTORY_KWARGS_PREFIX,
+    TUNABLE_FIELDS,
+    TUNE_METRICS,
+    SearchDimension,
+)
 
 if TYPE_CHECKING:  # the job config validates itself with these checks, so it imports this module
     from rayml.config.jobs import TuneJobConfig
@@ -36,6 +44,8 @@ def search_space_problems(cfg: TuneJobConfig) -> list[str]:
         empty when the search is valid.
     """
     tunable = [f"{s}.{f}" for s, fields in TUNABLE_FIELDS.items() for f in fields]
+    # the user's network takes any keyword argument: its searched names count as tunable fields from here on
+    tunable += [p for p in cfg.tune.space if _is_factory_kwarg(p)]
     problems: list[str] = []
     if not cfg.tune.space:
         problems.append(f"tune.space is empty; add at least one searched field (tunable: {', '.join(tunable)})")
@@ -51,6 +61,13 @@ def _searched_field_problems(cfg: TuneJobConfig, path: str, dim: SearchDimension
     """Problems of one entry of the space: the field it names, the dimension's shape, and its bounds or values."""
     where = f"tune.space.{path}"
     section, _, field = path.partition(".")
+    if path.startswith(FACTORY_KWARGS_PREFIX):
+        return _factory_kwarg_problems(cfg, where, path, dim)
+    if cfg.model.factory and section == "model" and path in tunable:
+        return [
+            f"{where}: {path} shapes rayml's MLP, which model.factory {cfg.model.factory!r} replaces; search the "
+            f"network's own settings as {FACTORY_KWARGS_PREFIX}<name> instead"
+        ]
     if path not in tunable:
         section_cls = _TRAIN_SECTIONS.get(section)
         exists = section_cls is not None and field in section_cls.model_fields
@@ -64,6 +81,21 @@ def _searched_field_problems(cfg: TuneJobConfig, path: str, dim: SearchDimension
     if dim.type in _RANGE_TYPES:
         return _range_problems(where, path, dim, section_cls, base, field)
     return _normalise_values(where, path, dim, section_cls, base, field)
+
+
+def _is_factory_kwarg(path: str) -> bool:
+    return path.startswith(FACTORY_KWARGS_PREFIX) and path[len(FACTORY_KWARGS_PREFIX) :].isidentifier()
+
+
+def _factory_kwarg_problems(cfg: TuneJobConfig, where: str, path: str, dim: SearchDimension) -> list[str]:
+    """A keyword argument of the user's network: any name and value the function takes (it is called with them when
+    each trial builds its model), so only the dimension's shape is checked here."""
+    name = path[len(FACTORY_KWARGS_PREFIX) :]
+    if not _is_factory_kwarg(path):
+        return [f"{where}: {name!r} is not a keyword argument name; use {FACTORY_KWARGS_PREFIX}<python identifier>"]
+    if cfg.model.factory is None:
+        return [f"{where}: searches a keyword argument of model.factory, but model.factory is null; set model.factory"]
+    return _dimension_problems(where, dim)
 
 
 def _range_problems(

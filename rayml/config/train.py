@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import Field, field_validator
 
 from rayml.config._base import Name, _Section
 
+FACTORY_FORMAT = "package.module:function"
+
+
+def split_factory_ref(ref: str) -> tuple[str, str]:
+    """Split a ``model.factory`` reference into (module, attribute).
+
+    Args:
+        ref: ``"package.module:function"``; the attribute may be dotted (``"nets:Builders.resnet"``).
+
+    Returns:
+        The module path and the attribute path.
+
+    Raises:
+        ValueError: ``ref`` is not two dotted Python identifier paths joined by one ``:``.
+    """
+    module, sep, attr = ref.partition(":")
+    parts = [*module.split("."), *attr.split(".")]
+    if not sep or ":" in attr or not all(p.isidentifier() for p in parts):
+        raise ValueError(
+            f"model.factory {ref!r} is not of the form {FACTORY_FORMAT!r} (dotted Python names, one ':'), "
+            "e.g. 'my_nets:resnet_mlp' for def resnet_mlp(schema, ...) in my_nets.py"
+        )
+    return module, attr
+
 
 class ModelConfig(_Section):
-    """The model: its registry name and the MLP's shape."""
+    """The model: its registry name and architecture (rayml's MLP, or your own torch network via ``factory``)."""
 
     name: Name = Field(
         default="model",
@@ -18,12 +45,42 @@ class ModelConfig(_Section):
     hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32], description="Widths of the hidden layers.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
     embedding_dim: int = Field(default=4, ge=1, le=256, description="Largest embedding size of a categorical feature.")
+    factory: str | None = Field(
+        default=None,
+        description=f"Your own torch network, as {FACTORY_FORMAT!r}: a callable that takes the feature schema "
+        "(rayml.models.factory.FeatureSchema) and returns an nn.Module; rayml adds the preprocessing and the output "
+        "head around it. null = rayml's MLP (hidden_sizes, dropout, embedding_dim; ignored when this is set).",
+    )
+    factory_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for `factory` (JSON values); tunable as `model.factory_kwargs.<name>`.",
+    )
 
     @field_validator("hidden_sizes")
     @classmethod
     def _positive_widths(cls, v: list[int]) -> list[int]:
         if not v or any(w < 1 for w in v):
             raise ValueError(f"hidden_sizes must be a non-empty list of positive widths, got {v}")
+        return v
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_format(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_factory_ref(v)
+        return v
+
+    @field_validator("factory_kwargs")
+    @classmethod
+    def _json_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # the kwargs are stored with the model (to rebuild it from a checkpoint) and passed as keyword arguments
+        bad = [k for k in v if not k.isidentifier()]
+        if bad:
+            raise ValueError(f"factory_kwargs keys must be Python identifiers (keyword argument names), got {bad}")
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"factory_kwargs must hold JSON values (numbers, strings, lists, dicts): {e}") from e
         return v
 
 

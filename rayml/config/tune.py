@@ -31,12 +31,16 @@ TUNABLE_FIELDS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Also tunable: any keyword argument of the user's network, `model.factory_kwargs.<name>` (only with model.factory).
+FACTORY_KWARGS_PREFIX = "model.factory_kwargs."
+
 # Validation metrics the training loop reports, per task, and which direction is better.
 TUNE_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("val_loss", "val_rmse", "val_mae"),
     "binary": ("val_loss", "val_accuracy", "val_auc"),
+    "multiclass": ("val_loss", "val_accuracy", "val_macro_f1", "val_logloss"),
 }
-_MAXIMISED_METRICS = ("val_accuracy", "val_auc")
+_MAXIMISED_METRICS = ("val_accuracy", "val_auc", "val_macro_f1")
 
 
 class SearchDimension(_Section):
@@ -96,15 +100,17 @@ class TuneConfig(_Section):
     space: dict[str, SearchDimension] = Field(
         default_factory=dict,
         description="Searched fields by dotted path (`train.learning_rate`) or nested (`train: {learning_rate: ...}`). "
-        f"Tunable: {', '.join(f'{s}.{f}' for s, fs in TUNABLE_FIELDS.items() for f in fs)}.",
+        f"Tunable: {', '.join(f'{s}.{f}' for s, fs in TUNABLE_FIELDS.items() for f in fs)}, and "
+        f"`{FACTORY_KWARGS_PREFIX}<name>` (a keyword argument of model.factory).",
     )
-    metric: Literal["val_loss", "val_rmse", "val_mae", "val_accuracy", "val_auc"] = Field(
+    metric: Literal["val_loss", "val_rmse", "val_mae", "val_accuracy", "val_auc", "val_macro_f1", "val_logloss"] = Field(
         default="val_loss",
         description="Validation metric that ranks trials (and drives ASHA): val_loss/val_rmse/val_mae for regression, "
-        "val_loss/val_accuracy/val_auc for binary.",
+        "val_loss/val_accuracy/val_auc for binary, val_loss/val_accuracy/val_macro_f1/val_logloss for multiclass.",
     )
     mode: Literal["min", "max"] | None = Field(
-        default=None, description="min or max; null = from the metric (max for val_accuracy/val_auc, else min)."
+        default=None,
+        description="min or max; null = from the metric (max for val_accuracy/val_auc/val_macro_f1, else min).",
     )
     search: Literal["random", "grid", "optuna"] = Field(
         default="random",

@@ -20,8 +20,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from rayml.config import DataConfig
+from rayml.data.schema import rare_classes_problem
 from rayml.data.synthetic import generate_sales
-from rayml.errors import DataError
+from rayml.errors import DataError, DataValidationError
 
 logger = logging.getLogger("rayml.data")
 
@@ -127,11 +128,47 @@ class Split:
     validation: pd.DataFrame
 
 
-def train_validation_split(df: pd.DataFrame, fraction: float, seed: int) -> Split:
-    """A seeded random row split (the same seed and data give the same split)."""
-    rng = np.random.default_rng(seed)
-    is_val = rng.random(len(df)) < fraction
-    if is_val.all() or not is_val.any():
-        is_val = np.zeros(len(df), dtype=bool)
-        is_val[: max(1, int(len(df) * fraction))] = True
+def train_validation_split(df: pd.DataFrame, fraction: float, seed: int, stratify: str | None = None) -> Split:
+    """A seeded random row split (the same seed and data give the same split).
+
+    Args:
+        df: the rows.
+        fraction: the share of rows that goes to validation.
+        seed: the split's seed.
+        stratify: a class column (a multiclass target): each class is split on its own, ``fraction`` of its rows
+            (at least one, and never all) to validation, so every class is in both parts.
+
+    Raises:
+        DataValidationError: ``stratify`` has missing values, or a class with fewer than 2 rows (it cannot be in both).
+    """
+    draw = np.random.default_rng(seed).random(len(df))
+    if stratify is None:
+        is_val = draw < fraction
+        if is_val.all() or not is_val.any():
+            is_val = np.zeros(len(df), dtype=bool)
+            is_val[: max(1, int(len(df) * fraction))] = True
+    else:
+        is_val = _stratified_validation_rows(df[stratify], fraction, draw)
     return Split(train=df[~is_val].reset_index(drop=True), validation=df[is_val].reset_index(drop=True))
+
+
+def _stratified_validation_rows(classes: pd.Series, fraction: float, draw: np.ndarray) -> np.ndarray:
+    """Which rows validate: per class, the rows with the smallest ``draw``, ``fraction`` of them (rounded), clipped to
+    [1, rows - 1]."""
+    problems = []
+    if classes.isna().any():
+        problems.append(f"column {classes.name!r} has {int(classes.isna().sum())} missing value(s); drop those rows first")
+    rare = rare_classes_problem(classes.dropna(), str(classes.name))
+    if rare:
+        problems.append(rare)
+    if problems:
+        raise DataValidationError(problems, hint="every class needs rows in both the training and the validation split")
+    codes, uniques = pd.factorize(classes)
+    counts = np.bincount(codes, minlength=len(uniques))
+    n_val = np.clip(np.floor(counts * fraction + 0.5), 1, counts - 1).astype(np.int64)
+    order = np.lexsort((draw, codes))  # by class, then by the seeded draw
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(order)) - starts[codes[order]]  # rank of each row within its class
+    is_val = np.zeros(len(codes), dtype=bool)
+    is_val[order] = position < n_val[codes[order]]
+    return is_val

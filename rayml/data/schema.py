@@ -1,8 +1,9 @@
 """Schema inference and validation for tabular data.
 
 A :class:`Schema` is what a model was trained on: the feature columns, each numeric or categorical (with its known
-categories), the target and the task. ``validate`` checks a frame against a schema and raises one
-:class:`DataValidationError` that lists every problem.
+categories), the target, the task and (multiclass) the class labels. ``validate`` checks a frame against a schema and
+raises one :class:`DataValidationError` that lists every problem. :func:`class_labels_of` reads a multiclass target
+as class labels, the one place that decides what a label is (training, encoding and metrics all go through it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from rayml.config import DataConfig
 from rayml.errors import DataValidationError
 
 UNKNOWN = "__unknown__"
+# A class label of a multiclass target: a Python int or str (JSON safe, and what the ONNX graph's `label` answers).
+ClassLabel = int | str
+_LABEL_HINT = (
+    "a multiclass target holds integer or string class labels; use data.task=regression for a numeric target, "
+    "data.task=binary for a 0/1 or true/false one, or map the values to class names first"
+)
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,9 @@ class Schema:
 
     features: tuple[Feature, ...]
     target: str
-    task: Literal["regression", "binary"]
+    task: Literal["regression", "binary", "multiclass"]
     segment: tuple[str, ...] = field(default_factory=tuple)
+    classes: tuple[ClassLabel, ...] = ()  # multiclass only: the class labels, sorted (ints numerically, strs lexically)
 
     @property
     def feature_names(self) -> list[str]:
@@ -53,12 +61,19 @@ class Schema:
         d = asdict(self)
         d["features"] = [{**asdict(f), "categories": list(f.categories)} for f in self.features]
         d["segment"] = list(self.segment)
+        d["classes"] = list(self.classes)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Schema:
         feats = tuple(Feature(f["name"], f["kind"], tuple(f.get("categories", ()))) for f in d["features"])
-        return cls(features=feats, target=d["target"], task=d["task"], segment=tuple(d.get("segment", ())))
+        return cls(
+            features=feats,
+            target=d["target"],
+            task=d["task"],
+            segment=tuple(d.get("segment", ())),
+            classes=tuple(d.get("classes", ())),
+        )
 
 
 def _is_categorical_dtype(s: pd.Series) -> bool:
@@ -76,12 +91,107 @@ def as_category_strings(s: pd.Series) -> np.ndarray:
     return np.asarray([v if isinstance(v, str) else str(v) for v in out], dtype=object)
 
 
+def _not_whole(value: Any) -> str:
+    return (
+        f"holds numbers that are not whole, e.g. {float(value)!r}; use data.task=regression for a numeric target, or "
+        "map the values to integer or string class labels"
+    )
+
+
+def _class_labels(y: pd.Series) -> tuple[np.ndarray, str | None]:
+    """``y`` (no missing values) as class labels, an object array of Python ints or strs; or (empty, what keeps it
+    from being one)."""
+    none = np.zeros(0, dtype=object)
+    if pd.api.types.is_bool_dtype(y):
+        return none, f"holds true/false values (dtype {y.dtype}); use data.task=binary for a yes/no target"
+    if y.dtype.kind in "iu":
+        return y.to_numpy().astype(object), None  # numpy turns each int64 into a Python int here
+    if y.dtype.kind == "f":
+        x = y.to_numpy()
+        fractional = x[~np.isfinite(x) | (x != np.round(x))]
+        if len(fractional):
+            return none, _not_whole(fractional[0])
+        return x.astype(np.int64).astype(object), None
+    if not _is_categorical_dtype(y):
+        return none, f"has dtype {y.dtype}; class labels are integers or strings"
+    values = y.astype(object).to_numpy()
+    as_label: dict[Any, ClassLabel] = {}
+    for v in pd.unique(values):
+        if isinstance(v, (bool, np.bool_)):
+            return none, f"holds true/false values like {v!r}; use data.task=binary for a yes/no target"
+        if isinstance(v, str):
+            as_label[v] = str(v)
+        elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+            as_label[v] = int(v)
+        elif isinstance(v, (float, np.floating)):
+            return none, _not_whole(v)
+        else:
+            return none, f"holds {type(v).__name__} values like {v!r}; class labels are integers or strings"
+    kinds = {type(label) for label in as_label.values()}
+    if len(kinds) > 1:
+        text = next(k for k, label in as_label.items() if isinstance(label, str))
+        number = next(k for k, label in as_label.items() if isinstance(label, int))
+        return none, (
+            f"mixes text and numbers (e.g. {text!r} and {number!r}); make every label a string (df[target].astype(str)) "
+            "or every label an integer"
+        )
+    if kinds == {str} and all(type(v) is str for v in as_label):
+        return values, None
+    return np.asarray([as_label[v] for v in values], dtype=object), None
+
+
+def class_labels_of(y: pd.Series, target: str) -> np.ndarray:
+    """A multiclass target's values as class labels: an object array of Python ints (integer columns, or floats
+    that are all whole numbers) or strs.
+
+    Raises:
+        DataValidationError: a missing value, a true/false value, a number that is not whole, or a mix of text and
+            numbers.
+    """
+    if y.isna().any():
+        raise DataValidationError([f"target {target!r} has {int(y.isna().sum())} missing value(s)"], hint="drop those rows first")
+    labels, problem = _class_labels(y)
+    if problem:
+        raise DataValidationError([f"multiclass target {target!r} {problem}"], hint=_LABEL_HINT)
+    return labels
+
+
+def rare_classes_problem(labels: np.ndarray | pd.Series, target: str, min_rows: int = 2) -> str | None:
+    """What is wrong when some class has fewer than ``min_rows`` rows (too few to both train and validate), or None."""
+    counts = pd.Series(labels).value_counts()
+    rare = {k: int(n) for k, n in sorted(counts[counts < min_rows].items(), key=lambda kv: str(kv[0]))}
+    if not rare:
+        return None
+    shown = dict(list(rare.items())[:20])
+    more = f" and {len(rare) - 20} more" if len(rare) > 20 else ""
+    return (
+        f"multiclass target {target!r} has {len(rare)} class(es) with fewer than {min_rows} rows, too few to both "
+        f"train and validate (class: rows): {shown}{more}; add rows of those classes or drop them"
+    )
+
+
+def _multiclass_classes(y: pd.Series, target: str) -> tuple[tuple[ClassLabel, ...], list[str]]:
+    """(the sorted class labels of a multiclass target, problems) -- ``y`` without its missing values."""
+    labels, problem = _class_labels(y)
+    if problem:
+        return (), [f"multiclass target {target!r} {problem}"]
+    classes = tuple(sorted(set(labels.tolist())))
+    if len(classes) < 2:
+        return (), [
+            f"multiclass target {target!r} has {len(classes)} class(es) {list(classes)}; it needs at least 2 "
+            "(check data.target, or filter the data less)"
+        ]
+    rare = rare_classes_problem(labels, target)
+    return classes, [rare] if rare else []
+
+
 def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
     """Infer the model schema of ``df`` under ``cfg`` (explicit feature lists win over dtype inference).
 
     Raises:
-        DataValidationError: every missing configured column, a non-binary target for a binary task, a numeric feature
-            that holds text, a frame with no features left, all listed at once.
+        DataValidationError: every missing configured column, a non-binary target for a binary task, a multiclass
+            target that is not integer or string labels (or has fewer than 2 classes, or a class with fewer than 2
+            rows), a numeric feature that holds text, a frame with no features left, all listed at once.
     """
     problems: list[str] = []
     cols = list(df.columns)
@@ -109,10 +219,17 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
             problems.append(f"numeric feature {name!r} has dtype {df[name].dtype} (text); list it under categorical_features")
     if not numeric and not categorical:
         problems.append(f"no feature columns left after excluding target, segment and ignore_columns {sorted(excluded)}")
+    classes: tuple[ClassLabel, ...] = ()
     if cfg.target in df.columns:
         y = df[cfg.target]
-        if not pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y):
-            problems.append(f"target {cfg.target!r} has dtype {y.dtype}; it must be numeric (or 0/1 for binary)")
+        if cfg.task == "multiclass":
+            classes, label_problems = _multiclass_classes(y.dropna(), cfg.target)
+            problems.extend(label_problems)
+        elif not pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y):
+            problems.append(
+                f"target {cfg.target!r} has dtype {y.dtype}; it must be numeric (or 0/1 for binary); "
+                "for class labels use data.task=multiclass"
+            )
         elif cfg.task == "binary":
             values = set(pd.unique(y.dropna().astype("float64")))
             if not values <= {0.0, 1.0}:
@@ -131,7 +248,7 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_categories]
         # as_category_strings made every value a str
         features.append(Feature(name, "categorical", tuple(cast(str, k) for k, _ in ordered)))
-    return Schema(features=tuple(features), target=cfg.target, task=cfg.task, segment=tuple(cfg.segment))
+    return Schema(features=tuple(features), target=cfg.target, task=cfg.task, segment=tuple(cfg.segment), classes=classes)
 
 
 def validate(

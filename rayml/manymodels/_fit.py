@@ -22,6 +22,7 @@ from rayml._private import constants
 from rayml.config import CandidateConfig, ManyModelsJobConfig
 from rayml.data import Schema, reference_stats
 from rayml.errors import TrainingError
+from rayml.models.predictor import OUTPUTS_BY_TASK, PROBABILITIES
 
 logger = logging.getLogger("rayml.manymodels")
 
@@ -104,30 +105,21 @@ def segment_seed(seed: int, key: str, attempt: int = 0) -> int:
     return (seed * 1_000_003 + zlib.crc32(key.encode()) + attempt * 7919) % (2**31 - 1)
 
 
-def _tensors(df: pd.DataFrame, spec: Any, target: str):
-    import torch
-
-    from rayml.models.mlp import encode_categorical, encode_numeric, encode_target
-
-    return (
-        torch.from_numpy(encode_numeric(df, spec)),
-        torch.from_numpy(encode_categorical(df, spec)),
-        torch.from_numpy(encode_target(df, spec, target)),
-    )
-
-
 def _fit_candidate(train_df: pd.DataFrame, val_df: pd.DataFrame, schema: Schema, s: FitSettings, seed: int):
-    """Train one candidate; returns (model with its best epoch's weights, best validation loss, epochs run)."""
-    import torch
-    from torch import nn
+    """Train one candidate; returns (model with its best epoch's weights, best validation loss, epochs run).
 
-    from rayml.models import build_model, build_spec
+    A multiclass model has one output per class of the schema (the set's global class list), whichever classes this
+    segment's rows hold, so every model of a set answers the same probability columns.
+    """
+    import torch
+
+    from rayml.models.mlp import build_model, build_spec, tensors, training_loss
 
     spec = build_spec(train_df, schema, list(s.hidden_sizes), s.dropout, s.embedding_dim)
     model = build_model(spec, seed=seed)
-    num, cat, y = _tensors(train_df, spec, schema.target)
-    vnum, vcat, vy = _tensors(val_df, spec, schema.target) if len(val_df) else (num, cat, y)
-    loss_fn = nn.BCEWithLogitsLoss() if schema.task == "binary" else nn.MSELoss()
+    num, cat, y = tensors(train_df, spec, schema.target)
+    vnum, vcat, vy = tensors(val_df, spec, schema.target) if len(val_df) else (num, cat, y)
+    loss_fn = training_loss(schema.task)
     opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     best, best_state, since_best, epochs_run = float("inf"), None, 0, 0
@@ -159,22 +151,23 @@ def _fit_candidate(train_df: pd.DataFrame, val_df: pd.DataFrame, schema: Schema,
     return model, best, epochs_run
 
 
-def prediction_metrics(task: str, y: np.ndarray, pred: np.ndarray, prefix: str = "val_") -> dict[str, float]:
-    """Metrics in the target's terms (comparable across segments and with the global model)."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(pred, dtype=np.float64)
-    if len(y) == 0:
-        return {}
-    if task == "binary":
-        pc = np.clip(p, 1e-7, 1 - 1e-7)
-        out = {
-            "logloss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
-            "accuracy": float(np.mean((p > 0.5) == (y > 0.5))),
-        }
-    else:
-        err = p - y
-        out = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
-    return {f"{prefix}{k}": v for k, v in out.items()}
+def prediction_metrics(
+    schema: Schema, rows: pd.DataFrame, outputs: dict[str, np.ndarray], prefix: str = "val_"
+) -> dict[str, float]:
+    """:func:`rayml.models.metrics.task_metrics` of a model's named outputs (``predict_all``) on ``rows``, whose target
+    column holds the truth: in the target's terms, comparable across segments and with the global model."""
+    from rayml.data.schema import class_labels_of
+    from rayml.models.metrics import task_metrics
+
+    task, y = schema.task, rows[schema.target]
+    return task_metrics(
+        task,
+        class_labels_of(y, schema.target) if task == "multiclass" else y.to_numpy(),
+        outputs[OUTPUTS_BY_TASK[task][0]],
+        proba=outputs.get(PROBABILITIES),
+        class_labels=list(schema.classes) or None,
+        prefix=prefix,
+    )
 
 
 def fit_segment(
@@ -196,7 +189,8 @@ def fit_segment(
     Raises:
         Exception: whatever training raised (the caller retries and records it).
     """
-    from rayml.models import check_parity, export_onnx, torch_predict
+    from rayml.models import check_parity, export_onnx
+    from rayml.models.mlp import torch_outputs
 
     if not candidates:
         raise ValueError("fit_segment needs at least one candidate's settings")
@@ -212,8 +206,9 @@ def fit_segment(
     sample = val_df.head(PARITY_ROWS) if len(val_df) else train_df.head(PARITY_ROWS)
     check_parity(model, onnx_bytes, sample)
     eval_df = val_df if len(val_df) else train_df
-    pred = torch_predict(model, eval_df)
-    metrics = {"val_loss": loss, **prediction_metrics(schema.task, eval_df[schema.target].to_numpy(), pred)}
+    outputs = torch_outputs(model, eval_df)
+    metrics = {"val_loss": loss, **prediction_metrics(schema, eval_df, outputs)}
+    pred = outputs[OUTPUTS_BY_TASK[schema.task][0]]
     stats = reference_stats(train_df, schema, predictions=pred) if with_stats else None
     return SegmentOutcome(
         key=key,

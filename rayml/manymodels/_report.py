@@ -13,7 +13,7 @@ from rayml.models import ModelSetWriter
 
 
 def global_metrics_per_segment(
-    global_onnx: bytes, table: pd.DataFrame, trained: list[Segment], task: str, target: str
+    global_onnx: bytes, table: pd.DataFrame, trained: list[Segment], schema: Schema
 ) -> dict[str, dict[str, float]]:
     """The global model's metrics on each trained segment's validation rows (what the segment model must beat)."""
     from rayml.models import OnnxPredictor
@@ -25,12 +25,12 @@ def global_metrics_per_segment(
     is_val = table[VAL_COLUMN].to_numpy()[rows]
     rows, owner = rows[is_val], owner[is_val]
     val = table.iloc[rows]
-    pred = OnnxPredictor(global_onnx).predict(val)
-    y = val[target].to_numpy()
+    outputs = OnnxPredictor(global_onnx).predict_all(val)
     out = {}
     for i, s in enumerate(trained):
         mask = owner == i
-        out[s.key] = prediction_metrics(task, y[mask], pred[mask], prefix="global_val_")
+        mine = {name: values[mask] for name, values in outputs.items()}
+        out[s.key] = prediction_metrics(schema, val[mask], mine, prefix="global_val_")
     return out
 
 
@@ -58,6 +58,7 @@ def write_set(
     global_outcome: SegmentOutcome,
     acc: Accounting,
     tags: dict[str, str],
+    input_example: pd.DataFrame | None = None,
 ) -> None:
     writer = ModelSetWriter(model_dir, cfg.data.segment)
     seg_stats = {}
@@ -80,6 +81,7 @@ def write_set(
             "name": cfg.model.name,
             "task": schema.task,
             "target": schema.target,
+            **({"class_labels": list(schema.classes)} if schema.task == "multiclass" else {}),  # one list for the set
             "schema": schema.to_dict(),
             "data_fingerprint": data_fp,
             "min_rows": cfg.manymodels.min_rows,
@@ -93,4 +95,5 @@ def write_set(
             "lineage": tags,
         },
         reference_stats={"global": global_outcome.stats or {}, "segments": seg_stats},
+        input_example=input_example,
     )

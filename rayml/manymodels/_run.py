@@ -328,7 +328,7 @@ def _result(attempt: _Attempt, g: SegmentOutcome, run: ResumableRun, run_dir: st
     cfg, schema, outcomes = attempt.cfg, attempt.schema, attempt.outcomes
     trained_segments = [s for s in attempt.trainable if outcomes[s.key].status == "trained"]
     assert g.onnx is not None, "a trained outcome carries its model"
-    for key, gm in global_metrics_per_segment(g.onnx, attempt.table.frame, trained_segments, schema.task, schema.target).items():
+    for key, gm in global_metrics_per_segment(g.onnx, attempt.table.frame, trained_segments, schema).items():
         outcomes[key].metrics.update(gm)
     acc = account(outcomes.values())
     trained_now = len(acc.trained) - attempt.reused
@@ -378,7 +378,7 @@ def _write_and_register(
             "rayml.segments_failed": str(len(acc.failed)),
         },
     )
-    write_set(model_dir, cfg, schema, data_fp, outcomes, global_outcome, acc, tags)
+    write_set(model_dir, cfg, schema, data_fp, outcomes, global_outcome, acc, tags, attempt.table.frame.head(5))
     result.model_dir = model_dir
     registry.log_metrics(run_id, _run_metrics(result))
     if not result.ok:

@@ -32,6 +32,7 @@ from rayml.train.trainer import (
     loop_config as loop_config,
     prepare_data as prepare_data,
     run_name_for as run_name_for,
+    spec_for as spec_for,
     storage_path_for as storage_path_for,
     train,
 )

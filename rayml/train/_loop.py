@@ -16,7 +16,6 @@ import tempfile
 import time
 from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 import ray.train
 import ray.train.torch
@@ -25,8 +24,10 @@ from torch import nn
 
 from rayml._private import faults as _faults
 from rayml._private.ray_session import quiet_ray_data
-from rayml.models.metrics import roc_auc
-from rayml.models.mlp import ModelSpec, TabularMLP, build_model, encode_categorical, encode_numeric, encode_target
+from rayml.models.factory import extend_import_path
+from rayml.models.metrics import task_metrics
+from rayml.models.mlp import ModelSpec, TabularMLP, build_model, decode_target, named_outputs, tensors, training_loss
+from rayml.models.predictor import OUTPUTS_BY_TASK, PROBABILITIES
 from rayml.monitor.training import WorkerResources
 from rayml.train._checkpoints import META_FILE, STATE_FILE, newest_checkpoint
 from rayml.train._tracking import EpochMetricsLogger, worker_can_log
@@ -39,37 +40,31 @@ def _frame(shard: Any) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _tensors(df: pd.DataFrame, spec: ModelSpec, target: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (
-        torch.from_numpy(encode_numeric(df, spec)),
-        torch.from_numpy(encode_categorical(df, spec)),
-        torch.from_numpy(encode_target(df, spec, target)),
-    )
-
-
 def evaluate(model: TabularMLP, num: torch.Tensor, cat: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
-    """Validation metrics: ``val_loss`` (the training objective) plus metrics in the target's terms."""
+    """Validation metrics: ``val_loss`` (the training objective) plus the task's metrics in the target's terms
+    (:func:`rayml.models.metrics.task_metrics`: val_rmse / val_mae, val_auc / val_accuracy / val_logloss, or
+    val_accuracy / val_macro_f1 / val_logloss)."""
+    if not len(y):
+        return {"val_loss": float("nan")}
     model.eval()
     with torch.no_grad():
-        raw = (
-            torch.cat(
-                [
-                    model.forward_raw(num[i : i + 8192].to(device), cat[i : i + 8192].to(device)).float().cpu()
-                    for i in range(0, len(y), 8192)
-                ]
-            )
-            if len(y)
-            else torch.zeros(0)
+        raw = torch.cat(
+            [
+                model.forward_raw(num[i : i + 8192].to(device), cat[i : i + 8192].to(device)).float().cpu()
+                for i in range(0, len(y), 8192)
+            ]
         )
+        outputs = named_outputs(model.spec, model.from_raw(raw).numpy())
     spec = model.spec
-    if spec.task == "binary":
-        loss = float(nn.functional.binary_cross_entropy_with_logits(raw, y)) if len(y) else float("nan")
-        prob = torch.sigmoid(raw).numpy()
-        yy = y.numpy()
-        return {"val_loss": loss, "val_accuracy": float(((prob > 0.5) == (yy > 0.5)).mean()), "val_auc": roc_auc(yy, prob)}
-    loss = float(nn.functional.mse_loss(raw, y)) if len(y) else float("nan")
-    err = (raw - y).numpy() * spec.target_std
-    return {"val_loss": loss, "val_rmse": float(np.sqrt(np.mean(err**2))), "val_mae": float(np.mean(np.abs(err)))}
+    metrics = task_metrics(
+        spec.task,
+        decode_target(spec, y.numpy()),
+        outputs[OUTPUTS_BY_TASK[spec.task][0]],
+        proba=outputs.get(PROBABILITIES),
+        class_labels=spec.class_labels or None,
+        prefix="val_",
+    )
+    return {"val_loss": float(training_loss(spec.task)(raw, y)), **metrics}
 
 
 class LoopSession(abc.ABC):
@@ -145,6 +140,7 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
 
     device = session.device()
     use_amp = bool(config["amp"]) and device.type == "cuda"
+    extend_import_path(config.get("factory_path") or [])  # where the driver found the model.factory module
     model: nn.Module = build_model(spec, seed=seed)
     model = session.prepare_model(model)
     core = cast(TabularMLP, model.module if hasattr(model, "module") else model)  # the model under DDP's wrapper
@@ -200,9 +196,9 @@ def _train_epochs(
     model, core, optimizer, scaler = training
     start_epoch, best, since_best = resume
 
-    val_num, val_cat, val_y = _tensors(session.validation_frame(), spec, target)
-    cached = _tensors(session.train_frame(), spec, target) if config["cache_shard_in_memory"] else None
-    loss_fn = nn.BCEWithLogitsLoss() if spec.task == "binary" else nn.MSELoss()
+    val_num, val_cat, val_y = tensors(session.validation_frame(), spec, target)
+    cached = tensors(session.train_frame(), spec, target) if config["cache_shard_in_memory"] else None
+    loss_fn = training_loss(spec.task)
 
     previous_start = None
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -306,4 +302,4 @@ def _streamed_batches(shard: Any, spec: ModelSpec, target: str, batch_size: int,
     for batch in shard.iter_batches(
         batch_size=batch_size, batch_format="pandas", local_shuffle_buffer_size=batch_size * 8, local_shuffle_seed=seed
     ):
-        yield _tensors(batch, spec, target)
+        yield tensors(batch, spec, target)

@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rayml._private import constants, fs, lineage
+from rayml._private import constants, fs
+from rayml._private.lineage import lineage_tags as lineage_tags  # shared with imported models' registration
 from rayml.config import ConfigLike, DataConfig, Overrides, TrainJobConfig, dump_config, resolve_config
 from rayml.data import Schema, fingerprint, infer_schema, load_table, reference_stats, train_validation_split, validate
 from rayml.errors import ConfigError, TrainingError
 from rayml.models import ModelDir, ModelSpec, build_model, build_spec, check_parity, export_onnx, torch_predict
+from rayml.models.factory import import_path, model_source, source_digest
 from rayml.registry import ModelVersionInfo, Registry
 from rayml.train._run import ALL, EXECUTION_FIELDS, ResumableRun, RunIdentity, all_but, config_params
 
@@ -70,11 +72,13 @@ class TrainResult:
 
 
 def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
-    """Load, infer the schema, validate (all problems at once), fingerprint and split the training data."""
+    """Load, infer the schema, validate (all problems at once), fingerprint and split the training data (stratified by
+    class for multiclass, so every class is in both parts)."""
     df = load_table(cfg)
     schema = infer_schema(df, cfg)
     validate(df, schema, max_nan_fraction=cfg.max_nan_fraction, require_target=True, source=cfg.source)
-    split = train_validation_split(df, cfg.validation_fraction, seed)
+    stratify = schema.target if schema.task == "multiclass" else None
+    split = train_validation_split(df, cfg.validation_fraction, seed, stratify=stratify)
     if len(split.train) == 0:
         raise ConfigError(
             f"the training split is empty ({len(df)} rows)", hint="use more data or a smaller data.validation_fraction"
@@ -83,25 +87,48 @@ def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
 
 
 def run_name_for(cfg: TrainJobConfig, data_fingerprint: str) -> str:
-    """``train.run_name``, or ``<model>-<digest of TRAIN_IDENTITY>``: the same command on the same data finds its run."""
-    return cfg.train.run_name or f"{cfg.model.name}-{TRAIN_IDENTITY.digest(cfg, data_fingerprint)}"
+    """``train.run_name``, or ``<model>-<digest of TRAIN_IDENTITY>``: the same command on the same data finds its run.
+
+    With ``model.factory`` the digest also covers the factory module's source, so an edited network trains anew
+    instead of resuming (or returning) the run of the previous version.
+    """
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    if cfg.model.factory:
+        data_fingerprint = f"{data_fingerprint}+{source_digest(cfg.model.factory)}"
+    return f"{cfg.model.name}-{TRAIN_IDENTITY.digest(cfg, data_fingerprint)}"
+
+
+def spec_for(cfg: TrainJobConfig, prepared: PreparedData, *, check_factory: bool = False) -> ModelSpec:
+    """The model spec of ``cfg.model``, with preprocessing statistics from the training split.
+
+    Args:
+        cfg: the training config.
+        prepared: its data.
+        check_factory: (on the driver) import and dry-run the ``model.factory`` network now, so a bad one fails
+            before any run or worker starts.
+
+    Raises:
+        ConfigError: ``check_factory`` and the factory cannot be loaded or its network does not fit the contract.
+    """
+    m = cfg.model
+    spec = build_spec(
+        prepared.train,
+        prepared.schema,
+        m.hidden_sizes,
+        m.dropout,
+        m.embedding_dim,
+        factory=m.factory,
+        factory_kwargs=m.factory_kwargs,
+    )
+    if check_factory and spec.factory:
+        build_model(spec)
+    return spec
 
 
 def storage_path_for(cfg: TrainJobConfig) -> str:
     path = cfg.train.storage_path or constants.default_storage_path()
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
-
-
-def lineage_tags(data_fingerprint: str, run_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Tags that make every version traceable to its data version, code and libraries."""
-    tags = {
-        "rayml.data_fingerprint": data_fingerprint,
-        "rayml.git_commit": lineage.git_commit(),
-        "rayml.run_id": run_id,
-    }
-    tags.update({f"rayml.{k}_version": v for k, v in lineage.library_versions().items()})
-    tags.update(extra or {})
-    return tags
 
 
 def loop_config(
@@ -193,6 +220,7 @@ def fit(
                 cfg, spec, prepared.schema.target, tracking_uri, mlflow_run_id, run_dir=fs.join(storage_path, run_name)
             ),
             "driver_node_id": ray.get_runtime_context().get_node_id(),  # see rayml.train._tracking
+            "factory_path": import_path(spec.factory) if spec.factory else [],  # workers import the module from here
         },
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
@@ -254,13 +282,17 @@ def export_model_dir(
     meta = {
         "task": prepared.schema.task,
         "target": prepared.schema.target,
+        **({"class_labels": list(spec.class_labels)} if spec.class_labels else {}),  # multiclass: original types
         "schema": prepared.schema.to_dict(),
         "spec": spec.to_dict(),
         "parity_max_abs_diff": parity,
+        "source": model_source(spec),
         "data_fingerprint": prepared.fingerprint,
         **meta_extra,
     }
-    return ModelDir.write_model(out_dir, onnx_bytes=onnx_bytes, meta=meta, reference_stats=stats).path
+    return ModelDir.write_model(
+        out_dir, onnx_bytes=onnx_bytes, meta=meta, reference_stats=stats, input_example=sample.head(5)
+    ).path
 
 
 def _history(registry: Registry, run_id: str) -> tuple[list[int], list[int]]:
@@ -303,9 +335,9 @@ def train(config: ConfigLike = None, *, overrides: Overrides = None, registry: R
         logger.info("run %s already finished and registered %s; nothing to do", run_name, done.ref)
         return _already_trained(registry, run, storage_path, prepared.fingerprint, done)
 
+    spec = spec_for(cfg, prepared, check_factory=True)
     tags = lineage_tags(prepared.fingerprint, "", {"rayml.train_run_name": run_name, "rayml.data_source": prepared.source})
     run.start(registry, cfg.registry.experiment, tags=tags, params=config_params(cfg))
-    spec = build_spec(prepared.train, prepared.schema, cfg.model.hidden_sizes, cfg.model.dropout, cfg.model.embedding_dim)
     try:
         return _fit_and_register(cfg, registry, prepared, spec, run, storage_path)
     except Exception as e:

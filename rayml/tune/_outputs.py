@@ -14,9 +14,8 @@ from typing import Any
 from rayml._private import fs
 from rayml.config import TrainJobConfig, TuneJobConfig
 from rayml.errors import TrainingError
-from rayml.models import build_spec
 from rayml.registry import ModelVersionInfo, Registry
-from rayml.train import PreparedData, export_model_dir, lineage_tags
+from rayml.train import PreparedData, export_model_dir, lineage_tags, spec_for
 from rayml.tune._mlflow import SEARCH_TAG
 from rayml.tune._report import CURVES_FILE, RESULTS_FILE, TrialSummary, learning_curves_png, results_csv
 
@@ -127,7 +126,7 @@ def _best_state_dict(cfg: TuneJobConfig, grid: Any, best: TrialSummary) -> dict[
 def register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, grid: Any, prepared: PreparedData) -> None:
     best, bc = result.best, result.best_config
     state = _best_state_dict(cfg, grid, best)
-    spec = build_spec(prepared.train, prepared.schema, bc.model.hidden_sizes, bc.model.dropout, bc.model.embedding_dim)
+    spec = spec_for(bc, prepared)
     run_id = best.mlflow_run_id or result.parent_run_id
     tags = lineage_tags(
         prepared.fingerprint,

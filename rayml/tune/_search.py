@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from rayml._private import constants, fs
 from rayml.config import ConfigLike, Overrides, TuneJobConfig, dump_config, resolve_config
 from rayml.errors import ConfigError, TrainingError
+from rayml.models.factory import import_path
 from rayml.registry import ModelVersionInfo, Registry
-from rayml.train import PreparedData, ResumableRun, config_params, lineage_tags, prepare_data, storage_path_for
+from rayml.train import PreparedData, ResumableRun, config_params, lineage_tags, prepare_data, spec_for, storage_path_for
 from rayml.tune._mlflow import SEARCH_TAG, MlflowTrialCallback, child_runs
 from rayml.tune._outputs import TuneResult, log_summary, register_best, write_outputs
 from rayml.tune._report import CURVES_FILE, RESULTS_FILE, TrialSummary, rank, summarize
@@ -238,6 +239,7 @@ def tune(
     logger.info("resolved config:\n%s", dump_config(cfg))
     t0 = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.train.seed)
+    spec_for(cfg, prepared, check_factory=True)  # a bad model.factory fails here, not in every trial
     name = search_name_for(cfg, prepared.fingerprint)
     root = fs.join(storage_path_for(cfg), "tune")
     exp_path = fs.join(root, name)
@@ -304,6 +306,7 @@ def _make_tuner(
         gpus_per_worker=gpus,
         faults=constants.fault_injection(),
         train_storage=fs.join(exp_path, "_train"),
+        factory_path=import_path(cfg.model.factory) if cfg.model.factory else [],
     )
     if workers == 1:
         fn, resources = single_worker_trial, {"CPU": cpus, "GPU": gpus}

@@ -64,8 +64,11 @@ def trial_config(cfg: TuneJobConfig, values: dict[str, Any]) -> TrainJobConfig:
     """The training config of one trial: ``cfg`` without its tune section, with the searched fields replaced."""
     raw = cfg.model_dump(mode="json", exclude={"tune"})
     for path, value in values.items():
-        section, field = path.split(".", 1)
-        raw[section][field] = value
+        *parents, leaf = path.split(".")  # model.factory_kwargs.width: a key of a dict field
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
     return TrainJobConfig.model_validate(raw)
 
 

@@ -25,9 +25,9 @@ from torch import nn
 
 from rayml._private import fs
 from rayml.config import TrainJobConfig, TuneJobConfig
-from rayml.models import ModelSpec, build_spec
-from rayml.models.mlp import encode_categorical, encode_numeric, encode_target
-from rayml.train import LoopSession, PreparedData, loop_config, run_loop, train_loop_per_worker
+from rayml.models import ModelSpec
+from rayml.models.mlp import tensors
+from rayml.train import LoopSession, PreparedData, loop_config, run_loop, spec_for, train_loop_per_worker
 from rayml.tune._space import decode, trial_config
 
 logger = logging.getLogger("rayml.tune")
@@ -46,14 +46,13 @@ class TrialSetup:
     gpus_per_worker: float
     faults: str | None
     train_storage: str  # distributed trials: where each trial's TorchTrainer run keeps its checkpoints
+    factory_path: list[str]  # where the driver found the model.factory module (rayml.models.factory.import_path)
 
 
 def build_trial(setup: TrialSetup, prepared: PreparedData, config: dict[str, Any]) -> tuple[TrainJobConfig, ModelSpec]:
     """The trial's training config and model spec (preprocessing statistics from the shared training split)."""
     cfg = trial_config(setup.cfg, decode(setup.cfg, config))
-    m = cfg.model
-    spec = build_spec(prepared.train, prepared.schema, m.hidden_sizes, m.dropout, m.embedding_dim)
-    return cfg, spec
+    return cfg, spec_for(cfg, prepared)
 
 
 class TuneSession(LoopSession):
@@ -93,12 +92,7 @@ class TuneSession(LoopSession):
     def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int):
         order = np.random.default_rng(seed).permutation(len(self._train))
         for i in range(0, len(order), batch_size):
-            part = self._train.iloc[order[i : i + batch_size]]
-            yield (
-                torch.from_numpy(encode_numeric(part, spec)),
-                torch.from_numpy(encode_categorical(part, spec)),
-                torch.from_numpy(encode_target(part, spec, target)),
-            )
+            yield tensors(self._train.iloc[order[i : i + batch_size]], spec, target)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self._device)
@@ -112,6 +106,7 @@ def single_worker_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: 
     cfg, spec = build_trial(setup, prepared, config)
     lc = loop_config(cfg, spec, setup.target, None, None)  # per-epoch MLflow logging is the driver callback's job
     lc["faults"] = setup.faults
+    lc["factory_path"] = setup.factory_path
     run_loop(lc, TuneSession(prepared.train, prepared.validation, use_gpu=setup.gpus_per_worker > 0))
 
 
@@ -135,6 +130,7 @@ def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: Pr
     run_name = trainer_run_name(ray.tune.get_context().get_trial_id())
     lc = loop_config(cfg, spec, setup.target, None, None)
     lc["faults"] = setup.faults
+    lc["factory_path"] = setup.factory_path
     lc["run_dir"] = fs.join(setup.train_storage, run_name)
     resources = {"CPU": setup.cpus_per_worker}
     if setup.gpus_per_worker > 0:

@@ -154,3 +154,33 @@ def test_multi_column_segments(ray_session, tracking_uri: str, tmp_path: Path, s
     preds, served_by = ms.predict(df)
     rows = ((df.region == big[0]) & (df.category == big[1])).to_numpy()
     assert set(served_by[rows]) == {key} and not np.isnan(preds).any()
+
+
+def test_a_multiclass_model_set_answers_one_global_class_list(ray_session, tracking_uri: str, tmp_path: Path) -> None:
+    df = generate_sales(SyntheticConfig(segments=3, rows_per_segment=90, seed=5))
+    df["level"] = pd.qcut(df["sales"].rank(method="first"), 3, labels=["low", "mid", "high"]).astype(str)
+    df = df[~((df.store_id == "store_001") & (df.level == "high"))].reset_index(drop=True)  # store_001 never sees "high"
+    path = tmp_path / "levels.parquet"
+    df.to_parquet(path)
+    cfg = _cfg(
+        path,
+        tracking_uri,
+        tmp_path,
+        "data.target=level",
+        "data.task=multiclass",
+        "data.ignore_columns=[date, sales, high_sales]",
+        "model.name=levels",
+        "manymodels.min_rows=20",
+    )
+    result = train_model_set(cfg)
+    assert result.ok and result.trained == 3
+    assert {"median_segment_val_logloss", "global_val_accuracy", "global_val_macro_f1"} <= set(result.metrics)
+
+    md = Registry(tracking_uri).load(result.model_version.ref).model_dir
+    assert md.is_model_set and md.task == "multiclass" and md.class_labels == ["high", "low", "mid"]
+    ms = md.model_set()
+    for key in ms.segments:  # every segment model answers the set's three classes, in its order
+        assert {"val_accuracy", "val_macro_f1", "global_val_logloss"} <= set(ms.segment_info(key)["metrics"])
+        got = ms.predictor(key).predict_all(df)
+        assert got["probabilities"].shape == (len(df), 3) and set(got["label"].tolist()) <= {"high", "low", "mid"}
+    assert md.reference_stats("store_001")["prediction"]["kind"] == "categorical"

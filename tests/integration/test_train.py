@@ -175,3 +175,50 @@ def test_bad_data_fails_before_any_run_is_created(tmp_path: Path, tracking_uri: 
     assert "target column 'sales' is missing" in str(e.value)
     reg = Registry(tracking_uri)
     assert reg.client.search_runs([reg.experiment_id("rayml")]) == []
+
+
+def test_multiclass_on_the_wine_data_registers_string_labels_and_probabilities(tmp_path: Path, tracking_uri: str) -> None:
+    import pandas as pd
+    from sklearn.datasets import load_wine
+
+    import rayml
+    from rayml.models import ModelDir
+
+    bunch = load_wine(as_frame=True)
+    df = bunch.frame.rename(columns={"od280/od315_of_diluted_wines": "od280_od315"})
+    df["cultivar"] = bunch.target_names[df.pop("target")]  # "class_0", "class_1", "class_2"
+    df.to_parquet(tmp_path / "wine.parquet")
+    result = rayml.train_model(
+        None,
+        overrides={
+            "data.source": str(tmp_path / "wine.parquet"),
+            "data.target": "cultivar",
+            "data.task": "multiclass",
+            "data.segment": [],
+            "data.ignore_columns": [],
+            "data.validation_fraction": 0.3,
+            "model.name": "wine",
+            "model.hidden_sizes": [16],
+            "train.epochs": 8,
+            "train.batch_size": 16,
+            "train.learning_rate": 0.02,
+            "train.storage_path": str(tmp_path / "runs"),
+            "registry.tracking_uri": tracking_uri,
+        },
+    )
+    majority = float(df["cultivar"].value_counts(normalize=True).iloc[0])  # about 0.4
+    assert {"val_loss", "val_accuracy", "val_macro_f1", "val_logloss"} <= set(result.metrics)
+    assert result.metrics["val_accuracy"] > majority + 0.3 and result.metrics["val_macro_f1"] > 0.6
+
+    md: ModelDir = Registry(tracking_uri).load("wine:1").model_dir
+    assert md.task == "multiclass" and md.class_labels == ["class_0", "class_1", "class_2"]
+    assert md.schema is not None and md.schema.classes == ("class_0", "class_1", "class_2")
+    assert [(o.name, o.datatype, o.shape) for o in md.outputs] == [("label", "BYTES", [-1]), ("probabilities", "FP32", [-1, 3])]
+    got = md.predictor().predict_all(df)
+    assert got["probabilities"].shape == (len(df), 3)
+    np.testing.assert_allclose(got["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    assert set(got["label"].tolist()) <= set(md.class_labels)
+    assert float(np.mean(got["label"] == df["cultivar"].to_numpy())) > majority + 0.3
+    assert md.meta["parity_max_abs_diff"] <= 1e-4
+    assert md.reference_stats()["prediction"]["kind"] == "categorical"  # predicted classes, binned per class
+    assert isinstance(pd.Series(got["label"]).iloc[0], str)

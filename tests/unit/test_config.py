@@ -133,3 +133,10 @@ def load_config_text(tmp_path: Path, text: str) -> TrainJobConfig:
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
     return load_config(TrainJobConfig, path)
+
+
+def test_many_models_refuses_a_model_factory_instead_of_ignoring_it() -> None:
+    from rayml.config import ManyModelsJobConfig, resolve_config
+
+    with pytest.raises(ConfigError, match=r"model.factory \('nets:resnet'\) is for `rayml train`"):
+        resolve_config(ManyModelsJobConfig, {"model": {"factory": "nets:resnet"}})

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from rayml.config import DataConfig, DriftSpec, SyntheticConfig
 from rayml.data import (
@@ -160,3 +161,91 @@ def test_reference_stats_are_deciles_and_topk(sales: pd.DataFrame) -> None:
     cat = stats["features"]["category"]
     assert cat["categories"][-1] == "__other__" and sum(cat["shares"]) == pytest.approx(1.0)
     assert "target" in stats and "prediction" in stats
+
+
+# --- multiclass targets ------------------------------------------------------------------------------------------------
+def _multiclass_frame(y: list) -> pd.DataFrame:
+    return pd.DataFrame({"x": np.arange(len(y), dtype=float), "y": pd.Series(y, dtype=None if y else float)})
+
+
+MULTICLASS = DataConfig(source="frame", target="y", task="multiclass")
+
+
+@pytest.mark.parametrize(
+    ("values", "classes"),
+    [
+        (pd.Series([10, 2, 2, 10, 3, 3]), (2, 3, 10)),  # ints sort numerically
+        (pd.Series([1.0, 0.0, 1.0, 0.0, 2.0, 2.0]), (0, 1, 2)),  # whole floats (e.g. after a NaN was dropped) are ints
+        (pd.Series(["b", "a", "b", "a", "B", "B"]), ("B", "a", "b")),  # strings sort lexically
+        (pd.Series(["x", "y", "x", "y"], dtype="category"), ("x", "y")),
+        (pd.Series([7, 5, 7, 5], dtype=object), (5, 7)),
+    ],
+)
+def test_multiclass_schema_records_sorted_labels_in_their_type(values: pd.Series, classes: tuple) -> None:
+    import json
+
+    from rayml.data import Schema
+
+    df = pd.DataFrame({"x": np.arange(len(values), dtype=float), "y": values})
+    schema = infer_schema(df, MULTICLASS)
+    assert schema.task == "multiclass" and schema.classes == classes
+    assert [type(c) for c in schema.classes] == [type(c) for c in classes]
+    again = Schema.from_dict(json.loads(json.dumps(schema.to_dict())))  # JSON safe, types kept
+    assert again == schema and [type(c) for c in again.classes] == [type(c) for c in classes]
+    old = {k: v for k, v in schema.to_dict().items() if k != "classes"}  # written before multiclass existed
+    assert Schema.from_dict(old).classes == ()
+
+
+_WHOLE = st.integers(-5, 5)
+_BAD_TARGETS = st.one_of(
+    # numbers that are not whole
+    st.lists(_WHOLE, min_size=4, max_size=30).flatmap(
+        lambda ints: st.floats(0.01, 0.99).map(lambda f: ("not whole", [float(i) for i in ints] + [ints[0] + f]))
+    ),
+    st.lists(st.booleans(), min_size=4, max_size=30).map(lambda bs: ("true/false", bs)),
+    st.lists(st.sampled_from(["a", "b"]), min_size=2, max_size=30).map(lambda s: ("mixes text and numbers", [*s, 1, 1])),
+    st.tuples(st.sampled_from([0, "only"]), st.integers(2, 30)).map(lambda t: ("it needs at least 2", [t[0]] * t[1])),
+    # every class but one has rows enough; the rare ones are listed with their counts
+    st.lists(st.sampled_from(["a", "b"]), min_size=0, max_size=30).map(
+        lambda s: ("fewer than 2 rows", ["a", "a", "b", "b", *s, "rare"])
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_BAD_TARGETS)
+def test_bad_multiclass_targets_are_clear_errors(case: tuple[str, list]) -> None:
+    what, y = case
+    with pytest.raises(DataValidationError) as e:
+        infer_schema(_multiclass_frame(y), MULTICLASS)
+    msg = str(e.value)
+    assert what in msg and "multiclass target 'y'" in msg, msg
+    if what == "fewer than 2 rows":
+        assert "{'rare': 1}" in msg
+    if what in ("not whole", "true/false"):
+        assert "data.task=" in msg  # says which task fits instead
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(2, 40), min_size=2, max_size=6),
+    fraction=st.sampled_from([0.05, 0.2, 0.5, 0.9]),
+    seed=st.integers(0, 5),
+)
+def test_stratified_split_puts_every_class_in_both_parts(counts: list[int], fraction: float, seed: int) -> None:
+    y = np.repeat([f"c{i}" for i in range(len(counts))], counts)
+    df = pd.DataFrame({"y": np.random.default_rng(seed).permutation(y), "row": np.arange(len(y))})
+    split = train_validation_split(df, fraction, seed, stratify="y")
+    assert set(split.train["y"]) == set(split.validation["y"]) == set(y)
+    assert sorted([*split.train["row"], *split.validation["row"]]) == list(range(len(y)))
+    for label, n in zip(sorted(set(y)), np.unique(y, return_counts=True)[1], strict=True):
+        n_val = int((split.validation["y"] == label).sum())
+        assert n_val == min(max(1, int(np.floor(n * fraction + 0.5))), n - 1)
+    again = train_validation_split(df, fraction, seed, stratify="y")
+    pd.testing.assert_frame_equal(split.validation, again.validation)
+
+
+def test_stratified_split_refuses_a_class_it_cannot_put_in_both_parts() -> None:
+    df = pd.DataFrame({"y": ["a", "a", "a", "b", "c", "c"]})
+    with pytest.raises(DataValidationError, match=r"fewer than 2 rows.*\{'b': 1\}"):
+        train_validation_split(df, 0.3, 0, stratify="y")

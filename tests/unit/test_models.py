@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from rayml.config import DataConfig, SyntheticConfig
-from rayml.data import generate_sales, infer_schema
-from rayml.errors import OnnxParityError, PredictionInputError
-from rayml.models import OnnxPredictor, build_model, build_spec, check_parity, export_onnx
+from rayml.data import Schema, generate_sales, infer_schema
+from rayml.errors import DataValidationError, OnnxParityError, PredictionInputError
+from rayml.models import ModelDir, OnnxPredictor, build_model, build_spec, check_parity, export_onnx
+from rayml.models.mlp import decode_target, encode_categorical, encode_numeric, encode_target, torch_outputs, torch_predict
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +117,71 @@ def test_roc_auc_matches_sklearn() -> None:
     p = np.round(rng.random(200) * 0.5 + y * 0.3, 2)  # with ties
     assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p))
     assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+
+
+# --- multiclass ----------------------------------------------------------------------------------------------------------
+def _multiclass(labels: list) -> tuple[pd.DataFrame, Schema]:
+    rng = np.random.default_rng(0)
+    n = 240
+    df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.choice(["x", "y", "z"], n)})
+    df["y"] = [labels[i % len(labels)] for i in range(n)]
+    return df, infer_schema(df, DataConfig(source="frame", target="y", task="multiclass"))
+
+
+@pytest.mark.parametrize(
+    ("labels", "datatype"), [([30, 4, 7], "INT64"), (["setosa", "virginica", "versicolor", "other"], "BYTES")]
+)
+def test_multiclass_graph_answers_label_then_probabilities_like_torch(tmp_path: Path, labels: list, datatype: str) -> None:
+    df, schema = _multiclass(labels)
+    spec = build_spec(df, schema, [8], 0.0, 3)
+    k = len(labels)
+    assert spec.task == "multiclass" and spec.class_labels == sorted(labels) and spec.n_outputs == k
+    model = build_model(spec, seed=0)
+    num, cat = (torch.from_numpy(encode_numeric(df, spec)), torch.from_numpy(encode_categorical(df, spec)))
+    assert model.forward_raw(num, cat).shape == (len(df), k)  # logits
+    proba = model(num, cat)
+    assert proba.shape == (len(df), k) and torch.allclose(proba.sum(dim=1), torch.ones(len(df)))
+
+    onnx_bytes = export_onnx(model)
+    predictor = OnnxPredictor(onnx_bytes)
+    assert [(o.name, o.datatype, o.shape) for o in predictor.outputs] == [
+        ("label", datatype, [-1]),
+        ("probabilities", "FP32", [-1, k]),
+    ]
+    odd = df.head(30).copy()
+    odd.loc[odd.index[0], "c"] = "never-seen"
+    odd.loc[odd.index[1], "a"] = np.nan
+    assert check_parity(model, onnx_bytes, pd.concat([df, odd], ignore_index=True)) <= 1e-4
+    got, expected = predictor.predict_all(df), torch_outputs(model, df)
+    assert got["label"].tolist() == expected["label"].tolist() == torch_predict(model, df).tolist()
+    assert set(got["label"].tolist()) <= set(labels) and [type(v) for v in got["label"].tolist()[:1]] == [type(labels[0])]
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], atol=1e-5)
+    np.testing.assert_array_equal(predictor.predict(df), got["label"])  # "the prediction" is the label
+
+    # the model contract holds, with the labels in their original types
+    md = ModelDir.write_model(
+        tmp_path / "m", onnx_bytes=onnx_bytes, meta={"task": "multiclass", "class_labels": spec.class_labels}
+    )
+    assert ModelDir.read(md.path).class_labels == sorted(labels)
+
+
+def test_encode_target_gives_class_indices_and_refuses_unseen_labels() -> None:
+    df, schema = _multiclass(["b", "a", "c"])
+    spec = build_spec(df, schema, [8], 0.0, 3)
+    y = encode_target(df.head(6), spec, "y")
+    assert y.dtype == np.int64 and y.tolist() == [1, 0, 2, 1, 0, 2]
+    assert decode_target(spec, y).tolist() == df["y"].head(6).tolist()
+    later = df.head(4).assign(y=["a", "d", "e", "d"])
+    with pytest.raises(DataValidationError, match=r"3 row\(s\) with label\(s\) the model was not trained on: \['d', 'e'\]"):
+        encode_target(later, spec, "y")
+
+
+def test_multiclass_parity_failure_names_the_worst_rows() -> None:
+    df, schema = _multiclass([0, 1, 2])
+    spec = build_spec(df, schema, [8], 0.0, 3)
+    exported = export_onnx(build_model(spec, seed=0))
+    with pytest.raises(OnnxParityError) as e:
+        check_parity(build_model(spec, seed=1), exported, df.head(50))
+    msg = str(e.value)
+    assert "probabilities: max abs diff" in msg and "(worst: row " in msg
+    assert "label differs on" in msg and "torch " in msg and " vs onnx " in msg
