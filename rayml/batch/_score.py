@@ -8,6 +8,12 @@ driver: each actor reads its inputs and writes its outputs on shared storage, so
 
 A file that cannot be scored (corrupt, a missing column, text in a numeric column) is reported with its error and
 its staged output deleted; the actor goes on with the next file.
+
+Output columns: the key columns (segment and id columns, as read), the prediction column (``batch.prediction_column``:
+the predicted value, the probability of class 1 for a binary model, the predicted label for a multiclass model:
+string, or int64 when the class labels are integers), for a multiclass model one float32 column per class named
+``proba_<label>`` (in class-label order), then :data:`LINEAGE_COLUMNS`. Rows a model set could not score (a segment
+without a model and no fallback) have a NaN prediction (a null label) and NaN probabilities, and say why in ``error``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +34,7 @@ from rayml._private import faults as _faults
 from rayml.batch._ledger import InputFile, OutputDir
 from rayml.errors import DataError, DataValidationError, ModelError, RaymlError
 from rayml.models import ModelDir, segment_groups
+from rayml.models.predictor import PROBABILITIES
 from rayml.monitor import DriftCounter
 
 logger = logging.getLogger("rayml.batch")
@@ -56,20 +64,25 @@ class ScoreSpec:
     faults: str | None = None
 
 
-def output_columns(prediction_column: str) -> tuple[str, ...]:
-    """The columns rayml adds to every output row."""
-    return (prediction_column, *LINEAGE_COLUMNS)
+def output_columns(prediction_column: str, probabilities: Sequence[str] = ()) -> tuple[str, ...]:
+    """The columns rayml adds to every output row (``probabilities``: :attr:`rayml.models.ModelDir.probability_columns`)."""
+    return (prediction_column, *probabilities, *LINEAGE_COLUMNS)
 
 
 def key_columns(
-    present: list[str], inputs: list[str], segment_columns: list[str], id_columns: tuple[str, ...] | None, prediction: str
+    present: list[str],
+    inputs: list[str],
+    segment_columns: list[str],
+    id_columns: tuple[str, ...] | None,
+    prediction: str,
+    probabilities: Sequence[str] = (),
 ) -> list[str]:
     """The input columns copied to the output: segment columns, then id columns (null = every non-input column).
 
     Raises:
         DataValidationError: an explicit id column clashes with a column rayml adds.
     """
-    added = set(output_columns(prediction))
+    added = set(output_columns(prediction, probabilities))
     if id_columns is None:
         ids = [c for c in present if c not in inputs and c not in segment_columns and c not in added]
     else:
@@ -98,6 +111,7 @@ class FileScorer:
             self.model_dir.predictor()
         self.inputs = self.model_dir.input_names
         self.segment_columns = self.model_dir.segment_columns
+        self.probability_columns = self.model_dir.probability_columns
         self.reference = _reference(self.model_dir) if spec.drift else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -184,7 +198,14 @@ class FileScorer:
                 + (f" and segment column(s) {self.segment_columns}" if self.segment_columns else ""),
                 source=f.path,
             )
-        keys = key_columns(present, self.inputs, self.segment_columns, self.spec.id_columns, self.spec.prediction_column)
+        keys = key_columns(
+            present,
+            self.inputs,
+            self.segment_columns,
+            self.spec.id_columns,
+            self.spec.prediction_column,
+            self.probability_columns,
+        )
         rows = 0
         writer = None
         counter = DriftCounter(self.reference) if self.reference else None
@@ -213,7 +234,9 @@ class FileScorer:
         # only what the model reads becomes pandas: ids, timestamps and labels pass through untouched
         df = chunk.select(list(dict.fromkeys([*self.segment_columns, *self.inputs]))).to_pandas()
         error = pa.nulls(n, pa.string())
-        preds, served = self.model_dir.predict_and_route(df, unknown="nan")
+        outputs, served = self.model_dir.predict_outputs(df, unknown="nan")
+        first = self.model_dir.outputs[0]
+        preds = outputs[first.name]
         if served is None:  # a single model
             served_by = pa.nulls(n, pa.string())
         else:
@@ -225,18 +248,23 @@ class FileScorer:
                 error = pa.array(messages, type=pa.string())
             served_by = pa.array(np.where(unknown, np.array(None, dtype=object), served), type=pa.string())
         if counter is not None and n:
-            counter.update(df, predictions=preds[np.isfinite(preds)])  # unknown segments predict NaN
+            counter.update(df, predictions=preds[pd.notna(preds)])  # unknown segments predict NaN (a label: None)
         columns = [chunk.column(c) for c in keys]
         names = list(keys)
         # the columns rayml adds have fixed types, so every chunk and every file has the same output schema
-        added = {
-            self.spec.prediction_column: pa.array(np.asarray(preds, dtype=np.float32)),
-            "model_name": _constant(self.spec.model_name, n),
-            "model_version": pa.array(np.full(n, self.spec.model_version, dtype=np.int64)),
-            "segment_model": served_by,
-            "batch_run_id": _constant(self.spec.batch_run_id, n),
-            "error": error,
-        }
+        added = {self.spec.prediction_column: _prediction_array(preds, first.datatype)}
+        if self.probability_columns:
+            probs = outputs[PROBABILITIES]
+            added.update({c: pa.array(probs[:, i].astype(np.float32)) for i, c in enumerate(self.probability_columns)})
+        added.update(
+            {
+                "model_name": _constant(self.spec.model_name, n),
+                "model_version": pa.array(np.full(n, self.spec.model_version, dtype=np.int64)),
+                "segment_model": served_by,
+                "batch_run_id": _constant(self.spec.batch_run_id, n),
+                "error": error,
+            }
+        )
         return pa.Table.from_arrays([*columns, *added.values()], names=[*names, *added])
 
 
@@ -258,6 +286,15 @@ def _reference(model_dir: ModelDir) -> dict[str, Any] | None:
     """The version's reference bins (a model set's global ones); None when it has none (no drift counts then)."""
     stats = model_dir.reference_stats()
     return stats if stats.get("features") else None
+
+
+def _prediction_array(values: np.ndarray, datatype: str) -> pa.Array:
+    """The prediction column: float32 values, or labels (string; int64 for integer labels; null where unscored)."""
+    if datatype == "INT64":
+        return pa.array(values, type=pa.int64(), from_pandas=True)
+    if datatype == "BYTES":
+        return pa.array(values, type=pa.string(), from_pandas=True)
+    return pa.array(np.asarray(values, dtype=np.float32))
 
 
 def _constant(value: str, n: int) -> pa.Array:

@@ -40,7 +40,7 @@ def drift(
     loaded = Registry(cfg.registry.tracking_uri).load(model)
     df = load_table(DataConfig(source=data))
     reference = global_reference(loaded)
-    result = drift_of_frame(reference, df, predict_frame(loaded, df), loaded.meta.get("target"), cfg.drift)
+    result = drift_of_frame(reference, df, predict_frame(loaded, df), loaded.model_dir.target, cfg.drift)
     rows = []
     for name, f in sorted(result["features"].items(), key=lambda kv: kv[0]):
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in f["metrics"].items())
@@ -50,7 +50,7 @@ def drift(
         if extra in result:
             f = result[extra]
             rows.append(
-                [f"({extra})", "numeric", f["status"], ", ".join(f"{k}={v:.3f}" for k, v in f["metrics"].items()), "", "", ""]
+                [f"({extra})", f["kind"], f["status"], ", ".join(f"{k}={v:.3f}" for k, v in f["metrics"].items()), "", "", ""]
             )
     console.print(
         table(

@@ -178,7 +178,8 @@ def status(model: ModelOpt, config: ConfigOpt = None, set_: SetOpt = None, verbo
         window = traffic_stats(cfg, model, since=state.window_start)  # until now
         rows = [[f"v{v}", route, *s.summary(state.task).values()] for (v, route), s in sorted(window.items())]
         cols = ["version", "route", *VersionStatsColumns]
-        console.print(table("Current window (all ingress replicas)", cols, rows))
+        meaning = "relative |shadow - primary|" if state.task == "regression" else "share of rows whose class changed"
+        console.print(table(f"Current window (all ingress replicas; disagreement: {meaning})", cols, rows))
     for a in state.approvals:
         console.print(
             f"Approved step {a['step_percent']:g}% by {a['by']} at {time.strftime('%H:%M:%S', time.localtime(a['at']))}"

@@ -39,7 +39,11 @@ class BatchConfig(_Section):
         description="Input columns copied to the output besides the segment columns (ids, timestamps, labels); "
         "null = every input column that is not a model input; [] = none.",
     )
-    prediction_column: str = Field(default="prediction", description="Name of the prediction column in the output.")
+    prediction_column: str = Field(
+        default="prediction",
+        description="Name of the prediction column in the output (the value; a binary model's probability of its "
+        "positive class; a multiclass model's label, followed by one `proba_<label>` column per class).",
+    )
     drift: bool = Field(
         default=True,
         description="Count every scored row into the model's reference bins and write the run's drift summary "

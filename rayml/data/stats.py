@@ -1,8 +1,10 @@
 """Reference statistics of training data: the bins that monitoring compares live traffic against.
 
 Numbers: decile edges (10 bins, open at both ends) with the training share in each bin, plus mean/std/min/max and
-the missing share. Categories: the top-K values with their shares and one ``__other__`` bucket. The result is plain
-JSON so it travels with the model in the registry.
+the missing share. Categories: the top-K values with their shares and one ``__other__`` bucket. Class labels (a
+multiclass target, and a multiclass model's predicted labels) are categories with one bin per class, so drift of the
+predicted-class distribution and the majority class (the gate's trivial baseline) come from the same bins. The result
+is plain JSON so it travels with the model in the registry.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rayml.data.schema import UNKNOWN, Schema, as_category_strings
 OTHER = "__other__"
 REFERENCE_STATS_VERSION = 1
 MAX_SEEN = 10_000
+MAX_CLASS_BINS = 1_000  # class labels get one bin each, up to this many (the rest share __other__)
 
 
 def numeric_reference(values: pd.Series, n_bins: int = 10) -> dict[str, Any]:
@@ -61,14 +64,41 @@ def categorical_reference(values: pd.Series, top_k: int = 20) -> dict[str, Any]:
     }
 
 
+def is_label_values(values: np.ndarray | pd.Series, task: str) -> bool:
+    """Whether model outputs or target values are class labels (binned as categories) rather than numbers.
+
+    A multiclass task's are, whatever their type; so are values that are not floats (a multiclass model's ``label``
+    output is INT64 or strings, while regression and binary outputs are always floats).
+    """
+    return task == "multiclass" or np.asarray(values).dtype.kind not in "fc"
+
+
+def label_reference(values: pd.Series | np.ndarray) -> dict[str, Any]:
+    """Categorical bins of class labels: one per class (up to :data:`MAX_CLASS_BINS`), most frequent first.
+
+    ``categories[0]`` is the majority class; labels are binned as strings (``1`` and ``"1"`` are one class).
+    """
+    return categorical_reference(pd.Series(np.asarray(values, dtype=object)), top_k=MAX_CLASS_BINS)
+
+
 def reference_stats(df: pd.DataFrame, schema: Schema, predictions: np.ndarray | None = None) -> dict[str, Any]:
-    """Reference bins for every feature (and the target and predictions when given)."""
+    """Reference bins for every feature (and the target and predictions when given).
+
+    The target of a multiclass schema, and predictions that are class labels (see :func:`is_label_values`), get
+    categorical bins (:func:`label_reference`); other targets and predictions get numeric ones.
+    """
     features = {}
     for f in schema.features:
         features[f.name] = numeric_reference(df[f.name]) if f.kind == "numeric" else categorical_reference(df[f.name])
     out: dict[str, Any] = {"version": REFERENCE_STATS_VERSION, "rows": int(len(df)), "features": features}
     if schema.target in df.columns:
-        out["target"] = numeric_reference(df[schema.target])
+        y = df[schema.target]
+        out["target"] = label_reference(y) if schema.task == "multiclass" else numeric_reference(y)
     if predictions is not None:
-        out["prediction"] = numeric_reference(pd.Series(np.asarray(predictions, dtype="float64")))
+        preds = np.asarray(predictions)
+        out["prediction"] = (
+            label_reference(preds)
+            if is_label_values(preds, schema.task)
+            else numeric_reference(pd.Series(preds.astype("float64")))
+        )
     return out

@@ -8,6 +8,13 @@ batch, the gate and monitoring read it. Only this module knows its file names::
     reference_stats.json    reference statistics of the training rows, for drift (optional)
     fallback.onnx           model sets only: the global model when it serves segments without their own model
     segments/<index>.onnx   model sets only: one model per trained segment (see :mod:`rayml.models.model_set`)
+    MLmodel                 what makes the directory an MLflow model: the python_function and onnx flavors, the
+                            signature and the input example's info (see :mod:`rayml.models._pyfunc`)
+    input_example.json      a few rows the model takes (MLflow's "split" orient)
+    serving_input_example.json  the same rows as a request body for ``mlflow models serve``
+    requirements.txt        what the python_function flavor needs (mlflow, rayml, onnxruntime, onnx; pinned)
+    python_env.yaml         the same as MLflow's virtualenv and conda environments
+    conda.yaml
 
 Metadata fields every reader may rely on (absent ones have the defaults of the :class:`ModelDir` properties):
 ``format_version``, ``kind`` (``model`` | ``model_set``), ``task``, ``target``, ``class_labels``, ``schema``
@@ -16,11 +23,15 @@ Metadata fields every reader may rely on (absent ones have the defaults of the :
 ``segments`` (the index) and ``fallback``. Anything else the writer recorded (``spec``, ``metrics``, ``tune`` ...)
 is kept as is.
 
+The MLflow files are written with every directory (``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` predicts
+as rayml does), but rayml never needs them: a directory written before they existed reads and predicts the same.
+
 Reference statistics are the bins of :func:`rayml.data.reference_stats`: for a single model the file holds them
 directly; for a model set it holds ``{"global": <all rows>, "segments": {key: <that segment's rows>}}``.
 :meth:`ModelDir.reference_stats` hides the difference.
 
-This module imports neither MLflow, Ray nor torch; onnxruntime loads only when a predictor is first asked for.
+This module imports neither MLflow, Ray nor torch (writing imports MLflow for the MLmodel); onnxruntime loads
+only when a predictor is first asked for.
 """
 
 from __future__ import annotations
@@ -45,6 +56,12 @@ MODEL_FILE = "model.onnx"
 REF_STATS_FILE = "reference_stats.json"
 FALLBACK_FILE = "fallback.onnx"
 SEGMENTS_DIR = "segments"
+MLMODEL_FILE = "MLmodel"
+INPUT_EXAMPLE_FILE = "input_example.json"
+SERVING_INPUT_FILE = "serving_input_example.json"
+REQUIREMENTS_FILE = "requirements.txt"
+PYTHON_ENV_FILE = "python_env.yaml"
+CONDA_ENV_FILE = "conda.yaml"
 
 KIND_MODEL = "model"
 KIND_MODEL_SET = "model_set"
@@ -55,6 +72,9 @@ _HINT = (
     f"a model directory holds {MODEL_FILE} and {META_FILE} (a JSON object), optionally {REF_STATS_FILE}; "
     "export it again (rayml train / rayml models register), or download the version again"
 )
+
+
+PROBA_PREFIX = "proba_"
 
 
 def segment_file(index: int) -> str:
@@ -226,6 +246,12 @@ class ModelDir:
         return list(self.meta.get("class_labels") or [])
 
     @property
+    def probability_columns(self) -> list[str]:
+        """The names a table gives a multiclass model's class probabilities, one per class in ``class_labels`` order
+        (``proba_<label>``: batch output, MLflow's pyfunc frame); [] for other tasks."""
+        return [f"{PROBA_PREFIX}{c}" for c in self.class_labels] if self.task == "multiclass" else []
+
+    @property
     def schema(self) -> Schema | None:
         """The feature schema the model was trained on (None when not recorded, e.g. an imported model)."""
         schema = self.meta.get("schema")
@@ -350,6 +376,44 @@ class ModelDir:
             return np.zeros(0, dtype=np.float32), None
         return self.predictor().predict(df), None
 
+    def predict_outputs(
+        self, df: pd.DataFrame, *, unknown: Literal["raise", "nan"] = "raise"
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Every output of the model by name, and which model served each row: :meth:`predict_and_route` for all of
+        them (a multiclass model answers ``label`` [N] and ``probabilities`` [N, K] in :attr:`class_labels` order).
+
+        Args:
+            df: raw rows (the input columns, and a model set's segment columns; extra columns are ignored).
+            unknown: a model set's rows of a segment without a model when it has no fallback: ``raise`` an error,
+                or answer them as :meth:`blank_outputs` does (NaN numbers, None labels).
+
+        Returns:
+            (outputs, served_by): ``served_by`` as in :meth:`predict_and_route`.
+
+        Raises:
+            PredictionInputError: a column is missing or malformed (every problem at once).
+            ModelNotFoundError: a row's segment has no model, there is no fallback and ``unknown="raise"``.
+        """
+        if self.is_model_set:
+            return self.model_set().predict_outputs(df, unknown=unknown)
+        if len(df) == 0:
+            return self.blank_outputs(0), None
+        return self.predictor().predict_all(df), None
+
+    def blank_outputs(self, n: int) -> dict[str, np.ndarray]:
+        """Outputs for ``n`` rows that no model answered: NaN for numbers, None for labels (an object array).
+
+        Shapes follow :attr:`outputs` (``probabilities`` is [n, K] with K = the number of class labels).
+        """
+        out: dict[str, np.ndarray] = {}
+        for t in self.outputs:
+            shape = [n, *(d if d >= 0 else len(self.class_labels) for d in t.shape[1:])]
+            if t.datatype in ("FP32", "FP64"):
+                out[t.name] = np.full(shape, np.nan, dtype=np.float32 if t.datatype == "FP32" else np.float64)
+            else:
+                out[t.name] = np.full(shape, None, dtype=object)
+        return out
+
     # --- writing ------------------------------------------------------------------------------------------------
     @classmethod
     def write_model(
@@ -359,8 +423,9 @@ class ModelDir:
         onnx_bytes: bytes,
         meta: dict[str, Any],
         reference_stats: dict[str, Any] | None = None,
+        input_example: pd.DataFrame | None = None,
     ) -> ModelDir:
-        """Write a single-model directory.
+        """Write a single-model directory (also a standard MLflow model).
 
         Args:
             out_dir: an empty or new directory.
@@ -369,14 +434,17 @@ class ModelDir:
                 ``lineage`` and anything else. ``kind`` and ``inputs`` / ``outputs`` (read from the ONNX graph) are
                 filled in; ``format_version`` too unless given.
             reference_stats: the training rows' bins (:func:`rayml.data.reference_stats`); None writes none.
+            input_example: a few raw rows the model takes, e.g. ``train.head(5)``: the MLflow input example (its
+                first 5 rows, only the input columns) and the signature's column types. None derives one row from
+                the reference statistics and the schema, with numbers as ``double`` (see :mod:`rayml.models._pyfunc`).
 
         Returns:
             The directory, ready for ``Registry.register``.
 
         Raises:
-            ModelError: ``onnx_bytes`` is not a model ONNX Runtime can load.
+            ModelError: ``onnx_bytes`` is not a model ONNX Runtime can load, or ``input_example`` lacks its columns.
         """
-        return cls._write(out_dir, KIND_MODEL, onnx_bytes, meta, reference_stats)
+        return cls._write(out_dir, KIND_MODEL, onnx_bytes, meta, reference_stats, input_example=input_example)
 
     @classmethod
     def _write(
@@ -388,8 +456,10 @@ class ModelDir:
         reference_stats: dict[str, Any] | None,
         extra_files: dict[str, bytes] | None = None,
         indent: int = 2,
+        input_example: pd.DataFrame | None = None,
     ) -> ModelDir:
         """Write the files every kind has; the model-set writer adds its own (``extra_files``, relative names)."""
+        from rayml.models._pyfunc import mlflow_files
         from rayml.models.predictor import OnnxPredictor
 
         predictor = OnnxPredictor(onnx_bytes)  # loads the graph: a broken export fails here, before anything is written
@@ -403,8 +473,6 @@ class ModelDir:
                 f"the model does not keep rayml's model contract: {'; '.join(problems)}",
                 hint="this is a bug in the exporter or importer that wrote it; please report it",
             )
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         full = {
             "format_version": FORMAT_VERSION,
             **meta,
@@ -413,11 +481,24 @@ class ModelDir:
             "inputs": [vars(i) for i in predictor.inputs],
             "outputs": [vars(o) for o in predictor.outputs],
         }
+        # before anything is written too: a bad input example fails here
+        mlflow = mlflow_files(
+            kind=kind,
+            meta=full,
+            inputs=predictor.inputs,
+            outputs=predictor.outputs,
+            reference_stats=reference_stats,
+            input_example=input_example,
+        )
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
         (out / MODEL_FILE).write_bytes(onnx_bytes)
         for rel, data in (extra_files or {}).items():
             (out / rel).write_bytes(data)
         if reference_stats is not None:
             (out / REF_STATS_FILE).write_text(json.dumps(reference_stats))
+        for name, text in mlflow.items():
+            (out / name).write_text(text)
         # the metadata last: a directory with its metadata is complete (see is_complete)
         (out / META_FILE).write_text(json.dumps(full, indent=indent, default=str))
         md = cls(out, meta=json.loads(json.dumps(full, default=str)), reference_stats=reference_stats)

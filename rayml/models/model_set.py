@@ -208,17 +208,34 @@ class ModelSet:
                 them NaN with ``served_by`` = "" (the caller reports them).
 
         Returns:
-            (predictions [N] float32, served_by [N] object): the segment key or :data:`FALLBACK` per row.
+            (predictions [N], served_by [N] object): the first output of the set's models (float32 for regression and
+            binary, the labels of a multiclass set), and the segment key or :data:`FALLBACK` per row.
 
         Raises:
             PredictionInputError: a segment or input column is missing or malformed (every problem at once).
             ModelNotFoundError: a row's segment has no model, there is no fallback and ``unknown="raise"``.
         """
+        outputs, served_by = self.predict_outputs(df, unknown=unknown)
+        return outputs[self.model_dir.outputs[0].name], served_by
+
+    def predict_outputs(
+        self, df: pd.DataFrame, *, unknown: Literal["raise", "nan"] = "raise"
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Like :meth:`predict`, with every output by name (a multiclass set: ``label`` and ``probabilities``).
+
+        Rows of an unknown segment (``unknown="nan"``) get :meth:`ModelDir.blank_outputs` values: NaN numbers and
+        None labels (integer labels are then an object array; without such rows they are int64).
+
+        Raises:
+            PredictionInputError: a segment or input column is missing or malformed (every problem at once).
+            ModelNotFoundError: a row's segment has no model, there is no fallback and ``unknown="raise"``.
+            ModelError: a segment model answers with other outputs than the set records (e.g. another number of classes).
+        """
         n = len(df)
-        preds = np.full(n, np.nan, dtype=np.float32)
+        outputs = self.model_dir.blank_outputs(n)
         served_by = np.full(n, "", dtype=object)
         if n == 0:
-            return preds, served_by
+            return outputs, served_by
         codes, keys = segment_groups(df, self.segment_columns)
         model_of_group: list[str | None] = []
         for key in keys:
@@ -242,10 +259,23 @@ class ModelSet:
                 continue
             # a frame sorted by segment (the usual case) gives contiguous rows: slice instead of gathering
             sel: slice | np.ndarray = slice(idx[0], idx[-1] + 1) if idx[-1] - idx[0] + 1 == len(idx) else idx
-            session = self._session(model).session
-            preds[sel] = session.run(None, {k: v[sel] for k, v in feed.items()})[0]
+            predictor = self._session(model)
+            values = predictor.session.run(None, {k: v[sel] for k, v in feed.items()})
+            for info, value in zip(predictor.outputs, values, strict=True):
+                target = outputs.get(info.name)
+                if target is None or target.shape[1:] != value.shape[1:]:
+                    raise ModelError(
+                        f"the model of {model!r} in {self._where} answers {info.name!r} with shape {list(value.shape)}; "
+                        f"the set records outputs {[(t.name, t.shape) for t in self.model_dir.outputs]}",
+                        hint="every model in a set must answer with the same outputs (a multiclass set: the same classes)",
+                    )
+                target[sel] = value
             served_by[sel] = model
-        return preds, served_by
+        if (served_by != "").all():  # every row answered: integer labels can be integers again
+            for info in self.model_dir.outputs:
+                if info.datatype == "INT64":
+                    outputs[info.name] = outputs[info.name].astype(np.int64)
+        return outputs, served_by
 
     def _full_feed(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """The onnxruntime feed of the whole frame, built once (every model in the set takes the same inputs)."""
@@ -332,14 +362,17 @@ class ModelSetWriter:
         serve_fallback: bool,
         meta: dict[str, Any],
         reference_stats: dict[str, Any],
+        input_example: pd.DataFrame | None = None,
     ) -> Path:
-        """Write the global model, the index and the reference statistics.
+        """Write the global model, the index and the reference statistics (and the MLflow model files).
 
         Args:
             global_onnx: the model trained on all data (the model file; also the fallback file when it serves).
             serve_fallback: whether the global model serves segments without their own model (and unknown ones).
             meta: the single-model fields: ``task``, ``target``, ``schema`` and anything else to record.
             reference_stats: ``{"global": ..., "segments": {key: ...}}``.
+            input_example: a few raw rows with the segment columns, e.g. the first rows of the training data (see
+                :meth:`ModelDir.write_model`); None derives one row of the first segment.
 
         Returns:
             The directory, ready for ``Registry.register`` (open it with :class:`ModelDir`).
@@ -366,5 +399,6 @@ class ModelSetWriter:
             reference_stats,
             extra_files={FALLBACK_FILE: global_onnx} if serve_fallback else None,
             indent=1,  # a set's index can list thousands of segments
+            input_example=input_example,
         )
         return self.out_dir

@@ -18,13 +18,16 @@ def _dir(model: LoadedModel | ModelDir) -> ModelDir:
 
 
 def predict_frame(model: LoadedModel | ModelDir, df: pd.DataFrame) -> np.ndarray:
-    """Predictions (float64) for raw rows; a model set routes each row to its segment's model (or the fallback).
+    """Predictions for raw rows: float64 values (regression, binary) or a multiclass model's predicted labels; a model
+    set routes each row to its segment's model (or the fallback).
 
     Args:
         model: a version from ``Registry.load`` or a model directory.
         df: raw rows: the model's input columns (and a model set's segment columns).
     """
-    return np.asarray(_dir(model).predict_frame(df), dtype="float64")
+    md = _dir(model)
+    preds = md.predict_frame(df)
+    return preds if md.task == "multiclass" else np.asarray(preds, dtype="float64")
 
 
 def global_reference(model: LoadedModel | ModelDir) -> dict[str, Any]:

@@ -7,7 +7,9 @@ and :func:`drift_report` scores merged counts against the reference shares.
 Metrics per feature:
 - numeric: PSI and Jensen-Shannon distance over the reference decile bins;
 - categorical: L-infinity distance and Jensen-Shannon distance over the reference top-K + ``__other__`` buckets;
-- predictions: PSI and Jensen-Shannon distance over the reference prediction bins ("prediction drift").
+- predictions: PSI and Jensen-Shannon distance over the reference prediction bins ("prediction drift"); a multiclass
+  model's predicted labels are categories (one bin per class: the predicted-class distribution), scored like a
+  categorical feature.
 Jensen-Shannon is the distance (square root of the divergence) with base 2, so it lies in [0, 1] (as scipy's
 ``jensenshannon(p, q, base=2)``).
 """
@@ -116,6 +118,11 @@ def count_numeric(values: Any, ref: Mapping[str, Any]) -> FeatureCounts:
     return FeatureCounts("numeric", bins, missing=missing, wrong_type=wrong, out_of_range=out)
 
 
+def count_values(values: Any, ref: Mapping[str, Any]) -> FeatureCounts:
+    """Count values into a reference's bins, numeric or categorical as the reference says."""
+    return count_numeric(values, ref) if ref["kind"] == "numeric" else count_categorical(values, ref)
+
+
 def count_categorical(values: Any, ref: Mapping[str, Any]) -> FeatureCounts:
     cats = list(ref["categories"])
     known = {c: i for i, c in enumerate(cats) if c != OTHER}
@@ -152,11 +159,11 @@ class DriftCounter:
         for name, ref in self.reference["features"].items():
             if name not in cols:
                 continue
-            fc = count_numeric(cols[name], ref) if ref["kind"] == "numeric" else count_categorical(cols[name], ref)
+            fc = count_values(cols[name], ref)
             n = max(n, fc.total)
             self.features[name] = self.features[name].merge(fc) if name in self.features else fc
         if predictions is not None and "prediction" in self.reference:
-            pc = count_numeric(np.asarray(predictions, dtype="float64").ravel(), self.reference["prediction"])
+            pc = count_values(np.asarray(predictions).ravel(), self.reference["prediction"])
             self.prediction = self.prediction.merge(pc) if self.prediction else pc
         self.rows += n
 
@@ -237,7 +244,7 @@ def drift_report(counter: DriftCounter, thresholds: DriftConfig | None = None) -
     }
     out: dict[str, Any] = {"rows": counter.rows, "features": features}
     if counter.prediction is not None and "prediction" in ref:
-        out["prediction"] = score("numeric", ref["prediction"]["shares"], counter.prediction, t)
+        out["prediction"] = score(ref["prediction"]["kind"], ref["prediction"]["shares"], counter.prediction, t)
     statuses = [f["status"] for f in features.values()]
     out["status"] = "alert" if "alert" in statuses else "warn" if "warn" in statuses else "ok"
     out["drifted_features"] = sorted(n for n, f in features.items() if f["status"] == "alert")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from rayml.config import DriftConfig
-from rayml.monitor.drift import DriftCounter, FeatureCounts, count_numeric, drift_report, score
+from rayml.monitor.drift import DriftCounter, count_values, drift_report, score
 
 logger = logging.getLogger("rayml.monitor")
 
@@ -20,13 +20,16 @@ logger = logging.getLogger("rayml.monitor")
 def drift_of_frame(
     reference: dict[str, Any], df: pd.DataFrame, predictions: np.ndarray | None, target: str | None, thresholds: DriftConfig
 ) -> dict[str, Any]:
-    """Drift of ``df`` against ``reference`` (features, predictions, and labels when the target column is present)."""
+    """Drift of ``df`` against ``reference`` (features, predictions, and labels when the target column is present).
+
+    A multiclass model's predictions and labels are class labels, counted into one bin per class.
+    """
     counter = DriftCounter(reference)
     counter.update(df, predictions=predictions)
     report = drift_report(counter, thresholds)
     if target and target in df.columns and "target" in reference:
-        labels: FeatureCounts = count_numeric(df[target], reference["target"])
-        report["label"] = score("numeric", reference["target"]["shares"], labels, thresholds)
+        ref = reference["target"]
+        report["label"] = score(ref["kind"], ref["shares"], count_values(df[target], ref), thresholds)
     report["counts"] = counter.to_dict()
     return report
 

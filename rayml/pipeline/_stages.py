@@ -22,8 +22,8 @@ import pandas as pd
 
 from rayml._private import fs
 from rayml.config import DataConfig, PipelineJobConfig, ServeJobConfig
-from rayml.data import Schema, load_table, validate
-from rayml.errors import ConfigError, ModelNotFoundError
+from rayml.data import load_table, validate
+from rayml.errors import ConfigError, DataValidationError, ModelNotFoundError
 from rayml.gate import run_gate
 from rayml.pipeline._state import PipelineState, StageFailed
 from rayml.registry import CANARY, PRODUCTION, Registry
@@ -121,18 +121,19 @@ def validate_data(ctx: StageContext) -> dict[str, Any]:
             hint="use another model.name, or `rayml manymodels train` for model sets",
         )
     out["production"] = prod.info.version
-    prod_schema = Schema.from_dict(prod.meta["schema"])
-    validate(
-        df,
-        prod_schema,
-        max_nan_fraction=ctx.cfg.data.max_nan_fraction,
-        require_target=True,
-        source=f"{p.source} (checked against {prod.info.ref}, production)",
-    )
-    new, old = set(p.schema.feature_names), set(prod_schema.feature_names)
+    prod_schema = prod.model_dir.schema
+    source = f"{p.source} (checked against {prod.info.ref}, production)"
+    if prod_schema is not None:
+        validate(df, prod_schema, max_nan_fraction=ctx.cfg.data.max_nan_fraction, require_target=True, source=source)
+    else:  # an imported model records no schema: its inputs are what it needs
+        missing = [c for c in prod.model_dir.input_names if c not in df.columns]
+        if missing:
+            raise DataValidationError([f"missing column(s) {missing}"], hint="the production model takes them", source=source)
+    old = set(prod_schema.feature_names if prod_schema is not None else prod.model_dir.input_names)
+    new = set(p.schema.feature_names)
     out["schema_changes"] = {"added": sorted(new - old), "removed": sorted(old - new)}
     reference = global_reference(prod)
-    result = drift_of_frame(reference, df, predict_frame(prod, df), prod.meta.get("target"), ctx.cfg.drift)
+    result = drift_of_frame(reference, df, predict_frame(prod, df), prod.model_dir.target, ctx.cfg.drift)
     local = _local_dir(ctx, DRIFT_DIR)
     paths = write_report(result, reference, local, title=f"Drift: {p.source} vs {prod.info.ref} (production)")
     out["drift_report"] = _publish(local, fs.join(ctx.run_dir, DRIFT_DIR)) if "://" in ctx.run_dir else str(paths["html"])

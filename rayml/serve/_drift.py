@@ -54,8 +54,8 @@ def compact_reference(reference: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "features": {n: {"kind": f["kind"], "shares": list(f["shares"])} for n, f in reference.get("features", {}).items()}
     }
-    if "prediction" in reference:
-        out["prediction"] = {"kind": "numeric", "shares": list(reference["prediction"]["shares"])}
+    if "prediction" in reference:  # numeric bins, or one bin per class for a multiclass model's labels
+        out["prediction"] = {"kind": reference["prediction"]["kind"], "shares": list(reference["prediction"]["shares"])}
     return out
 
 

@@ -27,10 +27,11 @@ from rayml.serve._protocol import (
     parse_json,
     parse_v1,
     parse_v2,
-    to_json_values,
+    v1_response,
     v2_metadata,
     v2_response,
     validate,
+    wants_probabilities,
 )
 from rayml.serve._router import PINNED, PRIMARY, SHADOW, ModelRoute
 from rayml.serve._shadow import ShadowDispatcher, disagreement
@@ -48,6 +49,7 @@ class _Signature:
     inputs: list[Tensor]
     outputs: list[Tensor]
     task: str
+    class_labels: list[Any]
     lineage: dict[str, Any]
 
 
@@ -95,7 +97,8 @@ def _signature(meta: dict[str, Any]) -> _Signature:
     return _Signature(
         inputs=[Tensor.from_dict(t) for t in meta["inputs"]],
         outputs=[Tensor.from_dict(t) for t in meta["outputs"]],
-        task=meta.get("task", "regression"),
+        task=meta["task"],
+        class_labels=list(meta.get("class_labels") or []),
         lineage=meta.get("lineage") or {},
     )
 
@@ -265,9 +268,9 @@ class Ingress:
         state, m = self._model(request, model)
         version = max(m.route.weights, key=lambda v: (m.route.weights[v], v))
         sig = await self._signature(state, m, version)
-        body = v2_metadata(model, m.route.versions, sig.inputs, sig.outputs)
+        body = v2_metadata(model, m.route.versions, sig.inputs, sig.outputs, sig.task, sig.class_labels)
         if m.spec.kind == "model_set":
-            body["parameters"] = {"segment": f"required: the segment key ({', '.join(m.spec.segment_columns)})"}
+            body["parameters"]["segment"] = f"required: the segment key ({', '.join(m.spec.segment_columns)})"
         return json_response(200, body, version)
 
     @api.get("/v2/models/{model}/versions/{version}")
@@ -275,7 +278,8 @@ class Ingress:
         state, m = self._model(request, model)
         v = _pinned(m, version)
         sig = await self._signature(state, m, v)
-        return json_response(200, {**v2_metadata(model, [v], sig.inputs, sig.outputs), "lineage": sig.lineage}, v)
+        body = v2_metadata(model, [v], sig.inputs, sig.outputs, sig.task, sig.class_labels)
+        return json_response(200, {**body, "lineage": sig.lineage}, v)
 
     @api.get("/v2/models/{model}/ready")
     async def model_ready(self, model: str, request: Request) -> Response:
@@ -343,22 +347,22 @@ class Ingress:
             else:
                 key = request.headers.get(m.route.sticky_header) if m.route.sticky_header else None
                 version = m.route.choose(key)
+            probabilities = protocol == "v1" and wants_probabilities(parsed)
             segment = _segment(m, parsed)
             result, sig, feed = await self._call(state, m, version, parsed, segment)
+            if protocol == "v2":
+                params = {"route": route, **({"segment": segment} if segment is not None else {})}
+                if "served_by" in result:
+                    params["served_by"] = result["served_by"]
+                if sig.lineage.get("run_id"):
+                    params["run_id"] = sig.lineage["run_id"]
+                response_body = v2_response(model, version, sig.outputs, result["outputs"], parsed.request_id, params)
+            else:
+                response_body = v1_response(result["outputs"], sig.task, sig.class_labels, probabilities)
         except _Outcome as o:
             return self._finish(label, o.version, route, o.status, t0, error_response(o.status, o.message, o.version))
         except HttpError as e:
             return self._finish(label, version, route, e.status, t0, error_response(e.status, e.message, version))
-        outputs = [to_json_values(o) for o in result["outputs"]]
-        if protocol == "v2":
-            params = {"route": route, **({"segment": segment} if segment is not None else {})}
-            if "served_by" in result:
-                params["served_by"] = result["served_by"]
-            if sig.lineage.get("run_id"):
-                params["run_id"] = sig.lineage["run_id"]
-            response_body = v2_response(model, version, sig.outputs, outputs, parsed.request_id, params)
-        else:
-            response_body = {"predictions": outputs[0]}
         response = json_response(200, response_body, version)
         shadow = m.route.shadow_for(version) if pinned is None else None
         if shadow is not None:
@@ -379,7 +383,8 @@ class Ingress:
         self, state: _State, m: _Model, version: int, parsed: ParsedRequest, segment: str | None
     ) -> tuple[dict[str, Any], _Signature, Any]:
         sig = await self._signature(state, m, version)
-        feed = validate(parsed, sig.inputs, state.spec.allow_missing_values, frozenset(m.spec.segment_columns) | {"segment"})
+        ignore = frozenset(m.spec.segment_columns) | {"segment"} | await self._sibling_columns(state, m, version)
+        feed = validate(parsed, sig.inputs, state.spec.allow_missing_values, ignore)
         handle = m.handles[version]
         if segment is not None:
             handle = handle.options(multiplexed_model_id=segment)
@@ -406,6 +411,24 @@ class Ingress:
             raise _Outcome(500, f"model {m.spec.name} version {version} failed: {result['error']}", version)
         return result, sig, feed
 
+    async def _sibling_columns(self, state: _State, m: _Model, version: int) -> frozenset[str]:
+        """Columns the model's other served versions take: a caller sends one row to the model name, and a version
+        that uses fewer columns (an imported model trained on a subset) ignores the rest instead of refusing them."""
+        if len(m.spec.versions) < 2:
+            return frozenset()
+        names: set[str] = set()
+        for v in m.spec.versions:
+            if v.version == version:
+                continue
+            sig = self._signatures.get(m.spec.deployment_of(v.version))
+            if sig is None:  # not asked yet: ask now (once); a version that is not ready adds nothing
+                try:
+                    sig = await self._signature(state, m, v.version)
+                except _Outcome:
+                    continue
+            names.update(t.name for t in sig.inputs)
+        return frozenset(names)
+
     async def _signature(self, state: _State, m: _Model, version: int) -> _Signature:
         deployment = m.spec.deployment_of(version)
         sig = self._signatures.get(deployment)
@@ -426,7 +449,7 @@ class Ingress:
         except (_Outcome, HttpError) as e:
             raise RuntimeError(e.message) from e
         latency = time.perf_counter() - t0
-        d = disagreement(primary, result["outputs"][0], m.spec.task)
+        d = disagreement(primary, result["outputs"][0], m.spec.task)  # multiclass: the labels
         self._recorder.shadow(
             m.spec.name,
             version,

@@ -62,7 +62,8 @@ class IngressMetrics:
         )
         self.disagreement = metrics.Histogram(
             "rayml_shadow_disagreement",
-            description="Per row |shadow - primary| (regression, target units) or class mismatch 0/1 (binary).",
+            description="Per row |shadow - primary| (regression, target units) or class mismatch 0/1 (binary: at 0.5; "
+            "multiclass: the predicted label changed).",
             boundaries=DISAGREEMENT_BOUNDARIES,
             tag_keys=_tag_keys("model", "version"),
         )
@@ -124,7 +125,8 @@ class DriftMetrics:
         )
         self.prediction = metrics.Gauge(
             "rayml_prediction_drift",
-            description="Drift of a version's predictions against its reference prediction bins: metric psi|js.",
+            description="Drift of a version's predictions against its reference prediction bins: metric psi|js (a "
+            "multiclass model's predicted-class distribution: linf|js).",
             tag_keys=_tag_keys("model", "version", "metric"),
         )
         self.prediction_status = metrics.Gauge(

@@ -13,7 +13,7 @@ on a one-thread executor (never awaited by the request; a failure is logged and 
 
 Test-only fault hook (``rayml.testing.serve_faults``, which reaches a replica as its private ``_fault`` init
 argument; never from config): ``raise`` makes every prediction raise, ``sleep:S`` sleeps S seconds before
-predicting, ``scale:K`` multiplies outputs by K ("wild outputs").
+predicting, ``scale:K`` multiplies the float outputs by K ("wild outputs"; a multiclass model's labels stay).
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ class _BatchedPredict:
             from rayml.serve._drift import concat_columns
 
             columns = concat_columns(feeds)
-            predictions = np.concatenate([np.asarray(o, dtype="float64").reshape(-1) for o in outputs])
+            # the first output: numbers, or a multiclass model's labels (counted into one bin per class)
+            predictions = np.concatenate([np.asarray(o).reshape(-1) for o in outputs])
             loop = asyncio.get_running_loop()
             self._drift_queued += 1
             future = loop.run_in_executor(self._drift_pool, self._drift.observe, ref[0], ref[1], columns, predictions)
@@ -222,7 +223,7 @@ class _BatchedPredict:
         outs = session.run(None, merged)
         self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
         if kind == "scale":
-            outs = [o * value for o in outs]
+            outs = [o * value if o.dtype.kind == "f" else o for o in outs]
         if not all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f"):
             raise FloatingPointError("the model produced non-finite predictions")
         results, start = [], 0
@@ -285,6 +286,7 @@ class ModelServer(_BatchedPredict):
             "version": self.version,
             "kind": KIND_MODEL,
             "task": self.model_dir.task,
+            "class_labels": self.model_dir.class_labels,
             "inputs": [vars(t) for t in self.predictor.inputs],
             "outputs": [vars(t) for t in self.predictor.outputs],
             "lineage": lineage(self.model, self.version, self.model_dir),

@@ -95,6 +95,7 @@ class ModelSetServer(_BatchedPredict):
             "version": self.version,
             "kind": KIND_MODEL_SET,
             "task": self.model_dir.task,
+            "class_labels": self.model_dir.class_labels,
             "inputs": [vars(t) for t in self.model_dir.inputs],
             "outputs": [vars(t) for t in self.model_dir.outputs],
             "segment_columns": self.model_set.segment_columns,

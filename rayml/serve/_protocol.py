@@ -3,7 +3,14 @@
 - Open Inference Protocol v2 (KServe v2): ``{"id", "parameters", "inputs": [{"name", "shape", "datatype", "data"}]}``
   -> ``{"model_name", "model_version", "id", "parameters", "outputs": [{"name", "shape", "datatype", "data"}]}``.
   Tabular inputs are one tensor per feature column: name = column, shape ``[N]`` (``[N, 1]`` is accepted too).
-- KServe v1: ``{"instances": [{column: value, ...}, ...]}`` -> ``{"predictions": [...]}``.
+  Every output of the model is answered: ``prediction`` [N] (regression: the value; binary: the probability of
+  class 1), or for a multiclass model ``label`` [N] (BYTES, or INT64 when the class labels are integers) and
+  ``probabilities`` [N, K] (FP32, flattened row-major in ``data``, columns in the order of the class labels that
+  ``GET /v2/models/{name}`` lists under ``parameters.class_labels``).
+- KServe v1: ``{"instances": [{column: value, ...}, ...]}`` -> ``{"predictions": [...]}``: the first output (a
+  multiclass model's labels). A multiclass model also answers ``"probabilities": [[p_1, ..., p_K], ...]`` and
+  ``"class_labels": [...]`` when the request asks with a top-level ``"probabilities": true`` (like ``"segment"``,
+  a top-level field next to ``instances``).
 
 Every client mistake raises :class:`HttpError` with a 4xx status and a message that says what was wrong and how to
 fix it; validation collects every problem of a request before raising. Pure Python + numpy (no Ray, no torch), so
@@ -280,23 +287,62 @@ def _strings(name: str, values: list[Any], allow_missing: bool) -> tuple[np.ndar
     return np.asarray([UNKNOWN if v is None else v for v in values], dtype=object), None
 
 
-def to_json_values(preds: np.ndarray) -> list[Any]:
-    """Predictions as JSON numbers (float32 rounding noise removed)."""
-    arr = np.asarray(preds)
+def wants_probabilities(request: ParsedRequest) -> bool:
+    """Whether a v1 request asked for class probabilities (top-level ``"probabilities": true``).
+
+    Raises:
+        HttpError: 400 when the field is given but is not a JSON boolean.
+    """
+    flag = request.parameters.get("probabilities", False)
+    if not isinstance(flag, bool):
+        raise HttpError(400, f"'probabilities' must be true or false, not {flag!r}")
+    return flag
+
+
+def to_json_values(values: Any) -> list[Any]:
+    """Output values as a flat JSON list, row-major (float32 rounding noise removed; labels as str or int)."""
+    arr = np.asarray(values)
     if arr.dtype.kind == "f":
         return [float(f"{x:.7g}") for x in arr.reshape(-1).tolist()]
+    if arr.dtype.kind in "OSU":  # strings from ONNX Runtime, or labels a model set filled in
+        return [_json_label(x) for x in arr.reshape(-1).tolist()]
     return arr.reshape(-1).tolist()
 
 
+def _json_label(x: Any) -> Any:
+    if isinstance(x, bytes):
+        return x.decode("utf-8", errors="replace")
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def v2_response(
-    model: str, version: int, outputs: list[Tensor], values: list[list[Any]], request_id: str | None, parameters: dict
+    model: str,
+    version: int,
+    outputs: list[Tensor],
+    values: list[Any],
+    request_id: str | None,
+    parameters: dict,
 ) -> dict[str, Any]:
-    """An Open Inference Protocol v2 inference response."""
+    """An Open Inference Protocol v2 inference response.
+
+    Args:
+        model: the model name.
+        version: the version that answered.
+        outputs: the model's outputs (name and datatype).
+        values: one array per output, [N] or [N, K]: the shape is the array's, the data its values row-major.
+        request_id: the request's ``id``, echoed.
+        parameters: response parameters (route, segment, ...).
+    """
     body: dict[str, Any] = {
         "model_name": model,
         "model_version": str(version),
         "outputs": [
-            {"name": t.name, "datatype": t.datatype, "shape": [len(v)], "data": v} for t, v in zip(outputs, values, strict=True)
+            {"name": t.name, "datatype": t.datatype, "shape": list(np.shape(v)), "data": to_json_values(v)}
+            for t, v in zip(outputs, values, strict=True)
         ],
     }
     if request_id is not None:
@@ -306,12 +352,45 @@ def v2_response(
     return body
 
 
-def v2_metadata(model: str, versions: list[int], inputs: list[Tensor], outputs: list[Tensor]) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: name, versions, platform, inputs and outputs (from the ONNX signature)."""
-    return {
+def v1_response(values: list[Any], task: str, class_labels: list[Any], probabilities: bool) -> dict[str, Any]:
+    """A KServe v1 predict response: ``predictions`` (the first output: values, or a multiclass model's labels), and
+    for a multiclass model asked for them, ``probabilities`` (one list per row, in ``class_labels`` order).
+
+    Raises:
+        HttpError: 422 when probabilities are asked of a model that is not multiclass.
+    """
+    body: dict[str, Any] = {"predictions": to_json_values(values[0])}
+    if probabilities:
+        if task != "multiclass" or len(values) < 2:
+            raise HttpError(
+                422,
+                f"'probabilities' is for multiclass models; this is a {task} model"
+                + (" whose predictions already are the probability of its class 1" if task == "binary" else "")
+                + ": leave 'probabilities' out",
+            )
+        probs = np.asarray(values[1])
+        body["probabilities"] = [to_json_values(row) for row in probs]
+        body["class_labels"] = list(class_labels)
+    return body
+
+
+def v2_metadata(
+    model: str,
+    versions: list[int],
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    task: str | None = None,
+    class_labels: list[Any] | None = None,
+) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: name, versions, platform, inputs and outputs (from the ONNX signature), and in
+    ``parameters`` the task and a classifier's class labels (the column order of ``probabilities``)."""
+    body: dict[str, Any] = {
         "name": model,
         "versions": [str(v) for v in versions],
         "platform": "onnxruntime_onnx",
         "inputs": [t.to_dict() for t in inputs],
         "outputs": [t.to_dict() for t in outputs],
     }
+    if task is not None:
+        body["parameters"] = {"task": task, **({"class_labels": list(class_labels)} if class_labels else {})}
+    return body

@@ -235,7 +235,7 @@ def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registr
 
     Raises:
         UserError: the app or model is not served, the model already splits traffic, the candidate is the version
-            already serving, or another rollout of the model is under way.
+            already serving or of another kind or task, or another rollout of the model is under way.
         ServeNotRunningError: no serving Ray to connect to.
 
     Example:
@@ -268,6 +268,11 @@ def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registr
         raise UserError(f"v{cand} of {model} already serves all traffic", hint="name another version as --candidate")
     if loaded.kind != m.kind:
         raise UserError(f"{model}:{cand} is a {loaded.kind}, the served versions are {m.kind}s")
+    if loaded.model_dir.task != m.task:
+        raise UserError(
+            f"{model}:{cand} is a {loaded.model_dir.task} model, the served versions are {m.task} models",
+            hint="a rollout compares the candidate with the version it replaces: roll out a version of the same task",
+        )
     try:
         previous: int | None = registry.resolve(f"{model}@{PREVIOUS}").version
     except UserError:

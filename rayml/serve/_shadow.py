@@ -24,8 +24,9 @@ class Disagreement:
     """How far a shadow's outputs are from the primary's for one request.
 
     Regression: ``abs_diff`` holds |shadow - primary| per row and ``abs_primary`` |primary| per row (the relative
-    disagreement of a window is sum(abs_diff) / sum(abs_primary)). Binary: ``abs_diff`` is 1.0 where the predicted
-    classes (threshold 0.5) differ, else 0.0.
+    disagreement of a window is sum(abs_diff) / sum(abs_primary)). Binary and multiclass: ``abs_diff`` is 1.0 where
+    the predicted class differs (binary: threshold 0.5; multiclass: the ``label`` outputs), else 0.0, and
+    ``abs_primary`` is 1.0 per row (the disagreement of a window is the share of rows whose class changed).
     """
 
     abs_diff: np.ndarray
@@ -33,15 +34,20 @@ class Disagreement:
 
 
 def disagreement(primary: Any, shadow: Any, task: str) -> Disagreement:
-    """Compare two prediction vectors of the same rows (``task``: regression or binary).
+    """Compare the first outputs of two versions for the same rows (``task``: regression, binary or multiclass; a
+    multiclass model's first output is its labels, compared as values).
 
     Raises:
-        ValueError: the vectors have different lengths.
+        ValueError: the outputs have different lengths.
     """
-    p = np.asarray(primary, dtype=np.float64).reshape(-1)
-    s = np.asarray(shadow, dtype=np.float64).reshape(-1)
+    if task == "multiclass":
+        p, s = np.asarray(primary, dtype=object).reshape(-1), np.asarray(shadow, dtype=object).reshape(-1)
+    else:
+        p, s = np.asarray(primary, dtype=np.float64).reshape(-1), np.asarray(shadow, dtype=np.float64).reshape(-1)
     if p.shape != s.shape:
         raise ValueError(f"shadow returned {s.size} predictions for {p.size} rows")
+    if task == "multiclass":
+        return Disagreement(abs_diff=(p != s).astype(np.float64), abs_primary=np.ones(p.shape, dtype=np.float64))
     if task == "binary":
         mismatch = ((p >= 0.5) != (s >= 0.5)).astype(np.float64)
         return Disagreement(abs_diff=mismatch, abs_primary=np.ones_like(p))

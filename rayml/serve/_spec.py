@@ -59,7 +59,11 @@ class ModelSpec(_Spec):
 
     name: str = Field(description="Registered model name.")
     kind: Literal["model", "model_set"] = Field(default="model", description="A single model or a many-models set.")
-    task: str = Field(default="regression", description="regression | binary (how shadow disagreement is measured).")
+    task: Literal["regression", "binary", "multiclass"] = Field(
+        default="regression",
+        description="What the versions predict (how shadow disagreement is measured: regression by the relative "
+        "absolute difference, binary and multiclass by the share of rows whose class changed).",
+    )
     versions: list[VersionSpec] = Field(description="Served versions (weighted, zero-weight and shadow).")
     shadow: ShadowSpec | None = Field(default=None, description="Mirrored version, if any.")
     sticky_header: str | None = Field(default=None, description="Route-key header, if any.")
@@ -230,6 +234,13 @@ def _model_spec(name: str, mc: ServedModelConfig, found: _Found, local: bool, pr
     tasks = {d.task for d in dirs.values()}
     if len(kinds) > 1:
         problems.append(f"model {name!r}: versions mix kinds {sorted(kinds)}; serve model sets and models separately")
+    if len(tasks) > 1:
+        by_task = ", ".join(f"{t}: {sorted(v for v, d in dirs.items() if d.task == t)}" for t in sorted(tasks))
+        problems.append(
+            f"model {name!r}: versions predict different tasks ({by_task}); a canary or shadow is compared with the "
+            "version it may replace, so serve versions of one task under one name"
+        )
+    if len(kinds) > 1 or len(tasks) > 1:
         return None
     kind = kinds.pop()
     segment_columns = []
@@ -247,7 +258,7 @@ def _model_spec(name: str, mc: ServedModelConfig, found: _Found, local: bool, pr
     return ModelSpec(
         name=name,
         kind=cast(Literal["model", "model_set"], kind),  # a ModelDir's kind; the model validates it
-        task=sorted(tasks)[0],
+        task=cast(Literal["regression", "binary", "multiclass"], tasks.pop()),  # a ModelDir's task; validated here
         versions=versions,
         shadow=ShadowSpec(version=found.shadow, percent=mc.shadow.percent)
         if found.shadow is not None and mc.shadow is not None  # found.shadow is set only from mc.shadow

@@ -87,10 +87,10 @@ class VersionStats:
         return self.latency_quantile_ms(0.95)
 
     def disagreement(self, task: str) -> float | None:
-        """Regression: sum|shadow - primary| / sum|primary|; binary: share of rows whose class differs."""
+        """Regression: sum|shadow - primary| / sum|primary|; binary and multiclass: share of rows whose class differs."""
         if self.compared_rows == 0:
             return None
-        if task == "binary":
+        if task in ("binary", "multiclass"):
             return self.diff_sum / self.compared_rows
         return self.diff_sum / max(self.primary_abs_sum, 1e-12)
 

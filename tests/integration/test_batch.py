@@ -187,3 +187,24 @@ def test_the_run_records_a_drift_summary_that_counts_every_row_once(ray_session,
     assert summary["files"] == 2 and summary["report"]["rows"] == 2 * len(sales)  # the earlier file once, the new one once
     assert summary["counts"]["prediction"] is not None and summary["report"]["features"]["price"]["metrics"]["psi"] > 0.25
     assert len(pd.read_parquet(tmp_path / "out")) == 2 * len(sales)  # the summary file does not disturb the output
+
+
+def test_a_multiclass_model_writes_its_label_and_one_probability_column_per_class(ray_session, registry, tmp_path: Path) -> None:
+    from rayml.testing import MULTICLASS_TARGET, multiclass_frame, register_tiny_model
+
+    register_tiny_model(registry, "bands", task="multiclass")  # string labels low / medium / high
+    frame = multiclass_frame()
+    write_dataset(frame, tmp_path / "in", files=2)
+    s = run_batch(CFG, model="bands:1", input=str(tmp_path / "in"), output=str(tmp_path / "out"), registry=registry)
+    assert s.ok and s.committed == 2
+    got = pd.read_parquet(tmp_path / "out")
+    probas = ["proba_low", "proba_medium", "proba_high"]
+    assert [c for c in got.columns if c.startswith(("prediction", "proba_"))] == ["prediction", *probas]
+    assert MULTICLASS_TARGET in got.columns and len(got) == len(frame)  # ids and labels pass through
+    rows = got[["store_id", "date"]].merge(frame, on=["store_id", "date"], how="left")  # each output row's input row
+    outputs, _ = registry.load("bands:1").model_dir.predict_outputs(rows)
+    assert list(got["prediction"]) == list(outputs["label"])
+    np.testing.assert_allclose(got[probas].to_numpy(), outputs["probabilities"], rtol=1e-5)
+    # the run's drift summary compares the predicted-class distribution with training's
+    assert s.drift["rows"] == len(frame) and s.drift["status"] == "ok"
+    assert json.loads(Path(s.drift["path"]).read_text())["report"]["prediction"]["kind"] == "categorical"

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from scipy.stats import binom
 
@@ -32,6 +33,7 @@ from rayml.testing import instances, register_tiny_model, register_tiny_model_se
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 MODEL = "sales-model"
+MULTICLASS = "sales-band"
 ROWS = instances(4)
 LIGHT = [  # small CPU reservations: the whole app fits the 4 logical CPUs of the test Ray next to other tests
     "serve.ingress.num_cpus=0.1",
@@ -50,6 +52,8 @@ def served(serve_http: dict, tmp_path_factory: pytest.TempPathFactory, _registry
     for seed in (0, 1, 2):  # versions 1, 2, 3: same signature, different predictions
         register_tiny_model(registry, MODEL, seed=seed)
     register_tiny_model_set(registry, "store-models")  # a many-models family: one model per store + a fallback
+    for seed in (0, 1):  # multiclass versions 1, 2 of MULTICLASS: labels low / medium / high, some rows differ
+        register_tiny_model(registry, MULTICLASS, seed=seed, task="multiclass")
     return {**serve_http, "registry": registry}
 
 
@@ -70,7 +74,7 @@ def env(served: dict):
 
 
 def cfg(env: dict, models: str, *extra: str) -> ServeJobConfig:
-    per_model = [f"serve.models.{MODEL}.deployment.num_cpus=0.1"]
+    per_model = [f"serve.models.{MODEL}.deployment.num_cpus=0.1"] if f"{MODEL}:" in models else []
     return load_config(
         ServeJobConfig,
         None,
@@ -449,3 +453,60 @@ def test_a_model_set_is_served_multiplexed_by_segment(env: dict) -> None:
     assert mixed.status_code == 422 and "2 segments" in mixed.json()["error"]
     meta = c.get("/v2/models/store-models").json()
     assert "store_id" not in {i["name"] for i in meta["inputs"]} and "segment" in meta["parameters"]
+
+
+# --- multiclass ------------------------------------------------------------------------------------------------------
+def test_a_multiclass_canary_with_a_shadow_answers_labels_probabilities_and_label_disagreement(env: dict) -> None:
+    import pandas as pd
+
+    from rayml.serve import drift_status
+
+    state = up(
+        env,
+        f"{MULTICLASS}: {{versions: [{{version: 1, weight: 0.8}}, {{version: 2, weight: 0.2}}], "
+        "shadow: {version: 2, percent: 100}, deployment: {num_cpus: 0.1}}",
+    )
+    assert state.healthy, state
+    since = time.time() - 1
+    rows = instances(40)
+    local = {v: env["registry"].load(f"{MULTICLASS}:{v}").model_dir.predict_outputs(pd.DataFrame(rows))[0] for v in (1, 2)}
+    classes = ["low", "medium", "high"]
+    c = httpx.Client(base_url=env["url"], timeout=30)
+    meta = c.get(f"/v2/models/{MULTICLASS}").json()
+    assert meta["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+    ]
+    assert meta["parameters"] == {"task": "multiclass", "class_labels": classes}
+
+    v2 = c.post(f"/v2/models/{MULTICLASS}/versions/1/infer", json=v2_body(rows))
+    label, probs = v2.json()["outputs"]
+    assert v2.status_code == 200 and label["shape"] == [40] and probs["shape"] == [40, 3] and probs["datatype"] == "FP32"
+    assert label["data"] == list(local[1]["label"])
+    assert probs["data"] == pytest.approx(local[1]["probabilities"].reshape(-1).tolist(), abs=1e-6)
+
+    for _ in range(12):  # routed: 80/20 between the versions; v1's answers are mirrored to v2
+        v1 = c.post(f"/v1/models/{MULTICLASS}:predict", json={"instances": rows, "probabilities": True})
+        version = int(v1.headers["x-rayml-model-version"])
+        assert v1.status_code == 200 and v1.json()["predictions"] == list(local[version]["label"])
+        assert v1.json()["class_labels"] == classes and len(v1.json()["probabilities"]) == 40
+        assert v1.json()["probabilities"][0] == pytest.approx(local[version]["probabilities"][0].tolist(), abs=1e-6)
+    plain = c.post(f"/v1/models/{MULTICLASS}:predict", json={"instances": rows[:2]})
+    assert set(plain.json()) == {"predictions"} and set(plain.json()["predictions"]) <= set(classes)
+
+    changed = float(np.mean(local[1]["label"] != local[2]["label"]))  # the share of rows whose label differs
+    assert changed > 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        w = stats_window(MULTICLASS, since)
+        if (2, "shadow") in w and w[(2, "shadow")].compared_rows >= 40:
+            break
+        time.sleep(0.3)
+    shadow = w[(2, "shadow")]
+    assert shadow.compared_rows % 40 == 0 and shadow.disagreement("multiclass") == pytest.approx(changed)
+    # online drift counts the predicted classes
+    drift: dict = {}
+    while time.monotonic() < deadline + 10 and not drift.get("prediction"):
+        drift = drift_status(ServeJobConfig(), MULTICLASS).get(MULTICLASS, {}).get(1, {})
+        time.sleep(0.5)
+    assert drift["prediction"]["kind"] == "categorical" and drift["rows"] >= 40

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from rayml.batch import CONTROL_DIR, FileScorer, InputFile, OutputDir, ScoreSpec, key_columns, list_inputs
@@ -17,6 +19,7 @@ from rayml.data import generate_sales, infer_schema
 from rayml.errors import DataValidationError
 from rayml.models import OnnxPredictor, build_model, build_spec, export_onnx
 from rayml.registry import FALLBACK, ModelSet, ModelSetWriter
+from rayml.testing import multiclass_frame, write_tiny_model, write_tiny_model_set
 
 
 def _input(tmp: Path, name: str, rows: int = 3) -> InputFile:
@@ -118,13 +121,13 @@ def model_set_dir(tmp_path_factory: pytest.TempPathFactory):
     return out, df
 
 
-def _scorer(tmp: Path, path: Path, id_columns=None, fmt: str = "parquet") -> FileScorer:
+def _scorer(tmp: Path, path: Path, id_columns=None, fmt: str = "parquet", kind: str = "model_set") -> FileScorer:
     spec = ScoreSpec(
         model_name="sales-stores",
         model_version=3,
         model_path=str(path),
         tracking_uri="sqlite:///unused",
-        kind="model_set",
+        kind=kind,
         output_uri=str(tmp / "out"),
         input_fs=pafs.LocalFileSystem(),
         fmt=fmt,
@@ -215,6 +218,40 @@ def test_csv_input_and_an_empty_file(tmp_path: Path, model_set_dir) -> None:
     assert len(pd.read_parquet(tmp_path / "out" / e["output"])) == 0
 
 
+def test_multiclass_output_is_the_label_and_one_probability_column_per_class(tmp_path: Path) -> None:
+    frame = multiclass_frame()
+    f = tmp_path / "in.parquet"
+    frame.to_parquet(f)
+    inp = list_inputs(pafs.LocalFileSystem(), [str(f)])[0]
+    single = write_tiny_model(tmp_path / "model", task="multiclass")  # string labels
+    r = _scorer(tmp_path / "a", single.path, id_columns=["date"], kind="model").score_file(inp)
+    assert r["status"] == "committed", r
+    got = pq.read_table(tmp_path / "a" / "out" / inp.output_name)
+    assert got.column_names[:6] == ["date", "prediction", "proba_low", "proba_medium", "proba_high", "model_name"]
+    assert got.schema.field("prediction").type == pa.string() and got.schema.field("proba_low").type == pa.float32()
+    outputs, _ = single.predict_outputs(frame)
+    out = got.to_pandas()
+    assert list(out["prediction"]) == list(outputs["label"])
+    probs = out[["proba_low", "proba_medium", "proba_high"]].to_numpy()
+    np.testing.assert_allclose(probs, outputs["probabilities"], rtol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    drift = OutputDir(str(tmp_path / "a" / "out")).drift_counts([inp])[inp.path]  # the predicted-class distribution
+    assert drift["prediction"]["kind"] == "categorical" and sum(drift["prediction"]["bins"]) == len(frame)
+
+    # a model set with integer labels: int64 labels, each row routed to its segment's model (or the fallback)
+    int_frame = multiclass_frame(class_labels=[0, 1, 2])
+    int_frame.to_parquet(f)
+    inp = list_inputs(pafs.LocalFileSystem(), [str(f)])[0]
+    sets = write_tiny_model_set(tmp_path / "set", task="multiclass", class_labels=[0, 1, 2])
+    r = _scorer(tmp_path / "b", sets, id_columns=[]).score_file(inp)
+    assert r["status"] == "committed", r
+    got = pq.read_table(tmp_path / "b" / "out" / inp.output_name)
+    assert got.column_names[:5] == ["store_id", "prediction", "proba_0", "proba_1", "proba_2"]
+    assert got.schema.field("prediction").type == pa.int64()
+    labels, _ = ModelSet(sets).predict(int_frame)
+    assert got.column("prediction").to_pylist() == labels.tolist()
+
+
 def test_key_columns() -> None:
     present = ["store_id", "date", "price", "sales"]
     assert key_columns(present, ["price"], ["store_id"], None, "prediction") == ["store_id", "date", "sales"]
@@ -222,3 +259,5 @@ def test_key_columns() -> None:
     assert key_columns(present + ["prediction"], ["price"], ["store_id"], None, "prediction")[-1] == "sales"
     with pytest.raises(DataValidationError, match="clash"):
         key_columns(present, ["price"], ["store_id"], ("model_name",), "prediction")
+    with pytest.raises(DataValidationError, match="clash"):  # a multiclass model adds its probability columns
+        key_columns(present + ["proba_a"], ["price"], ["store_id"], ("proba_a",), "prediction", ["proba_a", "proba_b"])

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from rayml.config import DataConfig, SyntheticConfig
 from rayml.data import Schema, generate_sales, infer_schema, reference_stats
-from rayml.errors import InvalidModelDirError, ModelNotFoundError
+from rayml.errors import InvalidModelDirError, ModelError, ModelNotFoundError
 from rayml.models import (
     FALLBACK,
     KIND_MODEL,
@@ -28,7 +28,8 @@ from rayml.models import (
     build_spec,
     export_onnx,
 )
-from rayml.models.model_dir import META_FILE, MODEL_FILE, REF_STATS_FILE
+from rayml.models.model_dir import META_FILE, MLMODEL_FILE, MODEL_FILE, REF_STATS_FILE
+from rayml.testing import multiclass_frame, multiclass_onnx, write_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,7 @@ def test_a_single_model_round_trips(single, data) -> None:
     assert md.meta["name"] == "sales-model"  # what the writer recorded besides the known fields stays
     assert md.model_file == path / MODEL_FILE and md.model_file.read_bytes() == onnx_bytes
     assert md.all_reference_stats == stats == md.reference_stats()
+    assert (path / MLMODEL_FILE).is_file()  # also an MLflow model (tests/unit/test_mlflow_model.py)
 
 
 def test_a_model_set_round_trips(model_set, data) -> None:
@@ -110,6 +112,7 @@ def test_a_model_set_round_trips(model_set, data) -> None:
     assert ms.segments == ["store_000", "store_001", "store_002"] and ms.has_fallback and ms.max_cached == 4
     assert md.model_set() is ms  # one set per directory: one session cache
     assert md.all_reference_stats == stats
+    assert (path / MLMODEL_FILE).is_file()
 
 
 def test_reading_a_written_dir_gives_what_the_writer_returned(data, tmp_path: Path) -> None:
@@ -249,3 +252,44 @@ def test_reading_a_model_dir_imports_no_mlflow_ray_torch_or_onnxruntime(single) 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- every output (multiclass) -------------------------------------------------------------------------------------------
+def test_predict_outputs_gives_labels_and_probabilities_whatever_the_kind(tmp_path: Path) -> None:
+    df = multiclass_frame()
+    md = write_tiny_model(tmp_path / "single", task="multiclass")
+    outputs, served_by = md.predict_outputs(df)
+    assert served_by is None and list(outputs) == ["label", "probabilities"]
+    assert set(outputs["label"]) <= {"low", "medium", "high"} and outputs["probabilities"].shape == (len(df), 3)
+    assert list(outputs["label"]) == list(md.predict_frame(df))  # the first output is "the prediction"
+    empty, _ = md.predict_outputs(df.head(0))
+    assert empty["label"].shape == (0,) and empty["probabilities"].shape == (0, 3)
+
+    # a set with integer labels and no fallback: routed per segment; unknown segments answered blank on request
+    labels = [0, 1, 2]
+    writer = ModelSetWriter(tmp_path / "set", ["store_id"])
+    for i, key in enumerate(["store_000", "store_001"]):
+        writer.add_segment(key, i, multiclass_onnx(seed=i, class_labels=labels), rows=50)
+    meta = {"task": "multiclass", "target": "sales_band", "class_labels": labels}
+    ms = ModelDir.read(writer.finish(multiclass_onnx(class_labels=labels), serve_fallback=False, meta=meta, reference_stats={}))
+    known = df[df.store_id.isin(["store_000", "store_001"])]
+    outputs, served_by = ms.predict_outputs(known)
+    assert outputs["label"].dtype == np.int64 and set(served_by) == {"store_000", "store_001"}
+    own = OnnxPredictor(multiclass_onnx(seed=1, class_labels=labels)).predict_all(known[known.store_id == "store_001"])
+    np.testing.assert_allclose(outputs["probabilities"][(known.store_id == "store_001").to_numpy()], own["probabilities"])
+    with pytest.raises(ModelNotFoundError):
+        ms.predict_outputs(df)
+    outputs, served_by = ms.predict_outputs(df, unknown="nan")
+    unknown = ~df.store_id.isin(["store_000", "store_001"]).to_numpy()
+    assert all(v is None for v in outputs["label"][unknown]) and np.isnan(outputs["probabilities"][unknown]).all()
+    assert (served_by[unknown] == "").all() and not np.isnan(outputs["probabilities"][~unknown]).any()
+
+    # a segment model with another number of classes than the set records is a clear error, not garbage
+    writer = ModelSetWriter(tmp_path / "bad", ["store_id"])
+    writer.add_segment("store_000", 0, multiclass_onnx(class_labels=["a", "b"]), rows=50)
+    bad_meta = {"task": "multiclass", "target": "sales_band", "class_labels": ["a", "b", "c"]}
+    bad = ModelDir.read(
+        writer.finish(multiclass_onnx(class_labels=["a", "b", "c"]), serve_fallback=True, meta=bad_meta, reference_stats={})
+    )
+    with pytest.raises(ModelError, match="same outputs"):
+        bad.predict_outputs(df[df.store_id == "store_000"])

@@ -13,8 +13,10 @@ from scipy.spatial.distance import jensenshannon
 
 from rayml.config import DataConfig, DriftConfig, DriftSpec, SyntheticConfig
 from rayml.data import generate_sales, infer_schema, reference_stats
+from rayml.data.stats import label_reference
 from rayml.data.synthetic import apply_drift
-from rayml.monitor import DriftCounter, drift_of_frame, drift_report, js_distance, linf, psi, write_report
+from rayml.monitor import DriftCounter, drift_of_frame, drift_report, js_distance, linf, predict_frame, psi, write_report
+from rayml.testing import MULTICLASS_TARGET, multiclass_frame, write_tiny_model
 
 
 def test_psi_by_hand() -> None:
@@ -123,3 +125,31 @@ def test_report_leaves_the_matplotlib_backend_alone(reference, tmp_path: Path) -
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+def test_a_multiclass_models_predictions_and_labels_drift_as_class_distributions(tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "model", task="multiclass")
+    ref = model.reference_stats()
+    # one bin per class (the majority first), for the predicted classes and the true ones
+    assert ref["prediction"]["kind"] == "categorical" and ref["target"]["kind"] == "categorical"
+    assert set(ref["target"]["categories"]) == {"low", "medium", "high", "__other__"}
+    traffic = multiclass_frame().sample(frac=1.0, replace=True, random_state=1)  # a resample of the training rows
+    predicted = predict_frame(model, traffic)
+    assert set(predicted) <= {"low", "medium", "high"}  # labels, not numbers
+    same = drift_of_frame(ref, traffic, predicted, MULTICLASS_TARGET, DriftConfig())
+    assert same["prediction"]["status"] == "ok" and same["label"]["status"] == "ok", (same["prediction"], same["label"])
+    assert set(same["prediction"]["metrics"]) == {"linf", "js"}
+    high = traffic[traffic[MULTICLASS_TARGET] == "high"]  # only high-sales rows: the predicted classes shift
+    shifted = drift_of_frame(ref, high, predict_frame(model, high), MULTICLASS_TARGET, DriftConfig(min_rows=30))
+    assert shifted["prediction"]["status"] == "alert" and shifted["label"]["status"] == "alert"
+    assert shifted["label"]["current_shares"][ref["target"]["categories"].index("high")] == 1.0
+    paths = write_report(shifted, ref, tmp_path / "report", title="multiclass")
+    assert len(list((tmp_path / "report" / "plots").glob("*.png"))) == len(shifted["features"]) + 2
+    assert "categorical" in paths["html"].read_text()
+    # integer labels are classes too (binned by their text, so 1 and "1" are one class), never decile edges
+    ints = label_reference(np.asarray([2, 0, 2, 1, 2]))
+    assert ints["kind"] == "categorical" and ints["categories"][:3] == ["2", "0", "1"] and ints["shares"][0] == 0.6
+    counter = DriftCounter({"features": {}, "prediction": ints})
+    counter.update({}, predictions=np.asarray([0, 0, 1, 7]))
+    assert counter.prediction is not None and counter.prediction.bins.tolist() == [0, 2, 1, 1]
+    assert counter.prediction.unseen == 1  # class 7 was never predicted in training

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from rayml.config import DriftConfig
-from rayml.data.stats import categorical_reference, numeric_reference
+from rayml.data.stats import categorical_reference, label_reference, numeric_reference
 from rayml.serve._drift import GLOBAL, DriftRecorder, DriftStore, gauge_values, quality_deltas
 
 
@@ -129,3 +129,20 @@ def test_a_failed_flush_is_restored_without_loss_or_double_count() -> None:
     rec.observe(GLOBAL, REF, cols, preds)
     again = rec.drain()
     assert len(again) == 1 and again[0][2]["rows"] == 30
+
+
+def test_a_multiclass_models_predicted_classes_are_counted_per_class() -> None:
+    classes = RNG.choice(["low", "medium", "high"], 5000, p=[0.5, 0.3, 0.2]).astype(object)
+    ref = {**REF, "prediction": label_reference(classes)}  # what reference_stats saves for predicted labels
+    clock = Clock()
+    store = DriftStore(60.0, DriftConfig(min_rows=100), clock=clock)
+    steady, shifted = DriftRecorder(60.0, clock=clock), DriftRecorder(60.0, clock=clock)
+    cols, _ = batch(600, seed=3)
+    steady.observe(GLOBAL, ref, cols, np.random.default_rng(3).choice(["low", "medium", "high"], 600, p=[0.5, 0.3, 0.2]))
+    shifted.observe(GLOBAL, ref, cols, np.full(600, "high", dtype=object))  # the model now predicts one class only
+    store.push("r", "m", 1, steady.references(), steady.drain())
+    store.push("r", "m", 2, shifted.references(), shifted.drain())
+    ok, bad = store.report("m", 1), store.report("m", 2)
+    assert ok["prediction"]["kind"] == "categorical" and ok["prediction"]["status"] == "ok"
+    assert bad["prediction"]["status"] == "alert" and bad["prediction"]["metrics"]["linf"] > 0.7
+    assert gauge_values(bad)["prediction"].keys() == {"linf", "js"} and gauge_values(bad)["prediction_status"] == 2

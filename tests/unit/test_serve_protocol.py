@@ -7,12 +7,25 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from rayml.config import ServeJobConfig, load_config
 from rayml.errors import ConfigError
 from rayml.serve._apply import plan_stages
 from rayml.serve._http import authorize
-from rayml.serve._protocol import HttpError, Tensor, parse_json, parse_v1, parse_v2, to_json_values, v2_response, validate
+from rayml.serve._protocol import (
+    HttpError,
+    Tensor,
+    parse_json,
+    parse_v1,
+    parse_v2,
+    to_json_values,
+    v1_response,
+    v2_metadata,
+    v2_response,
+    validate,
+    wants_probabilities,
+)
 from rayml.serve._spec import AppSpec, AuthKey, ShadowSpec, check_spec
 from tests.unit.serve_specs import app_spec
 
@@ -122,6 +135,55 @@ def test_response_shapes_follow_the_v2_spec() -> None:
         "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [2], "data": [1.5, 2.25]}],
     }
     assert to_json_values(np.asarray([0.1, 123.456], dtype=np.float32)) == [0.1, 123.456]
+
+
+MULTICLASS_OUTPUTS = [Tensor("label", "BYTES", [-1]), Tensor("probabilities", "FP32", [-1, 3])]
+CLASSES = ["low", "medium", "high"]
+PROBS = np.asarray([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32)
+
+
+def test_multiclass_v2_answers_labels_and_an_n_by_k_probability_tensor() -> None:
+    labels = np.asarray(["low", "high"], dtype=object)  # what ONNX Runtime returns for a string output
+    body = v2_response("m", 1, MULTICLASS_OUTPUTS, [labels, PROBS], None, {"route": "primary"})
+    assert body["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["low", "high"]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [2, 3], "data": [0.7, 0.2, 0.1, 0.1, 0.3, 0.6]},
+    ]
+    assert json.loads(json.dumps(body)) == body  # plain JSON all the way down
+    ints = v2_response("m", 1, [Tensor("label", "INT64", [-1]), MULTICLASS_OUTPUTS[1]], [np.asarray([2, 0]), PROBS], None, {})
+    assert ints["outputs"][0]["data"] == [2, 0] and all(type(x) is int for x in ints["outputs"][0]["data"])
+    # bytes, numpy scalars and a model set's unanswered rows (None) are JSON too
+    assert to_json_values(np.asarray([b"low", np.int64(3), None, "high"], dtype=object)) == ["low", 3, None, "high"]
+    meta = v2_metadata("m", [1, 2], INPUTS, MULTICLASS_OUTPUTS, "multiclass", CLASSES)
+    assert meta["outputs"][1] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}
+    assert meta["parameters"] == {"task": "multiclass", "class_labels": CLASSES}
+    assert v2_metadata("m", [1], INPUTS, [Tensor("prediction", "FP32", [-1])], "regression")["parameters"] == {
+        "task": "regression"
+    }
+
+
+def test_multiclass_v1_answers_labels_and_probabilities_on_request() -> None:
+    labels = np.asarray(["low", "high"], dtype=object)
+    plain = parse_v1({"instances": [{"price": 1.0}, {"price": 2.0}]}, 10)
+    assert not wants_probabilities(plain)
+    assert v1_response([labels, PROBS], "multiclass", CLASSES, False) == {"predictions": ["low", "high"]}
+    asked = parse_v1({"instances": [{"price": 1.0}, {"price": 2.0}], "probabilities": True}, 10)
+    assert wants_probabilities(asked)
+    assert v1_response([labels, PROBS], "multiclass", CLASSES, True) == {
+        "predictions": ["low", "high"],
+        "probabilities": [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]],
+        "class_labels": CLASSES,
+    }
+    code, message = status_of(v1_response, [np.asarray([0.4])], "binary", [0, 1], True)
+    assert code == 422 and "already are the probability" in message and "leave 'probabilities' out" in message
+    assert status_of(v1_response, [np.asarray([3.5])], "regression", [], True)[0] == 422
+
+
+@given(st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(), st.lists(st.booleans(), max_size=2)))
+def test_a_probabilities_flag_that_is_not_a_boolean_is_400(flag) -> None:
+    parsed = parse_v1({"instances": [{"price": 1.0}], "probabilities": flag}, 10)
+    code, message = status_of(wants_probabilities, parsed)
+    assert code == 400 and "'probabilities' must be true or false" in message
 
 
 def test_auth_401_403_and_constant_time_digest_match() -> None:

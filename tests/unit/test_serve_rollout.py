@@ -220,3 +220,14 @@ def test_names_that_would_escape_the_state_directory_are_refused(tmp_path: Path)
     for app, model in (("app", "../../etc/passwd"), ("..", "m"), ("app", "a/b")):
         with pytest.raises(InvalidNameError):
             StateStore(tmp_path, app, model)
+
+
+def test_a_multiclass_candidate_is_judged_on_the_share_of_changed_labels() -> None:
+    cfg = RolloutConfig(max_disagreement=0.1, min_shadow_comparisons=50)
+    state = RolloutState(model="m", app_name="a", baseline=1, candidate=2, config=cfg.model_dump(mode="json"), task="multiclass")
+    changed = {(1, "primary"): vs(), (2, "primary"): vs(), (2, "shadow"): vs(compared=100, diff=30.0)}  # 30 of 100 labels
+    check = evaluate(state, changed)
+    assert not check.passed and check.reasons == ["disagreement with the baseline 0.3 > max_disagreement 0.1"]
+    assert check.snapshot["shadow"]["disagreement"] == 0.3 and check.snapshot["shadow"]["compared_rows"] == 100
+    steady = {**changed, (2, "shadow"): vs(compared=100, diff=5.0)}
+    assert evaluate(state, steady).passed

@@ -97,6 +97,19 @@ def test_disagreement_regression_and_binary() -> None:
         disagreement([1.0, 2.0], [1.0, 2.0, 3.0], "regression")
 
 
+def test_multiclass_disagreement_is_the_share_of_rows_whose_label_changed() -> None:
+    labels = disagreement(
+        np.asarray(["low", "high", "medium", "low"], dtype=object), ["low", "medium", "medium", "high"], "multiclass"
+    )
+    assert labels.abs_diff.tolist() == [0.0, 1.0, 0.0, 1.0] and labels.abs_primary.tolist() == [1.0] * 4
+    ints = disagreement(np.asarray([0, 1, 2], dtype=np.int64), np.asarray([0, 1, 1], dtype=np.int64), "multiclass")
+    assert ints.abs_diff.tolist() == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="2 predictions for 1 rows"):
+        disagreement(["a"], ["a", "b"], "multiclass")
+    window = VersionStats(compared_rows=8, diff_sum=2.0, primary_abs_sum=8.0)  # what the ingress records per request
+    assert window.disagreement("multiclass") == 0.25 and window.summary("multiclass")["disagreement"] == 0.25
+
+
 def test_recorder_and_store_aggregate_replicas_by_time_window() -> None:
     clock = FakeClock(1_000.2)
     store = StatsStore(retention_s=60, clock=clock)
