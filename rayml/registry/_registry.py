@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from rayml._private import constants
 from rayml.config import NAME_PATTERN
 from rayml.errors import InvalidModelDirError, InvalidNameError, ModelNotFoundError, RegistryError
@@ -117,7 +119,9 @@ class LoadedModel:
         return self.model_dir.predictor()
 
     def predict(self, rows: Any):
-        return self.predictor.predict(rows)
+        """Predictions [N] for raw rows (a frame or a column -> values mapping), whatever the kind: a model set
+        routes each row to its segment's model (:meth:`rayml.models.ModelDir.predict_frame`)."""
+        return self.model_dir.predict_frame(rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(dict(rows)))
 
 
 class Registry:
