@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch: pip takes the local file here and never pulls CUDA packages on a CPU machine.
 # On a GPU machine: make install TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
+# XGBoost for the importers' tests: xgboost-cpu is the xgboost wheel without CUDA's NCCL (300 MB); users who want the
+# GPU build install rayml[xgboost]. onnxmltools comes with rayml[lightgbm].
+XGBOOST_SPEC ?= xgboost-cpu>=2
 # Tests run in a random order (pytest-randomly; the seed is in pytest's header). Replay one order:
 # make test PYTEST_ARGS="--randomly-seed=N" (or =last); file order: PYTEST_ARGS="-p no:randomly".
 PYTEST_ARGS ?=
@@ -18,7 +21,8 @@ $(BIN)/rayml: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet "$(XGBOOST_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sklearn,lightgbm]"
 	touch $(BIN)/rayml
 
 install: $(BIN)/rayml

@@ -19,11 +19,13 @@ Example:
     >>> rayml.run_batch(model="sales-stores@production", input="data/", output="scores/")
     >>> rayml.deploy("jobs/configs/serve.yaml")                       # Ray Serve: canary / shadow / A-B
     >>> rayml.Registry().load("sales-model@production").predict(df)   # ONNX, no torch
+    >>> rayml.register_model(sklearn_pipeline, name="churn", sample=df, target="churned")  # bring your own model
 
 Entry points: :func:`train_model` (``rayml.train.train``), :func:`tune_model` (``rayml.tune.tune``),
 :func:`train_model_set`, :func:`run_batch`, :func:`deploy` / :func:`undeploy`, :func:`run_pipeline`; the registry
-(:class:`Registry`) and the model contract (:class:`ModelDir`, :class:`ModelSet`); configs (:func:`load_config` and
-the ``*JobConfig`` models). ``rayml.train`` and ``rayml.tune`` are the subpackages (the import system binds those
+(:class:`Registry`; :func:`register_model` brings a scikit-learn, XGBoost, LightGBM, torch, ONNX or MLflow model in)
+and the model contract (:class:`ModelDir`, :class:`ModelSet`); configs (:func:`load_config` and the ``*JobConfig``
+models). ``rayml.train`` and ``rayml.tune`` are the subpackages (the import system binds those
 names here), hence ``train_model`` / ``tune_model``. Each package (``rayml.train``, ``rayml.tune``,
 ``rayml.manymodels``, ``rayml.batch``, ``rayml.serve``, ``rayml.registry``, ``rayml.models``, ``rayml.monitor``,
 ``rayml.pipeline``, ``rayml.data``, ``rayml.config``) lists the rest in its ``__all__``; test helpers are in
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
     from rayml.manymodels import train_model_set
     from rayml.models import ModelDir, ModelSet
     from rayml.pipeline import run_pipeline
-    from rayml.registry import Registry
+    from rayml.registry import Registry, register_model
     from rayml.serve import deploy, undeploy
     from rayml.train import train as train_model
     from rayml.tune import tune as tune_model
@@ -68,6 +70,7 @@ _LAZY = {
     "undeploy": ("rayml.serve", "undeploy"),
     "run_pipeline": ("rayml.pipeline", "run_pipeline"),
     "Registry": ("rayml.registry", "Registry"),
+    "register_model": ("rayml.registry", "register_model"),
     "ModelDir": ("rayml.models", "ModelDir"),
     "ModelSet": ("rayml.models", "ModelSet"),
     "load_config": ("rayml.config", "load_config"),
@@ -102,6 +105,7 @@ __all__ = [
     "__version__",
     "deploy",
     "load_config",
+    "register_model",
     "run_batch",
     "run_pipeline",
     "train_model",

@@ -52,11 +52,17 @@ class ModelError(RaymlError):
 
 
 class OnnxParityError(ModelError):
-    """The exported ONNX graph does not reproduce the torch model's outputs."""
+    """The exported ONNX graph does not reproduce the original model's outputs (rayml's torch export, or a model
+    imported with ``rayml.register_model``: the message lists the worst rows)."""
 
 
 class InvalidModelDirError(ModelError):
     """A model directory lacks a required file, or its metadata is not valid JSON (see ``rayml.models.ModelDir``)."""
+
+
+class UnsupportedModelError(UserError):
+    """A model to import (``rayml.register_model``, ``rayml models register``) cannot be converted: its type, a part
+    of it, its file format or its inputs and outputs are not supported; the message names the part."""
 
 
 class PredictionInputError(UserError):

@@ -34,3 +34,15 @@ def _version(dist: str) -> str:
 
 def library_versions() -> dict[str, str]:
     return {name: _version(name) for name in ("rayml", "ray", "torch", "onnxruntime", "onnx", "mlflow")}
+
+
+def lineage_tags(data_fingerprint: str, run_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Tags that make every version traceable to its data version, code and libraries (``rayml.*``)."""
+    tags = {
+        "rayml.data_fingerprint": data_fingerprint,
+        "rayml.git_commit": git_commit(),
+        "rayml.run_id": run_id,
+    }
+    tags.update({f"rayml.{k}_version": v for k, v in library_versions().items()})
+    tags.update(extra or {})
+    return tags

@@ -1,14 +1,17 @@
-"""`rayml models list | show | alias`."""
+"""`rayml models list | show | alias | register`."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from rayml.cli._common import ConfigOpt, SetOpt, console, load, table
+from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, table
+from rayml.cli._output import start_output
 from rayml.config import RegistryJobConfig
+from rayml.errors import UserError
 
 app = typer.Typer(help="Registered models: versions, aliases, lineage.", no_args_is_help=True)
 
@@ -97,3 +100,135 @@ def alias(
     for a, v in changed.items():
         console.print(f"{name}@{a} -> version {v}")
     console.print(f"Next: rayml models show {name}@{alias_}")
+
+
+# --- bring your own model -------------------------------------------------------------------------------------------
+_FILE = {"exists": False, "dir_okay": False, "show_default": False}
+
+
+@app.command("register")
+def register(
+    name: Annotated[str, typer.Option("--name", "-n", help="Registered model name.", show_default=False)],
+    sample: Annotated[
+        str,
+        typer.Option(
+            "--sample", help="Parquet/CSV file, directory, glob or URI: raw rows with the target, for parity.", show_default=False
+        ),
+    ],
+    target: Annotated[str, typer.Option("--target", "-t", help="The target column of the sample.", show_default=False)],
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="An ONNX model file.", **_FILE)] = None,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow-uri",
+            help="An MLflow model with an onnx flavor: models:/NAME/VERSION, runs:/ID/PATH, a directory.",
+            show_default=False,
+        ),
+    ] = None,
+    xgboost: Annotated[
+        Path | None, typer.Option("--xgboost", help="An XGBoost model file (.json or .ubj from save_model).", **_FILE)
+    ] = None,
+    lightgbm: Annotated[Path | None, typer.Option("--lightgbm", help="A LightGBM text model file (save_model).", **_FILE)] = None,
+    skops: Annotated[Path | None, typer.Option("--skops", help="A scikit-learn model saved with skops.io.dump.", **_FILE)] = None,
+    task: Annotated[str, typer.Option("--task", help="auto (the model's own), regression, binary or multiclass.")] = "auto",
+    features: Annotated[
+        str | None,
+        typer.Option("--features", help="Comma-separated columns of a one-matrix model's input, in order.", show_default=False),
+    ] = None,
+    class_labels: Annotated[
+        str | None,
+        typer.Option(
+            "--class-labels",
+            help="Comma-separated classes of a model that does not record them, in output order.",
+            show_default=False,
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Rows for the drift reference statistics (default: the sample).", show_default=False),
+    ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option("--alias", help="Alias to point at the new version (default: registry.alias).", show_default=False),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Convert a model made elsewhere to ONNX, check it on sample rows and register it as a new version.
+
+    Files are read in safe formats only (ONNX, XGBoost JSON/UBJSON, LightGBM text, skops with its trusted-types
+    check), never a pickle. For a scikit-learn, XGBoost, LightGBM or torch object in Python, use
+    rayml.register_model(model, name=..., sample=df, target=...).
+    """
+    import rayml.models.importers as importers
+    from rayml.config import DataConfig
+    from rayml.data import load_table
+    from rayml.registry import Registry, register_model
+
+    given = {"--onnx": onnx, "--mlflow-uri": mlflow_uri, "--xgboost": xgboost, "--lightgbm": lightgbm, "--skops": skops}
+    chosen = [k for k, v in given.items() if v is not None]
+    if len(chosen) != 1:
+        raise UserError(
+            f"give exactly one model source, got {chosen or 'none'}",
+            hint="one of --onnx FILE, --mlflow-uri URI, --xgboost FILE, --lightgbm FILE, --skops FILE",
+        )
+    if mlflow_uri is not None and not importers.is_mlflow_uri(mlflow_uri):
+        raise UserError(
+            f"--mlflow-uri {mlflow_uri!r} names no MLflow model",
+            hint="pass models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or a directory with an MLmodel file; "
+            "for an .onnx file use --onnx",
+        )
+    cfg = load(RegistryJobConfig, config, set_)
+    start_output("models register", verbose)
+    loaders: dict[str, Any] = {
+        "--onnx": importers.load_onnx,
+        "--xgboost": importers.load_xgboost,
+        "--lightgbm": importers.load_lightgbm,
+        "--skops": importers.load_skops,
+        "--mlflow-uri": str,  # resolved by the converter, with the registry's tracking URI
+    }
+    model = loaders[chosen[0]](given[chosen[0]])
+    reg = Registry(cfg.registry.tracking_uri)
+    rows = load_table(DataConfig(source=sample, target=target))
+    info = register_model(
+        model,
+        name=name,
+        sample=rows,
+        target=target,
+        task=task,
+        reference=load_table(DataConfig(source=reference, target=target)) if reference else None,
+        features=_split(features),
+        class_labels=[_label(c) for c in _split(class_labels) or []] or None,
+        registry=reg,
+        alias=alias or cfg.registry.alias,
+    )
+    tags = info.tags
+    console.print(
+        f"Registered model: {info.name} version {info.version}"
+        + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else "")
+        + f", imported from {tags.get('rayml.source_framework')} {tags.get('rayml.source_framework_version')}"
+        f" via {tags.get('rayml.converter')} {tags.get('rayml.converter_version')}"
+    )
+    parity = reg.run_metrics(info.run_id)
+    agreement = parity.get("parity_label_agreement")
+    console.print(
+        f"Parity on {len(rows):,} sample rows: max abs diff {parity.get('parity_max_abs_diff', float('nan')):.2g}"
+        + (f", classes agree on {agreement:.0%}" if agreement is not None else "")
+        + f"; data fingerprint {tags.get('rayml.data_fingerprint')}"
+    )
+    console.print(
+        f"Next: rayml models show {info.name}:{info.version}   |   rayml models alias {info.name} {info.version} production"
+    )
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+def _label(text: str) -> int | str:
+    """A class label from the command line: an integer when it reads as one, else the text."""
+    try:
+        return int(text)
+    except ValueError:
+        return text

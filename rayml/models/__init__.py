@@ -4,7 +4,9 @@ with a parity check, and the ONNX predictor.
 :class:`ModelDir` is the one type that reads and writes a model directory (a single model or a model set): every
 other package goes through it. The predictor needs only onnxruntime, loaded when the first predictor is created;
 the MLP and the export need torch. Those names load on first use (PEP 562), so serving replicas and batch actors that
-only predict never import torch (about a second and 230 MB each).
+only predict never import torch (about a second and 230 MB each). :func:`convert` brings a model made elsewhere
+(scikit-learn, XGBoost, LightGBM, torch, ONNX, MLflow) into a model directory (:mod:`rayml.models.importers`); it
+loads on first use too, and imports a framework only to convert one of its models.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rayml.models.predictor import OnnxPredictor, TensorInfo
 from rayml.models.segments import segment_groups as segment_groups, segment_key, split_segment_key as split_segment_key
 
 if TYPE_CHECKING:
+    from rayml.models.importers import convert
     from rayml.models.mlp import (
         ModelSpec as ModelSpec,
         TabularMLP as TabularMLP,
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
     )
     from rayml.models.onnx_export import PARITY_ATOL as PARITY_ATOL, check_parity as check_parity, export_onnx as export_onnx
 
-# the torch-backed builders, shared with train / tune / manymodels: importable, loaded on first use, not in __all__
+# loaded on first use: the torch-backed builders, shared with train / tune / manymodels (importable, not in __all__),
+# and convert (public)
 _LAZY = {
     "ModelSpec": "rayml.models.mlp",
     "TabularMLP": "rayml.models.mlp",
@@ -41,6 +45,7 @@ _LAZY = {
     "PARITY_ATOL": "rayml.models.onnx_export",
     "check_parity": "rayml.models.onnx_export",
     "export_onnx": "rayml.models.onnx_export",
+    "convert": "rayml.models.importers",
 }
 
 
@@ -57,5 +62,6 @@ __all__ = [
     "ModelSetWriter",
     "OnnxPredictor",
     "TensorInfo",
+    "convert",
     "segment_key",
 ]

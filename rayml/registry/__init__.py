@@ -1,11 +1,14 @@
 """Model registry: an MLflow facade for versions, aliases, lineage tags and loading predictors by ref.
 
 A version is a model directory (:class:`rayml.models.ModelDir`); model sets (many models: one model per segment,
-registered as one version) are loaded with :class:`ModelSet`. The model-directory names exported here (file names,
-kinds, ``ModelSet``, ``ModelSetWriter``, segment keys) are defined in :mod:`rayml.models`.
+registered as one version) are loaded with :class:`ModelSet`; :func:`register_model` registers a model made elsewhere
+(scikit-learn, XGBoost, LightGBM, torch, ONNX, MLflow), converted and parity-checked by :func:`rayml.models.convert`.
+The model-directory names exported here (file names, kinds, ``ModelSet``, ``ModelSetWriter``, segment keys) are
+defined in :mod:`rayml.models`.
 """
 
 from rayml.models.model_dir import META_FILE as META_FILE, MODEL_FILE as MODEL_FILE, REF_STATS_FILE as REF_STATS_FILE
+from rayml.registry._import import IMPORT_EXPERIMENT as IMPORT_EXPERIMENT, register_model
 from rayml.registry._model_set import (
     FALLBACK as FALLBACK,
     FALLBACK_FILE as FALLBACK_FILE,
@@ -42,5 +45,6 @@ __all__ = [
     "ModelVersionInfo",
     "Registry",
     "parse_ref",
+    "register_model",
     "validate_name",
 ]

@@ -30,6 +30,20 @@ def test_import_rayml_is_cheap() -> None:
     assert out == "[]"
 
 
+def test_loading_models_never_imports_the_importers_frameworks() -> None:
+    # serving replicas and batch actors import the registry and the models package: the converters and the
+    # frameworks they convert from (`pip install rayml[sklearn,xgboost,lightgbm]`) load only to convert a model
+    code = (
+        "import sys, rayml, rayml.registry, rayml.models; rayml.register_model; rayml.models.convert; "
+        "print(sorted(m for m in ('sklearn', 'skl2onnx', 'skops', 'xgboost', 'lightgbm', 'onnxmltools', 'torch') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert rayml.register_model is importlib.import_module("rayml.registry").register_model
+    assert "register_model" in rayml.__all__ and "convert" in importlib.import_module("rayml.models").__all__
+
+
 def test_every_top_level_name_resolves_and_survives_the_subpackages_imports() -> None:
     for name in PACKAGES:
         importlib.import_module(f"rayml.{name}")  # binds rayml.train / rayml.tune to the subpackages

@@ -1,0 +1,149 @@
+"""LightGBM models (the scikit-learn API or a native ``Booster``), converted with onnxmltools; model files in
+LightGBM's own text format (never a pickle)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayml.errors import UnsupportedModelError
+from rayml.models.importers._graph import Feed, Outputs
+from rayml.models.importers._parity import plain_labels
+from rayml.models.importers._source import (
+    Request,
+    SourceGraph,
+    classifier_tasks,
+    default_class_labels,
+    describe,
+    matrix_features,
+    model_input,
+    named_class_labels,
+)
+
+_REGRESSION = ("regression", "regression_l1", "huber", "fair", "quantile", "mape", "poisson", "gamma", "tweedie")
+_ONNX_HINT = "export the model to ONNX yourself and register the file (--onnx)"
+_PICKLE_MAGIC = b"\x80"
+
+
+def _tasks(objective: str, what: str) -> tuple[str, ...]:
+    name = objective.split()[0] if objective else ""
+    if name in _REGRESSION:
+        return ("regression",)
+    if name == "binary":
+        return ("binary",)
+    if name == "multiclass":
+        return ("multiclass",)
+    raise UnsupportedModelError(
+        f"the {what} model's objective {objective!r} is not supported",
+        hint="rayml imports regression objectives (regression, huber, poisson ...), binary and multiclass (softmax)",
+    )
+
+
+def from_lightgbm(model: Any, req: Request) -> SourceGraph:
+    """Convert an ``LGBMRegressor`` / ``LGBMClassifier`` / ``Booster``.
+
+    Raises:
+        UnsupportedModelError: the model is not fitted, its objective or categorical features cannot be converted.
+    """
+    import lightgbm
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    what = describe(model)
+    sk = model if isinstance(model, lightgbm.LGBMModel) else None
+    if sk is not None:
+        try:
+            booster = sk.booster_
+        except Exception as e:  # sklearn's NotFittedError
+            raise UnsupportedModelError(f"the {what} model is not fitted", hint="fit it before registering it") from e
+    elif isinstance(model, lightgbm.Booster):
+        booster = model
+    else:
+        raise UnsupportedModelError(f"{what} is not a LightGBM model", hint="pass an LGBMRegressor, LGBMClassifier or Booster")
+    dump = booster.dump_model(num_iteration=1)
+    tasks = _tasks(str(dump.get("objective", "")), what)
+    if booster.pandas_categorical:
+        raise UnsupportedModelError(
+            f"the {what} model has pandas categorical features, which onnxmltools cannot convert",
+            hint="one-hot encode those columns before training, or " + _ONNX_HINT,
+        )
+    class_labels: list[Any]
+    if tasks == ("regression",):
+        class_labels, known = [], True
+    elif sk is not None:
+        class_labels, renamed = named_class_labels(req, plain_labels(sk.classes_).tolist())
+        known = True
+    else:
+        class_labels, known = default_class_labels(req, 2 if tasks == ("binary",) else int(dump["num_class"]))
+    if class_labels:
+        tasks = classifier_tasks(class_labels)
+
+    fitted_names = getattr(sk, "feature_names_in_", None)
+    names = [str(n) for n in (fitted_names if fitted_names is not None else booster.feature_name())]
+    features = matrix_features(req, names, booster.num_feature(), what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = onnxmltools.convert_lightgbm(
+                sk if sk is not None else booster,
+                initial_types=[("X", FloatTensorType([None, len(features)]))],
+                zipmap=False,
+            )
+    except Exception as e:
+        raise UnsupportedModelError(f"onnxmltools cannot convert the {what} model: {e}", hint=_ONNX_HINT) from e
+
+    labels = None
+    if sk is not None:
+        x = model_input(req, features, by_name=fitted_names is not None)
+        expected = np.asarray(sk.predict_proba(x) if class_labels else sk.predict(x))
+        labels = plain_labels([renamed[v] for v in plain_labels(sk.predict(x))]) if class_labels else None
+    else:
+        expected = np.asarray(booster.predict(model_input(req, features, by_name=False)))
+        if tasks == ("binary",):
+            expected = np.stack([1 - expected, expected], axis=1)
+    out = [o.name for o in graph.graph.output]
+    return SourceGraph(
+        graph=graph,
+        feeds=[Feed(graph.graph.input[0].name, tuple(features), graph.graph.input[0].type.tensor_type.elem_type, 2)],
+        # onnxmltools' labels may be class indices: the label comes from the probabilities
+        outputs=Outputs(probabilities=out[1]) if class_labels else Outputs(value=out[0]),
+        tasks=tasks,
+        class_labels=class_labels,
+        expected_values=expected,
+        expected_labels=labels,
+        source={
+            "framework": "lightgbm",
+            "framework_version": lightgbm.__version__,
+            "converter": "onnxmltools",
+            "converter_version": onnxmltools.__version__,
+        },
+        what=what,
+        class_labels_known=known,
+    )
+
+
+def load_lightgbm(path: str | Path) -> Any:
+    """Load a native LightGBM model saved with ``booster.save_model("model.txt")`` (LightGBM's text format).
+
+    Raises:
+        UnsupportedModelError: the file is missing, is a pickle, or LightGBM cannot read it.
+    """
+    import lightgbm
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnsupportedModelError(f"LightGBM model file {str(path)!r} does not exist", hint="check the path")
+    with path.open("rb") as f:
+        head = f.read(64)
+    if head.startswith(_PICKLE_MAGIC) or not head.lstrip().startswith(b"tree"):
+        raise UnsupportedModelError(
+            f"{path} is not a LightGBM text model file",
+            hint="save it with booster.save_model('model.txt') (or model.booster_.save_model); rayml never loads pickles",
+        )
+    try:
+        return lightgbm.Booster(model_file=str(path))
+    except lightgbm.basic.LightGBMError as e:
+        raise UnsupportedModelError(f"LightGBM cannot read {path}: {e}", hint="save it again with save_model") from e
