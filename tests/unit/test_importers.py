@@ -472,6 +472,13 @@ def test_a_registered_foreign_model_carries_lineage_and_loads_like_a_trained_one
     assert (loaded.model_dir.predict_frame(wine) == model.predict(x)).all()
     assert loaded.model_dir.reference_stats()["rows"] == 50  # the reference rows, not the sample
 
+    # a registered version is an MLflow model with an onnx flavor: it imports again, resolved in THIS registry (not
+    # MLflow's process-wide one), by version or by alias
+    for uri in ("models:/wine/1", "models:/wine@canary"):
+        again = rayml.register_model(uri, name="wine-copy", sample=wine, target="y", class_labels=[0, 1, 2], registry=registry)
+        assert registry.load(again.ref).model_dir.meta["source"]["framework"] == "mlflow"
+        assert (registry.load(again.ref).model_dir.predict_frame(wine) == model.predict(x)).all()
+
 
 def test_the_cli_registers_model_files(
     registry, diabetes: pd.DataFrame, cancer: pd.DataFrame, wine: pd.DataFrame, tmp_path: Path

@@ -244,6 +244,24 @@ def _by_kind(answers: dict[str, np.ndarray]) -> dict[str, str]:
     return kinds
 
 
+def _registered_source(uri: str, tracking_uri: str | None) -> str:
+    """Where a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI's files are, asked of the registry at
+    ``tracking_uri`` (MLflow's own resolution asks the process-wide registry instead); other URIs as they are."""
+    if not uri.startswith("models:/") or tracking_uri is None:
+        return uri
+    from mlflow import MlflowClient
+
+    ref = uri[len("models:/") :].strip("/")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return str(client.get_model_version_by_alias(name, alias).source)
+    name, _, version = ref.partition("/")
+    if not version.isdigit():
+        return uri  # models:/NAME/Stage and the like: MLflow's own resolution
+    return str(client.get_model_version_download_uri(name, version))
+
+
 def load_mlflow(uri: str, tracking_uri: str | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The ONNX model of an MLflow model with an ``onnx`` flavor, and its lineage ``source``.
 
@@ -261,7 +279,7 @@ def load_mlflow(uri: str, tracking_uri: str | None = None) -> tuple[onnx.ModelPr
     from mlflow.models import Model
 
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=_registered_source(uri, tracking_uri), tracking_uri=tracking_uri)
         mlmodel = Model.load(local)
     except Exception as e:  # MlflowException, OSError ...
         raise UnsupportedModelError(
