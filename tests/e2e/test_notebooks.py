@@ -26,6 +26,7 @@ NOTEBOOKS = [
     "02_many_models_batch.ipynb",
     "03_serving_canary_shadow.ipynb",
     "04_monitoring_drift.ipynb",
+    "05_bring_your_own_model.ipynb",
 ]
 CELL_TIMEOUT_S = 240  # one cell; a whole notebook takes ~30 s on a quiet laptop
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
