@@ -78,11 +78,24 @@ class DriftRecorder:
         self._pending: dict[tuple[int, str], DriftCounter] = {}
         self._compact: dict[str, dict[str, Any]] = {}
 
-    def observe(self, key: str, reference: Mapping[str, Any], columns: Mapping[str, Any], predictions: Any = None) -> int:
-        """Count one batch of rows (``columns``: name -> array) and its predictions; returns the rows counted."""
+    def current_window(self) -> int:
+        """The window rows answered now belong to."""
+        return window_index(self._clock(), self.window_s)
+
+    def observe(
+        self,
+        key: str,
+        reference: Mapping[str, Any],
+        columns: Mapping[str, Any],
+        predictions: Any = None,
+        window: int | None = None,
+    ) -> int:
+        """Count one batch of rows (``columns``: name -> array) and its predictions into ``window`` (default: the
+        current one; a replica that counts buffered rows later passes the window they were answered in); returns the
+        rows counted."""
         counter = DriftCounter(reference)
         counter.update(columns, predictions=predictions)  # the numpy work, outside the lock
-        window = window_index(self._clock(), self.window_s)
+        window = self.current_window() if window is None else window
         with self._lock:
             if key not in self._compact:
                 self._compact[key] = compact_reference(reference)

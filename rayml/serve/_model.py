@@ -6,10 +6,11 @@ merges concurrent calls into one ONNX Runtime run (``max_batch_size`` / ``batch_
 only its own rows back. Results are plain dicts, never exceptions, so a bad request in a batch fails alone and the
 ingress can tell a client's mistake (422) from a model failure (500).
 
-Online drift: after each batch is answered, its rows and predictions are counted into the version's reference bins
-on a one-thread executor (never awaited by the request; a failure is logged and counted in
-``rayml_drift_errors_total``), and the counts are pushed to the stats deployment every flush interval
-(see :mod:`rayml.serve._drift`).
+Online drift: the rows and predictions of each answered batch are buffered (per window and reference) and counted
+into the version's reference bins on a one-thread executor once DRIFT_BATCH_ROWS are buffered or at the next flush
+(counting costs per column much more than per row, so it is done in bulk; never awaited by a request; a failure is
+logged and counted in ``rayml_drift_errors_total``), and the counts are pushed to the stats deployment every flush
+interval (see :mod:`rayml.serve._drift`).
 
 Test-only fault hook (``rayml.testing.serve_faults``, which reaches a replica as its private ``_fault`` init
 argument; never from config): ``raise`` makes every prediction raise, ``sleep:S`` sleeps S seconds before
@@ -32,7 +33,8 @@ from rayml.models import KIND_MODEL, ModelDir
 
 logger = logging.getLogger("rayml.serve")
 
-DRIFT_MAX_QUEUED = 64  # batches waiting to be counted per replica; beyond, a batch is skipped (and counted as skipped)
+DRIFT_MAX_QUEUED = 64  # counts waiting to run per replica; beyond, the buffered rows are skipped (and counted as skipped)
+DRIFT_BATCH_ROWS = 512  # answered rows buffered before they are counted (else at the next flush)
 
 
 def load_model_dir(model: str, version: int, tracking_uri: str, local_path: str | None) -> ModelDir:
@@ -106,6 +108,11 @@ class _BatchedPredict:
         self._drift_flush_s = drift_flush_interval_s
         self._drift_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayml-drift")
         self._drift_queued = 0
+        # answered rows wait here (per window and reference) until DRIFT_BATCH_ROWS of them or the next flush, then
+        # are counted in one go: counting costs per column far more than per row, so one count per request is slow
+        self._drift_buffer: dict[tuple[int, str], list[tuple[dict[str, np.ndarray], np.ndarray]]] = {}
+        self._drift_buffer_refs: dict[str, Any] = {}
+        self._drift_buffered_rows = 0
         self._drift_task: asyncio.Task | None = None
         self._drift_last_log = 0.0
         self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
@@ -119,27 +126,49 @@ class _BatchedPredict:
 
     # --- online drift -------------------------------------------------------------------------------------------
     def _count_drift(self, key: str, feeds: list[dict[str, np.ndarray]], outputs: list[Any]) -> None:
-        """Schedule counting of answered rows; returns at once and never raises (a prediction must not fail here)."""
+        """Buffer answered rows for counting; returns at once and never raises (a prediction must not fail here)."""
         try:
             ref = self._reference_for(key)
             if ref is None or not feeds:
-                return
-            if self._drift_queued >= DRIFT_MAX_QUEUED:
-                self._drift_failed(RuntimeError(f"{DRIFT_MAX_QUEUED} batches already wait to be counted; skipped one"))
                 return
             from rayml.serve._drift import concat_columns
 
             columns = concat_columns(feeds)
             # the first output: numbers, or a multiclass model's labels (counted into one bin per class)
             predictions = np.concatenate([np.asarray(o).reshape(-1) for o in outputs])
-            loop = asyncio.get_running_loop()
-            self._drift_queued += 1
-            future = loop.run_in_executor(self._drift_pool, self._drift.observe, ref[0], ref[1], columns, predictions)
-            future.add_done_callback(self._drift_counted)
+            self._drift_buffer.setdefault((self._drift.current_window(), ref[0]), []).append((columns, predictions))
+            self._drift_buffer_refs[ref[0]] = ref[1]
+            self._drift_buffered_rows += len(predictions)
+            if self._drift_buffered_rows >= DRIFT_BATCH_ROWS:
+                self._count_buffered()
             if self._drift_task is None:
-                self._drift_task = loop.create_task(self._flush_drift_forever())
+                self._drift_task = asyncio.get_running_loop().create_task(self._flush_drift_forever())
         except Exception as e:
             self._drift_failed(e)
+
+    def _count_buffered(self) -> asyncio.Future | None:
+        """Count the buffered rows off the event loop (one count per window and reference); the future, or None."""
+        if not self._drift_buffer:
+            return None
+        buffer, refs = self._drift_buffer, dict(self._drift_buffer_refs)
+        self._drift_buffer, self._drift_buffered_rows = {}, 0
+        if self._drift_queued >= DRIFT_MAX_QUEUED:
+            self._drift_failed(RuntimeError(f"{DRIFT_MAX_QUEUED} counts already wait; skipped {len(buffer)} batch(es)"))
+            return None
+        self._drift_queued += 1
+        future = asyncio.get_running_loop().run_in_executor(self._drift_pool, self._observe_buffer, buffer, refs)
+        future.add_done_callback(self._drift_counted)
+        return future
+
+    def _observe_buffer(
+        self, buffer: dict[tuple[int, str], list[tuple[dict[str, np.ndarray], np.ndarray]]], refs: dict[str, Any]
+    ) -> None:
+        from rayml.serve._drift import concat_columns
+
+        for (window, key), parts in buffer.items():
+            columns = concat_columns([c for c, _ in parts])
+            predictions = np.concatenate([p for _, p in parts])
+            self._drift.observe(key, refs[key], columns, predictions, window=window)
 
     def _drift_counted(self, future: Any) -> None:
         self._drift_queued -= 1
@@ -161,6 +190,9 @@ class _BatchedPredict:
         stats = serve.get_deployment_handle(STATS, ctx.app_name)
         while True:
             await asyncio.sleep(self._drift_flush_s)
+            counting = self._count_buffered()
+            if counting is not None:
+                await asyncio.wait([counting])  # its failure is logged and counted by _drift_counted
             rows = self._drift.drain()
             if not rows:
                 continue
