@@ -1,0 +1,148 @@
+"""Serving an imported XGBoost model through rayml against the same ONNX model in plain Ray Serve, in one run.
+
+An XGBoost classifier is fitted on scikit-learn's breast-cancer data (30 number columns) and registered with
+``rayml.register_model``, which converts it (onnxmltools), wraps it to take raw columns and checks parity; the parity
+figures are printed. Then, side by side on one Serve instance, the same 1-row v2 requests from the same client at a
+fixed concurrency, measured in alternating rounds (a, b, a, b, ...):
+
+(a) plain: what a user writes by hand in Ray Serve: a minimal FastAPI ingress (the v2 body to columns) in front of a
+    deployment that runs the version's ``model.onnx`` with ONNX Runtime and ``@serve.batch`` (no rayml code);
+(b) rayml: the real application (auth off) serving the imported version at 100%.
+
+The shape (ingress -> model deployment) and the targets are those of ``serve_overhead.py``:
+
+    RESULT byo_serving p50_ratio=<rayml p50 / plain p50> target<=1.25 PASS|MISS
+    RESULT byo_serving throughput_ratio=<rayml req/s / plain req/s> target>=0.8 PASS|MISS
+    RESULT byo_serving parity_max_abs_diff=<converted vs XGBoost, max over the sample> target<=0.0001 PASS|MISS
+
+Usage: python benchmarks/byo_serving.py [--concurrency 8] [--seconds 8] [--rounds 3]
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+from typing import Any
+
+import numpy as np
+from ray import serve
+from serve_overhead import P50_TARGET, THROUGHPUT_TARGET, PlainIngress, _free_port, _load, _summary
+
+PARITY_TARGET = 1e-4
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+class PlainOnnxModel:
+    """The baseline's model deployment: ONNX Runtime on the version's graph, dynamically batched, nothing else."""
+
+    def __init__(self, path: str) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+    async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        return await self._batched(feed)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        sizes = [len(next(iter(f.values()))) for f in feeds]
+        merged = {k: np.concatenate([f[k] for f in feeds]).astype(np.float32) for k in feeds[0]}
+        out = self.session.run(None, merged)[0]
+        bounds = np.cumsum([0, *sizes])
+        return [{"ok": True, "outputs": [out[a:b]]} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of one measured round per side")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(f"load average before: {os.getloadavg()}")
+
+    import ray
+    import xgboost
+    from sklearn.datasets import load_breast_cancer
+
+    home = tempfile.mkdtemp(prefix="rayml-bench-byo-")
+    os.environ["RAYML_HOME"] = home
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        import rayml
+        from rayml.config import ServeJobConfig, load_config
+        from rayml.registry import Registry
+        from rayml.serve import deploy
+
+        df = load_breast_cancer(as_frame=True).frame
+        x = df.drop(columns=["target"])
+        model = xgboost.XGBClassifier(n_estimators=100, max_depth=4, n_jobs=1).fit(x, df["target"])
+        registry = Registry(f"sqlite:///{home}/mlflow.db")
+        info = rayml.register_model(model, name="cancer", sample=df, target="target", registry=registry)
+        parity = registry.run_metrics(info.run_id)
+        loaded = registry.load(info.ref)
+        print(
+            f"imported {info.ref} from xgboost {xgboost.__version__}: parity on {int(parity['parity_rows'])} rows: "
+            f"max abs diff {parity['parity_max_abs_diff']:.2e}, classes agree on {parity['parity_label_agreement']:.1%}"
+        )
+
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        cfg = load_config(
+            ServeJobConfig,
+            None,
+            [
+                f"serve.port={port}",
+                "serve.models={cancer: {versions: [{version: 1, weight: 1.0}]}}",
+                "serve.ingress.num_cpus=0.25",
+                "serve.models.cancer.deployment.num_cpus=0.25",
+            ],
+        )
+        deploy(cfg, registry=registry)
+        plain_model = PlainOnnxModel.options(name="plain-onnx").bind(str(loaded.model_dir.model_file))
+        serve.run(PlainIngress.bind(plain_model), name="plain", route_prefix="/plain")
+
+        row = x.iloc[:1]
+        body = {"inputs": [{"name": c, "shape": [1], "datatype": "FP32", "data": row[c].tolist()} for c in x.columns]}
+        urls = {
+            "plain": f"http://127.0.0.1:{port}/plain/v2/models/cancer/infer",
+            "rayml": f"http://127.0.0.1:{port}/v2/models/cancer/infer",
+        }
+        for url in urls.values():  # warm up: connections, batch queues, first ONNX runs
+            asyncio.run(_load(url, body, args.concurrency, 2.0))
+        lat: dict[str, list[float]] = {k: [] for k in urls}
+        rps: dict[str, list[float]] = {k: [] for k in urls}
+        for i in range(args.rounds):
+            for side in ("plain", "rayml") if i % 2 == 0 else ("rayml", "plain"):
+                latencies, throughput = asyncio.run(_load(urls[side], body, args.concurrency, args.seconds))
+                lat[side] += latencies
+                rps[side].append(throughput)
+                print(f"round {i + 1} {side:5s}: {throughput:7.1f} req/s, p50 {statistics.median(latencies) * 1e3:6.2f} ms")
+        a, b = _summary(lat["plain"], rps["plain"]), _summary(lat["rayml"], rps["rayml"])
+        for name, s in (("plain Ray Serve + ORT", a), ("rayml, imported XGBoost", b)):
+            print(f"{name:24s} p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms  {s['rps']:7.1f} req/s  ({s['n']} requests)")
+        p50_ratio, tput_ratio = b["p50_ms"] / a["p50_ms"], b["rps"] / a["rps"]
+        print(f"concurrency {args.concurrency}, {args.rounds} rounds x {args.seconds:g}s per side")
+        print(f"load average after: {os.getloadavg()}")
+        diff = float(parity["parity_max_abs_diff"])
+        p50_ok = "PASS" if p50_ratio <= P50_TARGET else "MISS"
+        print(f"RESULT byo_serving p50_ratio={p50_ratio:.2f} target<={P50_TARGET} {p50_ok}")
+        print(
+            f"RESULT byo_serving throughput_ratio={tput_ratio:.2f} target>={THROUGHPUT_TARGET} "
+            f"{'PASS' if tput_ratio >= THROUGHPUT_TARGET else 'MISS'}"
+        )
+        parity_ok = "PASS" if diff <= PARITY_TARGET else "MISS"
+        print(f"RESULT byo_serving parity_max_abs_diff={diff:.2e} target<={PARITY_TARGET:g} {parity_ok}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
