@@ -19,17 +19,15 @@ Usage: python benchmarks/byo_serving.py [--concurrency 8] [--seconds 8] [--round
 """
 
 import argparse
-import asyncio
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 from typing import Any
 
 import numpy as np
 from ray import serve
-from serve_overhead import P50_TARGET, THROUGHPUT_TARGET, PlainIngress, _free_port, _load, _summary
+from serve_overhead import PlainIngress, _free_port, compare, report
 
 PARITY_TARGET = 1e-4
 
@@ -113,29 +111,9 @@ def main() -> None:
             "plain": f"http://127.0.0.1:{port}/plain/v2/models/cancer/infer",
             "rayml": f"http://127.0.0.1:{port}/v2/models/cancer/infer",
         }
-        for url in urls.values():  # warm up: connections, batch queues, first ONNX runs
-            asyncio.run(_load(url, body, args.concurrency, 2.0))
-        lat: dict[str, list[float]] = {k: [] for k in urls}
-        rps: dict[str, list[float]] = {k: [] for k in urls}
-        for i in range(args.rounds):
-            for side in ("plain", "rayml") if i % 2 == 0 else ("rayml", "plain"):
-                latencies, throughput = asyncio.run(_load(urls[side], body, args.concurrency, args.seconds))
-                lat[side] += latencies
-                rps[side].append(throughput)
-                print(f"round {i + 1} {side:5s}: {throughput:7.1f} req/s, p50 {statistics.median(latencies) * 1e3:6.2f} ms")
-        a, b = _summary(lat["plain"], rps["plain"]), _summary(lat["rayml"], rps["rayml"])
-        for name, s in (("plain Ray Serve + ORT", a), ("rayml, imported XGBoost", b)):
-            print(f"{name:24s} p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms  {s['rps']:7.1f} req/s  ({s['n']} requests)")
-        p50_ratio, tput_ratio = b["p50_ms"] / a["p50_ms"], b["rps"] / a["rps"]
-        print(f"concurrency {args.concurrency}, {args.rounds} rounds x {args.seconds:g}s per side")
-        print(f"load average after: {os.getloadavg()}")
+        a, b = compare(urls, body, args.concurrency, args.seconds, args.rounds)
+        report("byo_serving", ("plain Ray Serve + ORT", a), ("rayml, imported XGBoost", b), args)
         diff = float(parity["parity_max_abs_diff"])
-        p50_ok = "PASS" if p50_ratio <= P50_TARGET else "MISS"
-        print(f"RESULT byo_serving p50_ratio={p50_ratio:.2f} target<={P50_TARGET} {p50_ok}")
-        print(
-            f"RESULT byo_serving throughput_ratio={tput_ratio:.2f} target>={THROUGHPUT_TARGET} "
-            f"{'PASS' if tput_ratio >= THROUGHPUT_TARGET else 'MISS'}"
-        )
         parity_ok = "PASS" if diff <= PARITY_TARGET else "MISS"
         print(f"RESULT byo_serving parity_max_abs_diff={diff:.2e} target<={PARITY_TARGET:g} {parity_ok}")
     finally:

@@ -94,6 +94,36 @@ def _summary(latencies: list[float], throughputs: list[float]) -> dict[str, floa
     return {"p50_ms": q[0] * 1e3, "p99_ms": q[1] * 1e3, "rps": statistics.median(throughputs), "n": len(latencies)}
 
 
+def compare(urls: dict[str, str], body: dict, concurrency: int, seconds: float, rounds: int) -> tuple[dict, dict]:
+    """Warm both sides up, then load ``urls["plain"]`` and ``urls["rayml"]`` in alternating rounds (a, b, b, a, ...) so
+    load from anything else on the machine hits both alike; prints each round. Returns both sides' summaries."""
+    for url in urls.values():  # warm up: connections, batch queues, first ONNX runs
+        asyncio.run(_load(url, body, concurrency, 2.0))
+    lat: dict[str, list[float]] = {k: [] for k in urls}
+    rps: dict[str, list[float]] = {k: [] for k in urls}
+    for i in range(rounds):
+        for side in ("plain", "rayml") if i % 2 == 0 else ("rayml", "plain"):
+            latencies, throughput = asyncio.run(_load(urls[side], body, concurrency, seconds))
+            lat[side] += latencies
+            rps[side].append(throughput)
+            print(f"round {i + 1} {side:5s}: {throughput:7.1f} req/s, p50 {statistics.median(latencies) * 1e3:6.2f} ms")
+    return _summary(lat["plain"], rps["plain"]), _summary(lat["rayml"], rps["rayml"])
+
+
+def report(bench: str, plain: tuple[str, dict], rayml: tuple[str, dict], args: argparse.Namespace) -> None:
+    """Print both sides' figures and the ``RESULT`` lines of the p50 and throughput ratios (rayml / plain)."""
+    (a_name, a), (b_name, b) = plain, rayml
+    for name, s in ((a_name, a), (b_name, b)):
+        print(f"{name:26s} p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms  {s['rps']:7.1f} req/s  ({s['n']} requests)")
+    p50_ratio, tput_ratio = b["p50_ms"] / a["p50_ms"], b["rps"] / a["rps"]
+    print(f"concurrency {args.concurrency}, {args.rounds} rounds x {args.seconds:g}s per side")
+    print(f"load average after: {os.getloadavg()}")
+    p50_ok = "PASS" if p50_ratio <= P50_TARGET else "MISS"
+    print(f"RESULT {bench} p50_ratio={p50_ratio:.2f} target<={P50_TARGET} {p50_ok}")
+    tput_ok = "PASS" if tput_ratio >= THROUGHPUT_TARGET else "MISS"
+    print(f"RESULT {bench} throughput_ratio={tput_ratio:.2f} target>={THROUGHPUT_TARGET} {tput_ok}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -143,28 +173,8 @@ def main() -> None:
             "plain": f"http://127.0.0.1:{port}/plain/v2/models/sales-model/infer",
             "rayml": f"http://127.0.0.1:{port}/v2/models/sales-model/infer",
         }
-        for url in urls.values():  # warm up: connections, batch queues, first ONNX runs
-            asyncio.run(_load(url, body, args.concurrency, 2.0))
-        lat: dict[str, list[float]] = {k: [] for k in urls}
-        rps: dict[str, list[float]] = {k: [] for k in urls}
-        for i in range(args.rounds):
-            for side in ("plain", "rayml") if i % 2 == 0 else ("rayml", "plain"):
-                latencies, throughput = asyncio.run(_load(urls[side], body, args.concurrency, args.seconds))
-                lat[side] += latencies
-                rps[side].append(throughput)
-                print(f"round {i + 1} {side:5s}: {throughput:7.1f} req/s, p50 {statistics.median(latencies) * 1e3:6.2f} ms")
-        a, b = _summary(lat["plain"], rps["plain"]), _summary(lat["rayml"], rps["rayml"])
-        for name, s in (("plain Ray Serve", a), ("rayml 90/10 + 10% shadow", b)):
-            print(f"{name:26s} p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms  {s['rps']:7.1f} req/s  ({s['n']} requests)")
-        p50_ratio, tput_ratio = b["p50_ms"] / a["p50_ms"], b["rps"] / a["rps"]
-        print(f"concurrency {args.concurrency}, {args.rounds} rounds x {args.seconds:g}s per side")
-        print(f"load average after: {os.getloadavg()}")
-        p50_ok = "PASS" if p50_ratio <= P50_TARGET else "MISS"
-        print(f"RESULT serve_overhead p50_ratio={p50_ratio:.2f} target<={P50_TARGET} {p50_ok}")
-        print(
-            f"RESULT serve_overhead throughput_ratio={tput_ratio:.2f} target>={THROUGHPUT_TARGET} "
-            f"{'PASS' if tput_ratio >= THROUGHPUT_TARGET else 'MISS'}"
-        )
+        a, b = compare(urls, body, args.concurrency, args.seconds, args.rounds)
+        report("serve_overhead", ("plain Ray Serve", a), ("rayml 90/10 + 10% shadow", b), args)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -48,6 +48,17 @@ MULTICLASS_LABELS: tuple[str, ...] = ("low", "medium", "high")  # its default cl
 _NOT_FEATURES = ["date", "sales", "high_sales", MULTICLASS_TARGET]
 
 
+# --set overrides for a whole Serve app on a small machine (the 4 logical CPUs of a test Ray, next to other tests):
+# small CPU reservations, short health checks and stats flushes, a long deploy timeout
+LIGHT_SERVE = [
+    "serve.ingress.num_cpus=0.1",
+    "serve.request_timeout_s=20",
+    "serve.health_check_interval_s=0.5",
+    "serve.stats_flush_interval_s=0.5",
+    "serve.deploy_timeout_s=180",
+]
+
+
 def sales_columns(target: str = "sales") -> list[str]:
     """``--set`` overrides naming the synthetic sales columns' roles, for configs whose ``data.source`` is a file of that
     data (a source other than ``synthetic`` assumes nothing about its columns)."""

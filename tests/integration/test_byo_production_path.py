@@ -27,17 +27,11 @@ from rayml.monitor import drift_of_frame, global_reference, predict_frame
 from rayml.registry import PRODUCTION, Registry
 from rayml.serve import deploy, start_rollout
 from rayml.serve._rollout_runtime import load_state, stop_controllers
+from rayml.testing import LIGHT_SERVE
 from tests.quickmodels import register_quick
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-LIGHT = [
-    "serve.ingress.num_cpus=0.1",
-    "serve.request_timeout_s=20",
-    "serve.health_check_interval_s=0.5",
-    "serve.stats_flush_interval_s=0.5",
-    "serve.deploy_timeout_s=180",
-]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +77,7 @@ def sklearn_pipeline(df: pd.DataFrame, target: str, estimator):
 
 
 def serve_cfg(port: int, models: str, *extra: str) -> ServeJobConfig:
-    return load_config(ServeJobConfig, None, [f"serve.port={port}", f"serve.models={{{models}}}", *LIGHT, *extra])
+    return load_config(ServeJobConfig, None, [f"serve.port={port}", f"serve.models={{{models}}}", *LIGHT_SERVE, *extra])
 
 
 def stats_window(model: str, since: float) -> dict:

@@ -28,20 +28,13 @@ from rayml.config import ServeJobConfig, load_config
 from rayml.registry import Registry
 from rayml.serve import deploy
 from rayml.serve._apply import app_state
-from rayml.testing import instances, register_tiny_model, register_tiny_model_set, serve_faults, v2_body
+from rayml.testing import LIGHT_SERVE, instances, register_tiny_model, register_tiny_model_set, serve_faults, v2_body
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 MODEL = "sales-model"
 MULTICLASS = "sales-band"
 ROWS = instances(4)
-LIGHT = [  # small CPU reservations: the whole app fits the 4 logical CPUs of the test Ray next to other tests
-    "serve.ingress.num_cpus=0.1",
-    "serve.request_timeout_s=20",
-    "serve.health_check_interval_s=0.5",
-    "serve.stats_flush_interval_s=0.5",
-    "serve.deploy_timeout_s=180",
-]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +71,7 @@ def cfg(env: dict, models: str, *extra: str) -> ServeJobConfig:
     return load_config(
         ServeJobConfig,
         None,
-        [f"serve.port={env['port']}", f"serve.models={{{models}}}", *LIGHT, *per_model, *extra],
+        [f"serve.port={env['port']}", f"serve.models={{{models}}}", *LIGHT_SERVE, *per_model, *extra],
     )
 
 

@@ -7,10 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rayml.errors import UnsupportedModelError
-from rayml.models.importers._graph import Feed, Outputs
+from rayml.models.importers._boosters import expected_answers, onnxmltools_source
 from rayml.models.importers._parity import plain_labels
 from rayml.models.importers._source import (
     Request,
@@ -71,6 +69,7 @@ def from_lightgbm(model: Any, req: Request) -> SourceGraph:
             hint="one-hot encode those columns before training, or " + _ONNX_HINT,
         )
     class_labels: list[Any]
+    renamed: dict[Any, Any] = {}
     if tasks == ("regression",):
         class_labels, known = [], True
     elif sk is not None:
@@ -95,33 +94,18 @@ def from_lightgbm(model: Any, req: Request) -> SourceGraph:
     except Exception as e:
         raise UnsupportedModelError(f"onnxmltools cannot convert the {what} model: {e}", hint=_ONNX_HINT) from e
 
-    labels = None
-    if sk is not None:
-        x = model_input(req, features, by_name=fitted_names is not None)
-        expected = np.asarray(sk.predict_proba(x) if class_labels else sk.predict(x))
-        labels = plain_labels([renamed[v] for v in plain_labels(sk.predict(x))]) if class_labels else None
-    else:
-        expected = np.asarray(booster.predict(model_input(req, features, by_name=False)))
-        if tasks == ("binary",):
-            expected = np.stack([1 - expected, expected], axis=1)
-    out = [o.name for o in graph.graph.output]
-    return SourceGraph(
-        graph=graph,
-        feeds=[Feed(graph.graph.input[0].name, tuple(features), graph.graph.input[0].type.tensor_type.elem_type, 2)],
-        # onnxmltools' labels may be class indices: the label comes from the probabilities
-        outputs=Outputs(probabilities=out[1]) if class_labels else Outputs(value=out[0]),
-        tasks=tasks,
+    x = model_input(req, features, by_name=sk is not None and fitted_names is not None)
+    raw = booster.predict(x) if sk is None else None
+    return onnxmltools_source(
+        graph,
+        features,
         class_labels=class_labels,
-        expected_values=expected,
-        expected_labels=labels,
-        source={
-            "framework": "lightgbm",
-            "framework_version": lightgbm.__version__,
-            "converter": "onnxmltools",
-            "converter_version": onnxmltools.__version__,
-        },
+        tasks=tasks,
+        answers=expected_answers(sk, x, class_labels, renamed, raw, tasks),
+        framework="lightgbm",
+        framework_version=lightgbm.__version__,
         what=what,
-        class_labels_known=known,
+        known=known,
     )
 
 

@@ -8,10 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rayml.errors import UnsupportedModelError
-from rayml.models.importers._graph import Feed, Outputs
+from rayml.models.importers._boosters import expected_answers, onnxmltools_source
 from rayml.models.importers._parity import plain_labels
 from rayml.models.importers._source import (
     Request,
@@ -71,6 +69,7 @@ def from_xgboost(model: Any, req: Request) -> SourceGraph:
             hint="one-hot encode those columns before training, or " + _ONNX_HINT,
         )
     class_labels: list[Any]
+    renamed: dict[Any, Any] = {}
     if tasks == ("regression",):
         class_labels, known = [], True
     elif sk is not None and hasattr(sk, "classes_"):
@@ -95,32 +94,17 @@ def from_xgboost(model: Any, req: Request) -> SourceGraph:
         raise UnsupportedModelError(f"onnxmltools cannot convert the {what} model: {e}", hint=_ONNX_HINT) from e
 
     x = model_input(req, features, by_name=names is not None)
-    labels = None
-    if sk is not None:
-        expected = np.asarray(sk.predict_proba(x) if class_labels else sk.predict(x))
-        labels = plain_labels([renamed[v] for v in plain_labels(sk.predict(x))]) if class_labels else None
-    else:
-        expected = np.asarray(booster.predict(xgboost.DMatrix(x)))
-        if tasks == ("binary",):
-            expected = np.stack([1 - expected, expected], axis=1)
-    out = [o.name for o in graph.graph.output]
-    return SourceGraph(
-        graph=graph,
-        feeds=[Feed(graph.graph.input[0].name, tuple(features), graph.graph.input[0].type.tensor_type.elem_type, 2)],
-        # onnxmltools' labels are class indices, not necessarily the class labels: the label comes from probabilities
-        outputs=Outputs(probabilities=out[1]) if class_labels else Outputs(value=out[0]),
-        tasks=tasks,
+    raw = booster.predict(xgboost.DMatrix(x)) if sk is None else None
+    return onnxmltools_source(
+        graph,
+        features,
         class_labels=class_labels,
-        expected_values=expected,
-        expected_labels=labels,
-        source={
-            "framework": "xgboost",
-            "framework_version": xgboost.__version__,
-            "converter": "onnxmltools",
-            "converter_version": onnxmltools.__version__,
-        },
+        tasks=tasks,
+        answers=expected_answers(sk, x, class_labels, renamed, raw, tasks),
+        framework="xgboost",
+        framework_version=xgboost.__version__,
         what=what,
-        class_labels_known=known,
+        known=known,
     )
 
 
