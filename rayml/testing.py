@@ -60,10 +60,11 @@ LIGHT_SERVE = [
 
 
 def sales_columns(target: str = "sales") -> list[str]:
-    """``--set`` overrides naming the synthetic sales columns' roles, for configs whose ``data.source`` is a file of that
-    data (a source other than ``synthetic`` assumes nothing about its columns)."""
-    other = "high_sales" if target == "sales" else "sales"
-    return [f"data.target={target}", "data.segment=[store_id]", f"data.ignore_columns=[date,{other}]"]
+    """``--set`` overrides naming the synthetic sales columns' roles (:func:`rayml.config.synthetic_roles`), for
+    configs whose ``data.source`` is a file of that data (a source other than ``synthetic`` assumes nothing)."""
+    from rayml.config import synthetic_roles
+
+    return [f"data.{k}={v}" if isinstance(v, str) else f"data.{k}=[{','.join(v)}]" for k, v in synthetic_roles(target).items()]
 
 
 def sample_frame(rows_per_segment: int = 50, segments: int = 4, seed: int = 0) -> pd.DataFrame:

@@ -39,7 +39,7 @@ class _Ctx:
 
 
 def _data_and_train(ctx: _Ctx) -> None:
-    from rayml.config import SyntheticConfig, TrainJobConfig
+    from rayml.config import SyntheticConfig, TrainJobConfig, synthetic_roles
     from rayml.data import generate_sales, write_dataset
     from rayml.registry import Registry
     from rayml.train import train
@@ -53,7 +53,7 @@ def _data_and_train(ctx: _Ctx) -> None:
     _step("Train on Ray Train (1 CPU worker), checkpointing every epoch, logging to MLflow")
     cfg = TrainJobConfig.model_validate(
         {
-            "data": {"source": str(ctx.data_dir), "target": "sales", "task": "regression"},
+            "data": {"source": str(ctx.data_dir), **synthetic_roles(), "task": "regression"},
             "model": {"name": MODEL, "hidden_sizes": [64, 32]},
             "train": {
                 "epochs": ctx.epochs,
@@ -97,13 +97,13 @@ def _data_and_train(ctx: _Ctx) -> None:
 
 
 def _tune(ctx: _Ctx) -> None:
-    from rayml.config import TuneJobConfig
+    from rayml.config import TuneJobConfig, synthetic_roles
     from rayml.tune import tune
 
     _step(f"Tune on Ray Tune: {ctx.trials} trials, ASHA stops the weak ones early")
     cfg = TuneJobConfig.model_validate(
         {
-            "data": {"source": str(ctx.data_dir), "target": "sales", "task": "regression"},
+            "data": {"source": str(ctx.data_dir), **synthetic_roles(), "task": "regression"},
             "model": {"name": MODEL},
             "train": {"epochs": max(ctx.epochs, 4), "batch_size": 64, "seed": 0},
             "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
@@ -137,13 +137,13 @@ def _tune(ctx: _Ctx) -> None:
 
 
 def _many_models(ctx: _Ctx) -> None:
-    from rayml.config import ManyModelsJobConfig
+    from rayml.config import ManyModelsJobConfig, synthetic_roles
     from rayml.manymodels import train_model_set
 
     _step(f"Many models: one model per store ({ctx.stores} stores) trained in parallel Ray tasks, one model-set version")
     cfg = ManyModelsJobConfig.model_validate(
         {
-            "data": {"source": str(ctx.data_dir), "target": "sales", "task": "regression", "segment": ["store_id"]},
+            "data": {"source": str(ctx.data_dir), **synthetic_roles(), "task": "regression"},
             "model": {"name": FAMILY, "hidden_sizes": [32]},
             "train": {
                 "epochs": max(ctx.epochs * 5, 20),

@@ -18,7 +18,7 @@ Example:
 
 from rayml.config._base import NAME_PATTERN, Name
 from rayml.config.batch import BatchConfig
-from rayml.config.data import DataConfig, DriftSpec, SyntheticConfig
+from rayml.config.data import DataConfig, DriftSpec, SyntheticConfig, synthetic_roles
 from rayml.config.jobs import (
     BatchJobConfig,
     GateJobConfig,
@@ -94,6 +94,7 @@ __all__ = [
     "ServedVersion",
     "ShadowSettings",
     "SyntheticConfig",
+    "synthetic_roles",
     "TrainConfig",
     "TuneConfig",
     # search spaces

@@ -28,6 +28,19 @@ SYNTHETIC_TARGETS = ("sales", "high_sales")
 SYNTHETIC_SEGMENT = ("store_id",)
 
 
+def synthetic_roles(target: str = SYNTHETIC_TARGET) -> dict[str, Any]:
+    """The synthetic sales data's column roles as ``data:`` fields (``target``, ``segment``, ``ignore_columns``).
+
+    A ``source: synthetic`` config gets them for the fields it leaves out; a config reading that data from files
+    (``rayml data generate`` output) names them, e.g. ``{"source": "data/sales", **synthetic_roles()}``.
+    """
+    return {
+        "target": target,
+        "segment": list(SYNTHETIC_SEGMENT),
+        "ignore_columns": ["date", *(t for t in SYNTHETIC_TARGETS if t != target)],
+    }
+
+
 class SyntheticConfig(_Section):
     """The synthetic retail-sales dataset used when ``data.source`` is ``synthetic``."""
 
@@ -91,11 +104,7 @@ class DataConfig(_Section):
         """
         if not isinstance(data, dict) or data.get("source", "synthetic") != "synthetic":
             return data
-        data = dict(data)
-        target = data.setdefault("target", SYNTHETIC_TARGET)
-        data.setdefault("segment", list(SYNTHETIC_SEGMENT))
-        data.setdefault("ignore_columns", ["date", *(t for t in SYNTHETIC_TARGETS if t != target)])
-        return data
+        return {**synthetic_roles(data.get("target") or SYNTHETIC_TARGET), **data}
 
     @field_validator("segment", mode="before")
     @classmethod

@@ -140,17 +140,21 @@ def test_train_job_on_a_local_multinode_cluster_registers_the_model(cluster: Loc
     assert status.returncode == int(bool(cluster.killed)), status.stdout
     assert status.stdout.count(": running") == 4 - len(cluster.killed), status.stdout
 
+    # the user's own torch network (model.factory): its module ships with the job (--working-dir .), so the driver
+    # and the Ray Train workers on other nodes import it
     runtime_env = _runtime_env(tmp_path)
-    job = ["python", "jobs/train.py", "--config", "jobs/configs/train.yaml", *SMALL, "--set", "train.epochs=2"]
+    job = ["python", "jobs/train.py", "--config", "jobs/configs/train_factory.yaml", *SMALL[:4], "--set", "train.epochs=2"]
     out = _submit(cluster, runtime_env, *job)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert "registered sales-model version 1" in out.stdout and "succeeded" in out.stdout + out.stderr
+    assert "registered sales-resnet version 1" in out.stdout and "succeeded" in out.stdout + out.stderr
 
     from rayml.registry import Registry
 
-    v = Registry(f"sqlite:///{tmp_path}/mlflow.db").resolve("sales-model:1")
+    registry = Registry(f"sqlite:///{tmp_path}/mlflow.db")
+    v = registry.resolve("sales-resnet:1")
     assert v.tags["rayml.git_commit"] == "e2e"
-    assert list((tmp_path / "home" / "runs").glob("sales-model-*/checkpoint_*"))  # checkpoints on the shared disk
+    assert registry.load("sales-resnet:1").model_dir.meta["source"]["framework"] == "torch-factory"
+    assert list((tmp_path / "home" / "runs").glob("sales-resnet-*/checkpoint_*"))  # checkpoints on the shared disk
 
 
 def _max_checkpoint_epoch(run_root: Path) -> int:

@@ -1,10 +1,11 @@
 """Models made elsewhere take the whole production path, on data of their own (scikit-learn's bundled datasets).
 
-Regression (diabetes, with a text column): rayml's MLP (v1), an XGBoost model (v2) and a scikit-learn Pipeline with
-a ColumnTransformer (v3) under ONE model name: a 50/50 canary between the MLP and XGBoost with the Pipeline
-mirrored as the shadow, a pinned version, the gate, batch scoring, drift, and an automatic rollout that promotes the
-Pipeline. Multiclass (wine): a LightGBM model and a scikit-learn Pipeline, served (label + probabilities),
-batch-scored (one probability column per class) and gated. Nothing downstream knows which framework made a version.
+Regression on the diabetes data (with a text column): rayml's MLP (v1), an XGBoost model (v2), a scikit-learn
+Pipeline with a ColumnTransformer (v3) and a LightGBM model (v4) under ONE model name: a 50/50 canary between the MLP
+and XGBoost with the Pipeline mirrored as the shadow, a pinned version, batch scoring and drift with XGBoost, the gate
+and an automatic rollout that promotes LightGBM over the MLP. Nothing downstream knows which framework made a version.
+(Multiclass on the wine data, a Pipeline next to XGBoost: notebooks/05_bring_your_own_model.ipynb, run by the e2e
+suite.)
 """
 
 from __future__ import annotations
@@ -49,15 +50,6 @@ def diabetes() -> pd.DataFrame:
     return df
 
 
-def wine() -> pd.DataFrame:
-    from sklearn.datasets import load_wine
-
-    data = load_wine(as_frame=True)
-    df = data.frame
-    df["target"] = np.asarray(data.target_names)[df["target"]]  # string labels: class_0, class_1, class_2
-    return df
-
-
 def sklearn_pipeline(df: pd.DataFrame, target: str, estimator):
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
@@ -91,25 +83,30 @@ def stats_window(model: str, since: float) -> dict:
 def test_foreign_regressors_share_a_name_with_rayml_and_take_every_step(
     registry: Registry, serve_instance: dict, tmp_path: Path
 ) -> None:
+    import lightgbm
     import xgboost
     from sklearn.linear_model import Ridge
 
     df = diabetes()
     numbers = df.drop(columns=["target", "sex"])
-    # v1: rayml's MLP; v2: XGBoost on the number columns only; v3: a Pipeline that one-hot encodes the text column
+    # v1: rayml's MLP; v2: XGBoost and v4: LightGBM on the number columns only; v3: a Pipeline that one-hot encodes
+    # the text column
     register_quick(registry, "diabetes", df, DataConfig(target="target", segment=[], ignore_columns=[]), epochs=60)
     xgb = xgboost.XGBRegressor(n_estimators=60, max_depth=3).fit(numbers, df["target"])
     v2 = rayml.register_model(xgb, name="diabetes", sample=df, target="target", registry=registry)
     pipe = sklearn_pipeline(df, "target", Ridge())
     v3 = rayml.register_model(pipe, name="diabetes", sample=df, target="target", registry=registry)
-    assert (v2.version, v3.version) == (2, 3)
-    tags = {v: registry.get_version("diabetes", v).tags for v in (2, 3)}
-    assert (tags[2]["rayml.source_framework"], tags[3]["rayml.source_framework"]) == ("xgboost", "sklearn")
+    lgbm = lightgbm.LGBMRegressor(n_estimators=60, num_leaves=7, verbose=-1).fit(numbers, df["target"])
+    v4 = rayml.register_model(lgbm, name="diabetes", sample=df, target="target", registry=registry)
+    assert (v2.version, v3.version, v4.version) == (2, 3, 4)
+    tags = {v: registry.get_version("diabetes", v).tags for v in (2, 3, 4)}
+    assert [tags[v]["rayml.source_framework"] for v in (2, 3, 4)] == ["xgboost", "sklearn", "lightgbm"]
     assert tags[2]["rayml.data_fingerprint"] and tags[2]["rayml.converter"] == "onnxmltools"
-    rows = df.drop(columns=["target"])  # one request shape for all three: the raw columns
-    expected = {v: registry.load(f"diabetes:{v}").predict(rows) for v in (1, 2, 3)}
+    rows = df.drop(columns=["target"])  # one request shape for all four: the raw columns
+    expected = {v: registry.load(f"diabetes:{v}").predict(rows) for v in (1, 2, 3, 4)}
     np.testing.assert_allclose(expected[2], xgb.predict(numbers), rtol=1e-4, atol=1e-3)  # parity, through the registry
     np.testing.assert_allclose(expected[3], pipe.predict(rows), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(expected[4], lgbm.predict(numbers), rtol=1e-4, atol=1e-3)
 
     # --- serve: a 50/50 canary between rayml's MLP and XGBoost, the Pipeline mirrored as the shadow
     port, url = serve_instance["port"], serve_instance["url"]
@@ -139,9 +136,9 @@ def test_foreign_regressors_share_a_name_with_rayml_and_take_every_step(
     shadow = stats_window("diabetes", since)[(3, "shadow")]
     assert shadow.requests > 0 and shadow.disagreement("regression") is not None
 
-    # --- the gate: the Pipeline against the MLP in production, on the same rows
+    # --- the gate: LightGBM against the MLP in production, on the same rows
     registry.set_alias("diabetes", 1, PRODUCTION)
-    report = run_gate(registry, "diabetes", 3, df, GateConfig(max_regression=0.5, max_segment_regression=0.5))
+    report = run_gate(registry, "diabetes", 4, df, GateConfig(max_regression=0.5, max_segment_regression=0.5))
     assert report.passed, report.failures
     assert report.baseline == 1 and report.primary_metric == "rmse"
     assert report.candidate_metrics["rmse"] < report.trivial_metrics["rmse"]
@@ -166,7 +163,7 @@ def test_foreign_regressors_share_a_name_with_rayml_and_take_every_step(
     shifted = drift_of_frame(global_reference(loaded), shifted_df, predict_frame(loaded, shifted_df), "target", DriftConfig())
     assert same["status"] == "ok" and shifted["drifted_features"] == ["bmi"]
 
-    # --- an automatic rollout of the Pipeline over the MLP, under live traffic: promoted
+    # --- an automatic rollout of LightGBM over the MLP, under live traffic: promoted
     rollout = [
         "rollout.steps=[50, 100]",
         "rollout.interval_s=2",
@@ -190,7 +187,7 @@ def test_foreign_regressors_share_a_name_with_rayml_and_take_every_step(
     thread = threading.Thread(target=traffic, daemon=True)
     thread.start()
     try:
-        start_rollout(cfg, "diabetes", 3, registry)
+        start_rollout(cfg, "diabetes", 4, registry)
         deadline = time.monotonic() + 120
         state = load_state(cfg, "diabetes")[0]
         while not state.done and time.monotonic() < deadline:
@@ -201,4 +198,4 @@ def test_foreign_regressors_share_a_name_with_rayml_and_take_every_step(
         thread.join()
         stop_controllers(cfg.serve.app_name)
     assert state.done and state.phase == "promoted", state
-    assert registry.resolve("diabetes@production").version == 3
+    assert registry.resolve("diabetes@production").version == 4

@@ -177,7 +177,11 @@ def test_bad_data_fails_before_any_run_is_created(tmp_path: Path, tracking_uri: 
     assert reg.client.search_runs([reg.experiment_id("rayml")]) == []
 
 
-def test_multiclass_on_the_wine_data_registers_string_labels_and_probabilities(tmp_path: Path, tracking_uri: str) -> None:
+def test_multiclass_wine_with_the_users_own_network_registers_labels_probabilities_and_its_factory(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Multiclass (string labels) on a real dataset, trained with a torch network of the user's (model.factory) from
+    a module outside rayml that only the driver can import: the Ray Train worker finds it through the driver's path."""
     import pandas as pd
     from sklearn.datasets import load_wine
 
@@ -188,6 +192,7 @@ def test_multiclass_on_the_wine_data_registers_string_labels_and_probabilities(t
     df = bunch.frame.rename(columns={"od280/od315_of_diluted_wines": "od280_od315"})
     df["cultivar"] = bunch.target_names[df.pop("target")]  # "class_0", "class_1", "class_2"
     df.to_parquet(tmp_path / "wine.parquet")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "jobs" / "examples"))
     result = rayml.train_model(
         None,
         overrides={
@@ -198,7 +203,8 @@ def test_multiclass_on_the_wine_data_registers_string_labels_and_probabilities(t
             "data.ignore_columns": [],
             "data.validation_fraction": 0.3,
             "model.name": "wine",
-            "model.hidden_sizes": [16],
+            "model.factory": "tabular_nets:resnet_mlp",
+            "model.factory_kwargs": {"width": 16, "depth": 1},
             "train.epochs": 8,
             "train.batch_size": 16,
             "train.learning_rate": 0.02,
@@ -222,3 +228,11 @@ def test_multiclass_on_the_wine_data_registers_string_labels_and_probabilities(t
     assert md.meta["parity_max_abs_diff"] <= 1e-4
     assert md.reference_stats()["prediction"]["kind"] == "categorical"  # predicted classes, binned per class
     assert isinstance(pd.Series(got["label"]).iloc[0], str)
+    source = md.meta["source"]  # the lineage names the network, and the spec rebuilds it from a checkpoint
+    assert (source["framework"], source["factory"], source["factory_kwargs"]) == (
+        "torch-factory",
+        "tabular_nets:resnet_mlp",
+        {"width": 16, "depth": 1},
+    )
+    spec = md.meta["spec"]
+    assert (spec["factory"], spec["factory_kwargs"]) == ("tabular_nets:resnet_mlp", {"width": 16, "depth": 1})
