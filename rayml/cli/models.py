@@ -139,7 +139,8 @@ def register(
         str | None,
         typer.Option(
             "--class-labels",
-            help="Comma-separated classes of a model that does not record them, in output order.",
+            help="Comma-separated classes in output order: of a model that does not record them, or names for a "
+            "booster's encoded classes 0..K-1.",
             show_default=False,
         ),
     ] = None,
