@@ -60,7 +60,7 @@ e2e: install
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: install
-	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	@set -e; for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 # Notebooks are committed without outputs (tests/unit/test_notebooks_clean.py checks); run this before committing one.
 strip-notebooks: install

@@ -9,7 +9,7 @@ fixed concurrency, measured in alternating rounds (a, b, a, b, ...):
     deployment that runs the version's ``model.onnx`` with ONNX Runtime and ``@serve.batch`` (no rayml code);
 (b) rayml: the real application (auth off) serving the imported version at 100%.
 
-The shape (ingress -> model deployment) and the targets are those of ``serve_overhead.py``:
+The baseline has rayml's shape (ingress -> model deployment), so the ratios say what rayml adds to it:
 
     RESULT byo_serving p50_ratio=<rayml p50 / plain p50> target<=1.25 PASS|MISS
     RESULT byo_serving throughput_ratio=<rayml req/s / plain req/s> target>=0.8 PASS|MISS
@@ -23,36 +23,11 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any
 
-import numpy as np
+from _serving import PlainIngress, PlainOnnxModel, compare, free_port, result
 from ray import serve
-from serve_overhead import PlainIngress, _free_port, compare, report
 
-PARITY_TARGET = 1e-4
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
-class PlainOnnxModel:
-    """The baseline's model deployment: ONNX Runtime on the version's graph, dynamically batched, nothing else."""
-
-    def __init__(self, path: str) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-
-    async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
-        return await self._batched(feed)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        sizes = [len(next(iter(f.values()))) for f in feeds]
-        merged = {k: np.concatenate([f[k] for f in feeds]).astype(np.float32) for k in feeds[0]}
-        out = self.session.run(None, merged)[0]
-        bounds = np.cumsum([0, *sizes])
-        return [{"ok": True, "outputs": [out[a:b]]} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+P50_TARGET, THROUGHPUT_TARGET, PARITY_TARGET = 1.25, 0.8, 1e-4
 
 
 def main() -> None:
@@ -89,7 +64,7 @@ def main() -> None:
             f"max abs diff {parity['parity_max_abs_diff']:.2e}, classes agree on {parity['parity_label_agreement']:.1%}"
         )
 
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         cfg = load_config(
             ServeJobConfig,
@@ -107,15 +82,19 @@ def main() -> None:
 
         row = x.iloc[:1]
         body = {"inputs": [{"name": c, "shape": [1], "datatype": "FP32", "data": row[c].tolist()} for c in x.columns]}
-        urls = {
-            "plain": f"http://127.0.0.1:{port}/plain/v2/models/cancer/infer",
-            "rayml": f"http://127.0.0.1:{port}/v2/models/cancer/infer",
+        sides = {
+            "plain Ray Serve + ORT": (f"http://127.0.0.1:{port}/plain/v2/models/cancer/infer", body),
+            "rayml, imported XGBoost": (f"http://127.0.0.1:{port}/v2/models/cancer/infer", body),
         }
-        a, b = compare(urls, body, args.concurrency, args.seconds, args.rounds)
-        report("byo_serving", ("plain Ray Serve + ORT", a), ("rayml, imported XGBoost", b), args)
-        diff = float(parity["parity_max_abs_diff"])
-        parity_ok = "PASS" if diff <= PARITY_TARGET else "MISS"
-        print(f"RESULT byo_serving parity_max_abs_diff={diff:.2e} target<={PARITY_TARGET:g} {parity_ok}")
+        got = compare(sides, args.concurrency, args.seconds, args.rounds)
+        for name, s in got.items():
+            print(f"{name:26s} p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms  {s['rps']:7.1f} req/s  ({s['n']} requests)")
+        print(f"concurrency {args.concurrency}, {args.rounds} rounds x {args.seconds:g}s per side")
+        print(f"load average after: {os.getloadavg()}")
+        a, b = got["plain Ray Serve + ORT"], got["rayml, imported XGBoost"]
+        result("byo_serving", "p50_ratio", b["p50_ms"] / a["p50_ms"], "<=", P50_TARGET)
+        result("byo_serving", "throughput_ratio", b["rps"] / a["rps"], ">=", THROUGHPUT_TARGET)
+        result("byo_serving", "parity_max_abs_diff", float(parity["parity_max_abs_diff"]), "<=", PARITY_TARGET)
     finally:
         serve.shutdown()
         ray.shutdown()
