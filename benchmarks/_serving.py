@@ -151,4 +151,4 @@ def compare(
 def result(bench: str, metric: str, value: float, op: str, target: float) -> None:
     """Print one ``RESULT`` line."""
     ok = value <= target if op == "<=" else value >= target
-    print(f"RESULT {bench} {metric}={value:.2f} target{op}{target:g} {'PASS' if ok else 'MISS'}")
+    print(f"RESULT {bench} {metric}={value:.3g} target{op}{target:g} {'PASS' if ok else 'MISS'}")
