@@ -122,12 +122,17 @@ def load_factory(ref: str) -> Callable[..., Any]:
 
 def _import(module_name: str, ref: str) -> Any:
     """``importlib.import_module``, retried with the current directory on the path; errors say what to fix."""
-    cwd = os.getcwd()
+    if module_name in sys.modules:  # imported already (the driver loads the factory several times)
+        return sys.modules[module_name]
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the current directory is gone (e.g. a Ray job's working dir cleaned up under the driver)
+        cwd = ""
     try:
         try:
             return importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if not _is_the_module(e, module_name) or cwd in sys.path:
+            if not _is_the_module(e, module_name) or not cwd or cwd in sys.path:
                 raise
             sys.path.append(cwd)  # searched last, as `python -m` searches it first: nothing installed is shadowed
             return importlib.import_module(module_name)

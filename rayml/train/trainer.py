@@ -344,6 +344,7 @@ def train(config: ConfigLike = None, *, overrides: Overrides = None, registry: R
         run.fail(str(e), error=str(e)[:2000])
         if isinstance(e, TrainingError):
             raise
+        logger.error("training run %s failed", run_name, exc_info=True)  # an unexpected error: its traceback, to the log
         raise TrainingError(
             f"training run {run_name!r} failed: {e}",
             hint="re-run the same command to resume from the last checkpoint; raise train.max_failures for flaky workers",

@@ -367,3 +367,18 @@ def test_bad_searches_of_factory_kwargs(space: dict, model: dict | None, message
     with pytest.raises(ConfigError) as e:
         _tune(space, model)
     assert message in str(e.value)
+
+
+def test_a_driver_whose_current_directory_is_gone_still_finds_an_imported_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray job's working dir can be cleaned up under a long-running driver: loading the factory again (the driver
+    does it several times) must not ask for the current directory, and a missing module still gets a clear error."""
+
+    def gone() -> str:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "jobs" / "examples"))
+    first = load_factory("tabular_nets:resnet_mlp")
+    monkeypatch.setattr("os.getcwd", gone)
+    assert load_factory("tabular_nets:resnet_mlp") is first
+    with pytest.raises(ConfigError, match="is not importable"):
+        load_factory(f"no_such_module_{uuid.uuid4().hex}:net")
