@@ -10,7 +10,39 @@ import onnx
 
 from rayml.models.importers._graph import Feed, Outputs
 from rayml.models.importers._parity import plain_labels
-from rayml.models.importers._source import SourceGraph
+from rayml.models.importers._source import (
+    Request,
+    SourceGraph,
+    classifier_tasks,
+    default_class_labels,
+    named_class_labels,
+)
+
+
+def booster_classes(
+    req: Request, tasks: tuple[str, ...], sk: Any, num_class: int
+) -> tuple[tuple[str, ...], list[Any], dict[Any, Any], bool]:
+    """A booster's classes: ``(tasks, class_labels, renamed, known)``.
+
+    Args:
+        req: the conversion request (its ``class_labels`` name classes the model does not record, or rename them).
+        tasks: the tasks the objective allows.
+        sk: the scikit-learn API model (its ``classes_`` are the classes), or None for a Booster.
+        num_class: the number of classes a multiclass Booster records.
+
+    Returns:
+        The tasks narrowed by the number of classes, the class labels ([] for a regressor), the sklearn-API model's
+        own class -> its label, and whether the labels came from the model or the caller (not a 0..K-1 default).
+    """
+    if tasks == ("regression",):
+        return tasks, [], {}, True
+    if sk is not None and hasattr(sk, "classes_"):
+        labels, renamed = named_class_labels(req, plain_labels(sk.classes_).tolist())
+        known = True
+    else:
+        labels, known = default_class_labels(req, 2 if tasks == ("binary",) else num_class)
+        renamed = {}
+    return classifier_tasks(labels), labels, renamed, known
 
 
 def expected_answers(

@@ -8,17 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from rayml.errors import UnsupportedModelError
-from rayml.models.importers._boosters import expected_answers, onnxmltools_source
-from rayml.models.importers._parity import plain_labels
+from rayml.models.importers._boosters import booster_classes, expected_answers, onnxmltools_source
 from rayml.models.importers._source import (
     Request,
     SourceGraph,
-    classifier_tasks,
-    default_class_labels,
     describe,
     matrix_features,
     model_input,
-    named_class_labels,
 )
 
 _REGRESSION = ("regression", "regression_l1", "huber", "fair", "quantile", "mape", "poisson", "gamma", "tweedie")
@@ -68,17 +64,8 @@ def from_lightgbm(model: Any, req: Request) -> SourceGraph:
             f"the {what} model has pandas categorical features, which onnxmltools cannot convert",
             hint="one-hot encode those columns before training, or " + _ONNX_HINT,
         )
-    class_labels: list[Any]
-    renamed: dict[Any, Any] = {}
-    if tasks == ("regression",):
-        class_labels, known = [], True
-    elif sk is not None:
-        class_labels, renamed = named_class_labels(req, plain_labels(sk.classes_).tolist())
-        known = True
-    else:
-        class_labels, known = default_class_labels(req, 2 if tasks == ("binary",) else int(dump["num_class"]))
-    if class_labels:
-        tasks = classifier_tasks(class_labels)
+    num_class = int(dump.get("num_class", 0))
+    tasks, class_labels, renamed, known = booster_classes(req, tasks, sk, num_class)
 
     fitted_names = getattr(sk, "feature_names_in_", None)
     names = [str(n) for n in (fitted_names if fitted_names is not None else booster.feature_name())]

@@ -9,17 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from rayml.errors import UnsupportedModelError
-from rayml.models.importers._boosters import expected_answers, onnxmltools_source
-from rayml.models.importers._parity import plain_labels
+from rayml.models.importers._boosters import booster_classes, expected_answers, onnxmltools_source
 from rayml.models.importers._source import (
     Request,
     SourceGraph,
-    classifier_tasks,
-    default_class_labels,
     describe,
     matrix_features,
     model_input,
-    named_class_labels,
 )
 
 FILE_SUFFIXES = (".json", ".ubj")
@@ -68,18 +64,8 @@ def from_xgboost(model: Any, req: Request) -> SourceGraph:
             f"the {what} model has categorical features (enable_categorical), which onnxmltools cannot convert",
             hint="one-hot encode those columns before training, or " + _ONNX_HINT,
         )
-    class_labels: list[Any]
-    renamed: dict[Any, Any] = {}
-    if tasks == ("regression",):
-        class_labels, known = [], True
-    elif sk is not None and hasattr(sk, "classes_"):
-        class_labels, renamed = named_class_labels(req, plain_labels(sk.classes_).tolist())
-        known = True
-    else:
-        n_classes = 2 if tasks == ("binary",) else int(config["learner_model_param"]["num_class"])
-        class_labels, known = default_class_labels(req, n_classes)
-    if class_labels:
-        tasks = classifier_tasks(class_labels)
+    num_class = int(config["learner_model_param"].get("num_class", 0))
+    tasks, class_labels, renamed, known = booster_classes(req, tasks, sk, num_class)
 
     names = booster.feature_names
     features = matrix_features(req, names, booster.num_features(), what)
