@@ -41,8 +41,10 @@ def print_state(state, verbose: bool = False) -> None:
             for v in m.versions:
                 role = "shadow" if m.shadow and m.shadow.version == v.version else ("primary" if v.weight > 0 else "idle")
                 extra = f"{m.shadow.percent:g}% mirrored" if role == "shadow" else ""
-                routes.append([m.name, m.kind, v.version, f"{v.weight:.2%}", role, extra, m.sticky_header or "-"])
-        console.print(table("Routing", ["model", "kind", "version", "weight", "role", "shadow", "sticky header"], routes))
+                runs_in = "ingress" if m.placement == "ingress" else v.deployment
+                routes.append([m.name, m.kind, v.version, f"{v.weight:.2%}", role, extra, m.sticky_header or "-", runs_in])
+        columns = ["model", "kind", "version", "weight", "role", "shadow", "sticky header", "runs in"]
+        console.print(table("Routing", columns, routes))
     console.print(f"URL: {state.url}")
 
 

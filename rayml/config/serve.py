@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from rayml.config._base import Name, _Section, check_name
@@ -42,6 +44,12 @@ class IngressConfig(_Section):
     autoscaling: AutoscalingSettings | None = Field(default=None, description="Autoscale the ingress; null = fixed.")
     num_cpus: float = Field(default=0.5, ge=0.0, description="CPUs reserved per ingress replica.")
     max_ongoing_requests: int = Field(default=256, ge=1, description="Concurrent requests one ingress replica accepts.")
+    max_model_mb: float = Field(
+        default=64.0,
+        ge=0.0,
+        description="`placement: auto` runs a model in the ingress (one hop) when every served version's ONNX file is "
+        "at most this many MiB; larger models get their own deployments.",
+    )
 
 
 class ModelDeploymentConfig(_Section):
@@ -102,8 +110,18 @@ class ServedModelConfig(_Section):
         default="x-rayml-route-key",
         description="Request header whose value pins a caller to a version (A/B); null = every request split at random.",
     )
+    placement: Literal["auto", "ingress", "replicas"] = Field(
+        default="auto",
+        description="Where the versions run: `ingress` = inside the ingress replicas (one hop, no dynamic batching; "
+        "scales with serve.ingress), `replicas` = one Ray Serve deployment per version (two hops; own replicas, "
+        "batching and autoscaling), `auto` = `ingress` for a single model whose versions' ONNX files are at most "
+        "serve.ingress.max_model_mb and whose `deployment` asks for one fixed replica, else `replicas`. Model sets "
+        "always use `replicas`.",
+    )
     deployment: ModelDeploymentConfig = Field(
-        default_factory=ModelDeploymentConfig, description="Replicas, batching and resources of each version."
+        default_factory=ModelDeploymentConfig,
+        description="Replicas, batching and resources of each version (placement `replicas`; `ingress` uses only "
+        "intra_op_threads).",
     )
 
     @field_validator("versions")

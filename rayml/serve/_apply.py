@@ -4,7 +4,9 @@ Serve's view of it back.
 A change is applied in stages, each one a redeploy of the whole application in which only the ingress's
 ``user_config`` or the set of version deployments differs (everything else keeps its replicas):
 
-1. new versions are added with weight 0 and the call waits until their replicas are up;
+1. new versions are added with weight 0 and the call waits until their replicas are up (a model placed in the
+   ingress: until every ingress replica has loaded them; a version it could not load fails the call here, before it
+   gets traffic);
 2. the new weights and shadow are applied (the ingress reconfigures; no replica restarts);
 3. versions that are gone are removed; Serve drains their in-flight requests before stopping them.
 
@@ -128,6 +130,27 @@ def _deploy_once(spec: AppSpec, timeout_s: float) -> None:
 
     _run(build_application(spec), _blocking=False, name=spec.app_name, route_prefix=spec.route_prefix)
     wait_running(spec.app_name, timeout_s)
+    failed = inline_errors(spec)
+    if failed:
+        lines = "\n".join(f"  {d}: {why}" for d, why in sorted(failed.items()))
+        raise ServeDeployError(
+            f"application {spec.app_name!r}: the ingress could not load every version placed in it:\n{lines}",
+            hint="fix or re-register the version (it never received traffic), or serve the model with placement: replicas",
+        )
+
+
+def inline_errors(spec: AppSpec) -> dict[str, str]:
+    """Versions of ``spec`` placed in the ingress that the ingress could not load: deployment name -> why.
+
+    Asked of one ingress replica (every replica loads the same files); empty when no model is placed in the ingress.
+    """
+    wanted = {v.deployment for m in spec.models.values() if m.placement == "ingress" for v in m.versions}
+    if not wanted:
+        return {}
+    from ray import serve
+
+    errors = serve.get_deployment_handle(INGRESS, spec.app_name).inline_errors.remote().result(timeout_s=60)
+    return {d: why for d, why in errors.items() if d in wanted}
 
 
 def wait_running(app_name: str, timeout_s: float) -> AppState:
@@ -161,6 +184,10 @@ def _without_failed(old: AppSpec | None, new: AppSpec) -> AppSpec | None:
     if old is None or state is None:
         return old
     failed = {d.name for d in state.deployments if d.status in ("DEPLOY_FAILED", "UNHEALTHY")}
+    try:
+        failed |= set(inline_errors(old))
+    except Exception as e:  # the ingress cannot tell: keep every version (it is drained, not dropped)
+        logger.warning("could not ask the ingress which versions failed to load: %s", e)
     keep = _keyed(new)
     models = {}
     for name, m in old.models.items():

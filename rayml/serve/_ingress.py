@@ -4,6 +4,11 @@ Lifecycle of a replica: ``__init__`` takes no settings; Serve then calls ``recon
 :class:`~rayml.serve._spec.AppSpec`, and again whenever weights, shadow or versions change (no restart). Each call
 builds a new routing state and swaps it in one assignment, so a request in flight keeps the table it started with.
 Background tasks push per-version counts to the stats deployment and check every version's deployment for readiness.
+
+Placement: a model placed in the ingress (``placement: ingress``, the default for small single models) has its
+versions loaded into this replica by ``reconfigure`` (:mod:`rayml.serve._inline`) and answered here, one hop from the
+proxy; the others are called through their deployments' handles. Everything else (auth, validation, routing, sticky
+keys, shadow, metrics) is the same code for both.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types on the route methods (e.g. Request).
@@ -19,6 +24,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from rayml.serve._http import authorize, error_response, json_response, make_app, read_body
+from rayml.serve._inline import InlineVersions
 from rayml.serve._metrics import GAUGE_REFRESH_S
 from rayml.serve._protocol import (
     HttpError,
@@ -140,11 +146,13 @@ def _segment(m: _Model, parsed: ParsedRequest) -> str | None:
 class Ingress:
     """HTTP front door of a rayml application (see the module docstring for its lifecycle)."""
 
-    def __init__(self, **bound: Any) -> None:
+    def __init__(self, _faults: dict[str, str] | None = None, **bound: Any) -> None:
         # `bound` holds handles of the model deployments only so that Serve deploys them with this application;
-        # handles are looked up by name from the spec, which is what changes at runtime.
+        # handles are looked up by name from the spec, which is what changes at runtime. `_faults` is set only by the
+        # test hook (rayml.testing.serve_faults) for versions placed in the ingress.
         from rayml.serve._metrics import IngressMetrics
 
+        self._inline = InlineVersions(_faults)
         self._state: _State | None = None
         self._signatures: dict[str, _Signature] = {}
         self._recorder = StatsRecorder()
@@ -156,12 +164,24 @@ class Ingress:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         spec = AppSpec.model_validate(user_config)
+        # versions placed here are loaded before the new routing goes live (in threads: requests keep being answered)
+        await self._inline.sync(spec, spec.tracking_uri)
         models = {}
         for name, m in spec.models.items():
-            handles = {v.version: serve.get_deployment_handle(v.deployment, self._app_name) for v in m.versions}
+            handles = {
+                v.version: serve.get_deployment_handle(v.deployment, self._app_name)
+                for v in m.versions
+                if m.placement == "replicas"
+            }
             models[name] = _Model(spec=m, route=m.route(), handles=handles)
         old = self._state
-        self._state = _State(spec=spec, models=models, ready=dict(old.ready) if old else {})
+        ready = dict(old.ready) if old else {}
+        for deployment in self._inline.wanted(spec):
+            inline = self._inline.get(deployment)
+            if inline is not None:
+                self._signatures[deployment] = _signature(inline.metadata())
+            ready[deployment] = None if inline is not None else self._inline.errors.get(deployment, "not loaded")
+        self._state = _State(spec=spec, models=models, ready=ready)
         self._set_config_gauges()
         if self._shadow is None:
             self._shadow = ShadowDispatcher(
@@ -219,7 +239,7 @@ class Ingress:
         while True:
             state = self._state
             if state is not None:
-                names = [v.deployment for m in state.models.values() for v in m.spec.versions]
+                names = [v.deployment for m in state.models.values() if m.spec.placement == "replicas" for v in m.spec.versions]
                 timeout = max(5.0, state.spec.health_check_interval_s)  # a cold or busy replica may take seconds
                 results = await asyncio.gather(*(self._probe(state, n, timeout) for n in names), return_exceptions=True)
                 state.ready.update({n: (None if r is None else str(r)) for n, r in zip(names, results, strict=True)})
@@ -238,6 +258,10 @@ class Ingress:
             return f"{type(e).__name__}: {e}"
         self._signatures[deployment] = _signature(meta)
         return None
+
+    def inline_errors(self) -> dict[str, str]:
+        """Versions placed in this ingress that could not be loaded: deployment name -> why (read after a deploy)."""
+        return dict(self._inline.errors)
 
     # --- health and metadata ------------------------------------------------------------------------------------
     @api.get("/v2/health/live")
@@ -385,14 +409,23 @@ class Ingress:
         sig = await self._signature(state, m, version)
         ignore = frozenset(m.spec.segment_columns) | {"segment"} | await self._sibling_columns(state, m, version)
         feed = validate(parsed, sig.inputs, state.spec.allow_missing_values, ignore)
-        handle = m.handles[version]
-        if segment is not None:
-            handle = handle.options(multiplexed_model_id=segment)
-        response = handle.predict.remote(feed)
+        inline = None
+        if m.spec.placement == "ingress":
+            inline = self._inline.get(m.spec.deployment_of(version))
+            if inline is None:
+                why = self._inline.errors.get(m.spec.deployment_of(version), "it is not loaded")
+                raise _Outcome(503, f"model {m.spec.name} version {version} is not available: {why}", version)
+            response: Any = inline.predict(feed)  # a coroutine: a timeout cancels it where it waits
+        else:
+            handle = m.handles[version]
+            if segment is not None:
+                handle = handle.options(multiplexed_model_id=segment)
+            response = handle.predict.remote(feed)
         try:
             result = await _await_within(response, state.spec.request_timeout_s)
         except asyncio.TimeoutError as e:
-            response.cancel()
+            if inline is None:
+                response.cancel()
             raise _Outcome(
                 504,
                 f"model {m.spec.name} version {version} did not answer within {state.spec.request_timeout_s:g}s; retry later",
@@ -432,6 +465,9 @@ class Ingress:
     async def _signature(self, state: _State, m: _Model, version: int) -> _Signature:
         deployment = m.spec.deployment_of(version)
         sig = self._signatures.get(deployment)
+        if sig is None and m.spec.placement == "ingress":
+            missing = self._inline.errors.get(deployment, "it is not loaded")
+            raise _Outcome(503, f"model {m.spec.name} version {version} is not available: {missing}", version)
         if sig is None:
             why = await self._probe(state, deployment, state.spec.request_timeout_s)
             sig = self._signatures.get(deployment)

@@ -7,6 +7,7 @@ created lazily inside replicas (they need a running Ray).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
 # Fewer, coarser buckets than the stats histogram: every bucket is a Prometheus time series per label set.
@@ -76,7 +77,7 @@ class IngressMetrics:
 
 
 class ModelMetrics:
-    """Recorded by model replicas."""
+    """Recorded by whatever runs a version: a model replica, or an ingress replica that runs its small models."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
@@ -103,6 +104,12 @@ class ModelMetrics:
             description="Batches not counted for online drift (counting failed, or its queue was full); answered anyway.",
             tag_keys=_tag_keys("model", "version"),
         )
+
+
+@functools.cache
+def model_metrics() -> ModelMetrics:
+    """This process's :class:`ModelMetrics` (one set of metric objects, however many versions the process runs)."""
+    return ModelMetrics()
 
 
 class DriftMetrics:

@@ -1,4 +1,5 @@
-"""The model deployment: one registered version on ONNX Runtime, with dynamic batching.
+"""Running a version: the model deployment (one registered version on ONNX Runtime, with dynamic batching), and what
+it shares with an ingress that runs small models itself (:mod:`rayml.serve._inline`).
 
 A replica loads the version's ONNX model (from the directory the deploying process already downloaded when it is on
 the same machine, else from the registry), then answers ``predict(feed)`` calls from the ingress. ``@serve.batch``
@@ -13,8 +14,9 @@ logged and counted in ``rayml_drift_errors_total``), and the counts are pushed t
 interval (see :mod:`rayml.serve._drift`).
 
 Test-only fault hook (``rayml.testing.serve_faults``, which reaches a replica as its private ``_fault`` init
-argument; never from config): ``raise`` makes every prediction raise, ``sleep:S`` sleeps S seconds before
-predicting, ``scale:K`` multiplies the float outputs by K ("wild outputs"; a multiclass model's labels stay).
+argument and an ingress as ``_faults``; never from config): ``raise`` makes every prediction raise, ``sleep:S``
+sleeps S seconds before predicting, ``scale:K`` multiplies the float outputs by K ("wild outputs"; a multiclass
+model's labels stay).
 """
 
 from __future__ import annotations
@@ -61,12 +63,12 @@ def _failure(message: str, user: bool, status: int | None = None) -> dict[str, A
     return {"ok": False, "user_error": user, "error": message, **({"status": status} if status else {})}
 
 
-class _BatchedPredict:
-    """Dynamic batching shared by the single-model and the model-set deployment.
+class _Version:
+    """What every process that runs a version shares: its identity, test fault and model directory, the ONNX Runtime
+    run of a list of feeds (a failing batch retried request by request), metrics and online drift counting.
 
-    ``@serve.batch`` merges concurrent ``predict`` calls (for a model set: of the same segment; Serve splits batches
-    by multiplexed model id) into one ONNX Runtime run; the run happens in a thread so the replica keeps collecting
-    the next batch meanwhile.
+    Model replicas (:class:`_BatchedPredict`) and an ingress that runs its small models itself
+    (:class:`rayml.serve._inline.InlineVersion`) build on it.
     """
 
     model: str
@@ -86,24 +88,14 @@ class _BatchedPredict:
         self.model_dir = load_model_dir(model, self.version, tracking_uri, local_path)
         return t0
 
-    def _ready(
-        self,
-        t0: float,
-        max_batch_size: int,
-        batch_wait_timeout_s: float,
-        drift_window_s: float,
-        drift_flush_interval_s: float,
-    ) -> None:
-        """Second half, once the kind's predictors are loaded: metrics, batching and drift counting."""
+    def _start(self, t0: float, drift_window_s: float, drift_flush_interval_s: float) -> None:
+        """Second half, once the kind's predictors are loaded: metrics and drift counting."""
         from rayml.serve._drift import DriftRecorder
-        from rayml.serve._metrics import ModelMetrics
+        from rayml.serve._metrics import model_metrics
 
         self.load_time_s = time.perf_counter() - t0
         self._tags = {"model": self.model, "version": str(self.version)}
-        self._metrics = ModelMetrics()
-        # serve.batch's wrapper has these setters; its annotation (a plain callable) does not say so
-        self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._metrics = model_metrics()
         self._drift = DriftRecorder(drift_window_s)
         self._drift_flush_s = drift_flush_interval_s
         self._drift_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayml-drift")
@@ -114,11 +106,9 @@ class _BatchedPredict:
         self._drift_buffer_refs: dict[str, Any] = {}
         self._drift_buffered_rows = 0
         self._drift_task: asyncio.Task | None = None
+        self._drift_closed = False
         self._drift_last_log = 0.0
         self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
-
-    async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
-        raise NotImplementedError
 
     def _reference_for(self, key: str) -> tuple[str, dict[str, Any]] | None:
         """(reference key, reference bins) that rows of multiplexed id ``key`` are counted against; None: no bins."""
@@ -141,7 +131,7 @@ class _BatchedPredict:
             self._drift_buffered_rows += len(predictions)
             if self._drift_buffered_rows >= DRIFT_BATCH_ROWS:
                 self._count_buffered()
-            if self._drift_task is None:
+            if self._drift_task is None and not self._drift_closed:
                 self._drift_task = asyncio.get_running_loop().create_task(self._flush_drift_forever())
         except Exception as e:
             self._drift_failed(e)
@@ -182,26 +172,100 @@ class _BatchedPredict:
             self._drift_last_log = now
             logger.warning("drift counting for %s:%s failed (rayml_drift_errors_total): %s", self.model, self.version, error)
 
-    async def _flush_drift_forever(self) -> None:
+    def _stats_target(self) -> tuple[Any, str]:
+        """The stats deployment's handle and this process's replica id (drift counts are merged per replica)."""
         from rayml.serve._spec import STATS
 
         ctx = serve.get_replica_context()
         replica = str(getattr(getattr(ctx, "replica_id", None), "unique_id", None) or id(self))
-        stats = serve.get_deployment_handle(STATS, ctx.app_name)
+        return serve.get_deployment_handle(STATS, ctx.app_name), replica
+
+    async def _flush_drift_forever(self) -> None:
+        stats, replica = self._stats_target()
         while True:
             await asyncio.sleep(self._drift_flush_s)
-            counting = self._count_buffered()
-            if counting is not None:
-                await asyncio.wait([counting])  # its failure is logged and counted by _drift_counted
-            rows = self._drift.drain()
-            if not rows:
-                continue
-            try:
-                refs = self._drift.references({k for _, k, _ in rows})
-                await stats.push_drift.remote(replica, self.model, self.version, refs, rows)
-            except Exception as e:  # kept for the next flush: counts are neither lost nor doubled
-                self._drift.restore(rows)
-                logger.warning("could not push drift counts to %s: %s", STATS, e)
+            await self._flush_drift(stats, replica)
+
+    async def close_drift(self) -> None:
+        """Stop counting this version here: end the flush loop, then push what is pending one last time."""
+        self._drift_closed = True
+        task, self._drift_task = self._drift_task, None
+        if task is not None:
+            task.cancel()
+            await self._flush_drift(*self._stats_target())
+        self._drift_pool.shutdown(wait=False)
+
+    async def _flush_drift(self, stats: Any, replica: str) -> None:
+        """Count what is buffered and push every pending count to the stats deployment."""
+        from rayml.serve._spec import STATS
+
+        counting = self._count_buffered()
+        if counting is not None:
+            await asyncio.wait([counting])  # its failure is logged and counted by _drift_counted
+        rows = self._drift.drain()
+        if not rows:
+            return
+        try:
+            refs = self._drift.references({k for _, k, _ in rows})
+            await stats.push_drift.remote(replica, self.model, self.version, refs, rows)
+        except Exception as e:  # kept for the next flush: counts are neither lost nor doubled
+            self._drift.restore(rows)
+            logger.warning("could not push drift counts to %s: %s", STATS, e)
+
+    def _run_isolated(self, session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """Run a batch; if it fails, run its requests one by one so only the poisonous one fails."""
+        try:
+            return self._run(session, feeds)
+        except Exception as e:
+            if len(feeds) == 1:
+                self._metrics.model_errors.inc(tags=self._tags)
+                logger.warning("model %s:%s failed: %s", self.model, self.version, e)
+                return [_failure(f"{type(e).__name__}: {e}", user=False)]
+        return [self._run_isolated(session, [f])[0] for f in feeds]
+
+    def _run(self, session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        kind, value = self._fault
+        if kind == "raise":
+            raise RuntimeError(f"injected failure in {self.model}:{self.version}")
+        sizes = [len(next(iter(f.values()))) for f in feeds]
+        merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]} if len(feeds) > 1 else feeds[0]
+        outs = session.run(None, merged)
+        self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
+        if kind == "scale":
+            outs = [o * value if o.dtype.kind == "f" else o for o in outs]
+        if not all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f"):
+            raise FloatingPointError("the model produced non-finite predictions")
+        results, start = [], 0
+        for n in sizes:
+            results.append({"ok": True, "outputs": [o[start : start + n] for o in outs]})
+            start += n
+        return results
+
+
+class _BatchedPredict(_Version):
+    """A model replica: dynamic batching, shared by the single-model and the model-set deployment.
+
+    ``@serve.batch`` merges concurrent ``predict`` calls (for a model set: of the same segment; Serve splits batches
+    by multiplexed model id) into one ONNX Runtime run; the run happens in a thread so the replica keeps collecting
+    the next batch meanwhile.
+    """
+
+    def _ready(
+        self,
+        t0: float,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        drift_window_s: float,
+        drift_flush_interval_s: float,
+    ) -> None:
+        """Second half of a replica's start, once the kind's predictors are loaded."""
+        self._start(t0, drift_window_s, drift_flush_interval_s)
+        # serve.batch's wrapper has these setters; its annotation (a plain callable) does not say so
+        self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
 
     async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
         """Predict for one request: ``{"ok": True, "outputs": [array per output]}`` or a failure dict."""
@@ -235,39 +299,43 @@ class _BatchedPredict:
             )
         return results
 
-    def _run_isolated(self, session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        """Run a batch; if it fails, run its requests one by one so only the poisonous one fails."""
-        try:
-            return self._run(session, feeds)
-        except Exception as e:
-            if len(feeds) == 1:
-                self._metrics.model_errors.inc(tags=self._tags)
-                logger.warning("model %s:%s failed: %s", self.model, self.version, e)
-                return [_failure(f"{type(e).__name__}: {e}", user=False)]
-        return [self._run_isolated(session, [f])[0] for f in feeds]
 
-    def _run(self, session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        kind, value = self._fault
-        if kind == "raise":
-            raise RuntimeError(f"injected failure in {self.model}:{self.version}")
-        sizes = [len(next(iter(f.values()))) for f in feeds]
-        merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]} if len(feeds) > 1 else feeds[0]
-        outs = session.run(None, merged)
-        self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
-        if kind == "scale":
-            outs = [o * value if o.dtype.kind == "f" else o for o in outs]
-        if not all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f"):
-            raise FloatingPointError("the model produced non-finite predictions")
-        results, start = [], 0
-        for n in sizes:
-            results.append({"ok": True, "outputs": [o[start : start + n] for o in outs]})
-            start += n
-        return results
+class _SingleModel(_Version):
+    """A single model (not a set): its predictor, reference bins and metadata."""
+
+    predictor: Any
+
+    def _load_single(self, intra_op_threads: int) -> None:
+        if self.model_dir.kind != KIND_MODEL:
+            raise ValueError(
+                f"{self.model}:{self.version} is a {self.model_dir.kind!r}, not a single model; serve it as a model set"
+            )
+        self.predictor = self.model_dir.predictor(intra_op_threads=intra_op_threads)
+        self._reference = self.model_dir.reference_stats()
+
+    def _reference_for(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        from rayml.serve._drift import GLOBAL, has_bins
+
+        return (GLOBAL, self._reference) if has_bins(self._reference) else None
+
+    def metadata(self) -> dict[str, Any]:
+        """Signature (from the ONNX graph), task and lineage of this version."""
+        return {
+            "name": self.model,
+            "version": self.version,
+            "kind": KIND_MODEL,
+            "task": self.model_dir.task,
+            "class_labels": self.model_dir.class_labels,
+            "inputs": [vars(t) for t in self.predictor.inputs],
+            "outputs": [vars(t) for t in self.predictor.outputs],
+            "lineage": lineage(self.model, self.version, self.model_dir),
+            "load_time_s": self.load_time_s,
+        }
 
 
 @serve.deployment
-class ModelServer(_BatchedPredict):
-    """Serves one model version.
+class ModelServer(_BatchedPredict, _SingleModel):
+    """Serves one model version in its own replicas (placement ``replicas``).
 
     Args:
         model: registered model name.
@@ -296,31 +364,9 @@ class ModelServer(_BatchedPredict):
         _fault: str | None = None,
     ) -> None:
         t0 = self._open(model, version, tracking_uri, local_path, _fault)
-        if self.model_dir.kind != KIND_MODEL:
-            raise ValueError(f"{model}:{version} is a {self.model_dir.kind!r}, not a single model; serve it as a model set")
-        self.predictor = self.model_dir.predictor(intra_op_threads=intra_op_threads)
-        self._reference = self.model_dir.reference_stats()
+        self._load_single(intra_op_threads)
         self._ready(t0, max_batch_size, batch_wait_timeout_s, drift_window_s, drift_flush_interval_s)
         logger.info("loaded %s:%s in %.2fs from %s", model, version, self.load_time_s, self.model_dir.path)
 
     async def _predictor_for(self, key: str) -> tuple[Any, dict[str, Any]]:
         return self.predictor, {}
-
-    def _reference_for(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        from rayml.serve._drift import GLOBAL, has_bins
-
-        return (GLOBAL, self._reference) if has_bins(self._reference) else None
-
-    def metadata(self) -> dict[str, Any]:
-        """Signature (from the ONNX graph), task and lineage of this version."""
-        return {
-            "name": self.model,
-            "version": self.version,
-            "kind": KIND_MODEL,
-            "task": self.model_dir.task,
-            "class_labels": self.model_dir.class_labels,
-            "inputs": [vars(t) for t in self.predictor.inputs],
-            "outputs": [vars(t) for t in self.predictor.outputs],
-            "lineage": lineage(self.model, self.version, self.model_dir),
-            "load_time_s": self.load_time_s,
-        }

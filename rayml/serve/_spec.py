@@ -69,6 +69,11 @@ class ModelSpec(_Spec):
     sticky_header: str | None = Field(default=None, description="Route-key header, if any.")
     segment_columns: list[str] = Field(default_factory=list, description="Model sets: the segment key columns.")
     deployment: ModelDeploymentConfig = Field(default_factory=ModelDeploymentConfig, description="Replica settings.")
+    placement: Literal["ingress", "replicas"] = Field(
+        default="replicas",
+        description="Where every version of the model runs: in the ingress replicas, or in one deployment per version "
+        "(`auto` in the config is resolved to one of them when the application is deployed).",
+    )
 
     @property
     def weights(self) -> dict[int, float]:
@@ -180,7 +185,7 @@ def resolve_spec(cfg: ServeJobConfig, registry: Any, local: bool = True) -> AppS
     models: dict[str, ModelSpec] = {}
     for name, mc in s.models.items():
         found = _find_versions(name, mc, registry, problems)
-        model = _model_spec(name, mc, found, local, problems) if found.dirs else None
+        model = _model_spec(name, mc, found, local, s.ingress.max_model_mb, problems) if found.dirs else None
         if model is not None:
             models[name] = model
     if problems:
@@ -227,7 +232,9 @@ def _find_versions(name: str, mc: ServedModelConfig, registry: Any, problems: li
     return found
 
 
-def _model_spec(name: str, mc: ServedModelConfig, found: _Found, local: bool, problems: list[str]) -> ModelSpec | None:
+def _model_spec(
+    name: str, mc: ServedModelConfig, found: _Found, local: bool, max_model_mb: float, problems: list[str]
+) -> ModelSpec | None:
     """The routing table of one model from its resolved versions; None (and a problem) when they mix kinds."""
     dirs = found.dirs
     kinds = {d.kind for d in dirs.values()}
@@ -243,6 +250,7 @@ def _model_spec(name: str, mc: ServedModelConfig, found: _Found, local: bool, pr
     if len(kinds) > 1 or len(tasks) > 1:
         return None
     kind = kinds.pop()
+    placement = _placement(name, mc, kind, dirs, max_model_mb, problems)
     segment_columns = []
     for d in dirs.values():
         segment_columns = d.segment_columns
@@ -266,7 +274,35 @@ def _model_spec(name: str, mc: ServedModelConfig, found: _Found, local: bool, pr
         sticky_header=mc.sticky_header.lower() if mc.sticky_header else None,
         segment_columns=segment_columns if kind == KIND_MODEL_SET else [],
         deployment=mc.deployment,
+        placement=placement,
     )
+
+
+def _placement(
+    name: str, mc: ServedModelConfig, kind: str, dirs: dict[int, ModelDir], max_model_mb: float, problems: list[str]
+) -> Literal["ingress", "replicas"]:
+    """Where ``name``'s versions run (``serve.models.<name>.placement``, with ``auto`` decided here)."""
+    if kind == KIND_MODEL_SET:
+        if mc.placement == "ingress":
+            problems.append(
+                f"model {name!r} is a model set: its segment models are multiplexed over their own replicas, so it "
+                "cannot be placed in the ingress (use placement: auto or replicas)"
+            )
+        return "replicas"
+    if mc.placement != "auto":
+        return mc.placement
+    d = mc.deployment
+    if d.autoscaling is not None or d.num_replicas != 1:  # the user asked for replicas of their own
+        return "replicas"
+    largest = max(_file_mb(dirs[v]) for v in dirs)
+    return "ingress" if largest <= max_model_mb else "replicas"
+
+
+def _file_mb(model_dir: ModelDir) -> float:
+    try:
+        return model_dir.model_file.stat().st_size / 2**20
+    except OSError:  # cannot tell: its own deployment is always safe
+        return float("inf")
 
 
 def _auth_keys(s: ServeConfig) -> list[AuthKey]:

@@ -162,9 +162,12 @@ def model_deployment(spec: AppSpec, m: ModelSpec, v: VersionSpec) -> Application
 
 
 def build_application(spec: AppSpec) -> Application:
-    """The Serve application for ``spec``: ingress (with ``spec`` as user_config), stats, one deployment per version."""
+    """The Serve application for ``spec``: ingress (with ``spec`` as user_config), stats, and one deployment per version
+    of every model placed in ``replicas`` (models placed in the ingress run inside it)."""
     check_spec(spec)
-    bound = {v.deployment: model_deployment(spec, m, v) for m in spec.models.values() for v in m.versions}
+    bound = {
+        v.deployment: model_deployment(spec, m, v) for m in spec.models.values() if m.placement == "replicas" for v in m.versions
+    }
     drift = {"drift_window_s": spec.drift_window_s, "drift": spec.drift.model_dump()}
     # @serve.deployment made both Deployments; mypy keeps a class decorator's input type (python/mypy#3135)
     stats = _pin_version(RaymlStats.options(name=STATS), _hash(code_version(), "stats", drift)).bind(**drift)  # type: ignore[attr-defined]
@@ -175,8 +178,17 @@ def build_application(spec: AppSpec) -> Application:
         max_ongoing_requests=spec.ingress.max_ongoing_requests,
         **_scaling(spec.ingress.model_dump()),
     )
-    ingress = _pin_version(ingress, _hash(code_version(), "ingress"))
-    return ingress.bind(_stats=stats, **bound)
+    # only under rayml.testing.serve_faults (see rayml._private.faults): the faults of versions placed in the ingress
+    inline_faults = {
+        f"{m.name}:{v.version}": fault
+        for m in spec.models.values()
+        if m.placement == "ingress"
+        for v in m.versions
+        if (fault := faults.serve_fault(m.name, v.version))
+    }
+    init = {"_faults": inline_faults} if inline_faults else {}
+    ingress = _pin_version(ingress, _hash(code_version(), "ingress", init))
+    return ingress.bind(_stats=stats, **init, **bound)
 
 
 def build_app(args: dict[str, Any]) -> Application:

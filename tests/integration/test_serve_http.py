@@ -340,7 +340,9 @@ def test_weight_and_version_changes_under_continuous_load_lose_no_request(env: d
     assert not failed, f"{len(failed)} of {len(results)} requests failed, e.g. {failed[:3]}"
     versions = [v for _, v in results]
     assert "1" in versions and "2" in versions and versions[-1] == "2" and len(results) > 100
-    assert {d.name for d in app_state("rayml").deployments} == {"Ingress", "RaymlStats", "model-sales-model-v2"}
+    state = app_state("rayml")
+    assert {d.name for d in state.deployments} == {"Ingress", "RaymlStats"}  # a small model runs in the ingress
+    assert [v.version for v in state.spec.models[MODEL].versions] == [2]  # v1 was unloaded
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -376,7 +378,7 @@ def test_metrics_are_exported_to_prometheus(env: dict) -> None:
 
 
 # --- failures are visible --------------------------------------------------------------------------------------------
-def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(
+def test_a_version_that_cannot_load_is_reported_by_deploy_and_status_and_never_gets_traffic(
     env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rayml.cli import serve as serve_cli
@@ -389,13 +391,28 @@ def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(
     (broken / "model.onnx").write_bytes(b"this is not an ONNX graph")
     run_id = registry.create_run("serve-tests", "broken")
     version = registry.register(MODEL, broken, run_id, {"rayml.run_id": run_id}).version
+    split = f"{MODEL}: {{versions: [{{version: 1, weight: 0.5}}, {{version: {version}, weight: 0.5}}]}}"
+
+    def v1_kept_serving() -> None:  # the broken version never received traffic (stage 1 adds it at weight 0)
+        r = httpx.post(f"{env['url']}/v1/models/{MODEL}:predict", json={"instances": ROWS[:1]}, timeout=30)
+        assert r.status_code == 200 and r.headers["x-rayml-model-version"] == "1"
+
+    # placed in the ingress (the default for a small model): the ingress keeps serving v1 and names the broken one
     up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")
     with pytest.raises(ServeDeployError) as e:
-        up(
-            env,
-            f"{MODEL}: {{versions: [{{version: 1, weight: 0.5}}, {{version: {version}, weight: 0.5}}]}}",
-            f"serve.models.{MODEL}.deployment.max_constructor_retry_count=1",
-        )
+        up(env, split)
+    assert f"{MODEL}:{version}" in str(e.value) and "cannot load ONNX model" in str(e.value)
+    v1_kept_serving()
+    ready = httpx.get(f"{env['url']}/v2/models/{MODEL}/versions/{version}/ready", timeout=30)
+    assert ready.status_code == 503 and ready.json()["ready"] is False
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")  # recovers: the broken version is dropped
+    assert app_state("rayml").healthy and [v.version for v in app_state("rayml").spec.models[MODEL].versions] == [1]
+
+    # in a deployment of its own: the replica constructor fails, and deploy and `serve status` say why
+    replicas = [f"serve.models.{MODEL}.placement=replicas", f"serve.models.{MODEL}.deployment.max_constructor_retry_count=1"]
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}", *replicas)
+    with pytest.raises(ServeDeployError) as e:
+        up(env, split, *replicas)
     assert f"model-{MODEL}-v{version}" in str(e.value) and "cannot load ONNX model" in str(e.value)
     state = app_state("rayml")
     failed = next(d for d in state.deployments if d.name == f"model-{MODEL}-v{version}")
@@ -405,10 +422,8 @@ def test_a_replica_constructor_failure_is_reported_by_deploy_and_status(
     with serve_cli.console.capture() as captured:
         serve_cli.print_state(state)
     assert "DEPLOY_FAILED" in captured.get() and "cannot load ONNX model" in captured.get()  # what `serve status` shows
-    # the broken version never received traffic (stage 1 adds it at weight 0), so v1 kept serving throughout
-    r = httpx.post(f"{env['url']}/v1/models/{MODEL}:predict", json={"instances": ROWS[:1]}, timeout=30)
-    assert r.status_code == 200 and r.headers["x-rayml-model-version"] == "1"
-    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}")  # recovers: the failed deployment is removed
+    v1_kept_serving()
+    up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}", *replicas)  # recovers: the failed deployment goes
     assert app_state("rayml").healthy
 
 

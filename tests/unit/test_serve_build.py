@@ -11,7 +11,7 @@ from rayml.config import ServeJobConfig, load_config
 from rayml.errors import UserError
 from rayml.serve import build_serve_config
 from rayml.serve._spec import resolve_spec
-from rayml.testing import register_tiny_model
+from rayml.testing import register_tiny_model, register_tiny_model_set
 
 
 def test_build_resolves_aliases_and_is_a_valid_serve_config(registry, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,7 +44,41 @@ def test_build_resolves_aliases_and_is_a_valid_serve_config(registry, monkeypatc
     built = getattr(importlib.import_module(module), attr)(app.args)  # the builder Serve calls
     ingress = built._bound_deployment
     children = {a._bound_deployment.name for a in ingress._replica_config.init_kwargs.values()}
-    assert ingress.name == "Ingress" and children == {"RaymlStats", "model-sales-model-v1", "model-sales-model-v2"}
+    # a small model runs in the ingress (one hop): no deployment of its own
+    assert spec["models"]["sales-model"]["placement"] == "ingress"
+    assert ingress.name == "Ingress" and children == {"RaymlStats"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "placement"),
+    [
+        ([], "ingress"),
+        (["serve.models.sales-model.placement=replicas"], "replicas"),
+        (["serve.models.sales-model.deployment.num_replicas=2"], "replicas"),  # asked for replicas of its own
+        (["serve.models.sales-model.deployment.autoscaling={max_replicas: 3}"], "replicas"),
+        (["serve.ingress.max_model_mb=0"], "replicas"),  # larger than the limit
+        (["serve.ingress.max_model_mb=0", "serve.models.sales-model.placement=ingress"], "ingress"),  # the user's call
+    ],
+)
+def test_placement_auto_puts_small_single_models_in_the_ingress(registry, settings: list[str], placement: str) -> None:
+    from rayml.serve.app import build_application
+
+    register_tiny_model(registry, "sales-model", seed=0)
+    cfg = load_config(ServeJobConfig, None, ["serve.models={sales-model: {versions: [{version: 1}]}}", *settings])
+    spec = resolve_spec(cfg, registry)
+    assert spec.models["sales-model"].placement == placement
+    ingress = build_application(spec)._bound_deployment
+    children = {a._bound_deployment.name for a in ingress._replica_config.init_kwargs.values()}
+    assert children == ({"RaymlStats"} if placement == "ingress" else {"RaymlStats", "model-sales-model-v1"})
+
+
+def test_a_model_set_cannot_be_placed_in_the_ingress(registry) -> None:
+    register_tiny_model_set(registry, "store-models")
+    cfg = load_config(ServeJobConfig, None, ["serve.models={store-models: {versions: [{version: 1}], placement: ingress}}"])
+    with pytest.raises(UserError, match="model set.*cannot be placed in the ingress"):
+        resolve_spec(cfg, registry)
+    auto = load_config(ServeJobConfig, None, ["serve.models={store-models: {versions: [{version: 1}]}}"])
+    assert resolve_spec(auto, registry).models["store-models"].placement == "replicas"
 
 
 def test_unknown_models_and_versions_are_user_errors_listing_what_exists(registry) -> None:
