@@ -223,6 +223,7 @@ class Ingress:
         while True:
             await asyncio.sleep(GAUGE_REFRESH_S)
             self._set_config_gauges()
+            self._metrics.flush_counts()
 
     async def _flush_stats_forever(self) -> None:
         stats = serve.get_deployment_handle(STATS, self._app_name)

@@ -47,6 +47,8 @@ class InlineVersion(_SingleModel):
         fault: the test hook's fault for this version (see :mod:`rayml.serve._model`), if any.
     """
 
+    _batches = False  # one request per run: rayml_batch_rows would only repeat the request sizes
+
     def __init__(
         self,
         model: str,

@@ -75,6 +75,7 @@ class _Version:
     version: int
     _fault: tuple[str, float]
     _tags: dict[str, str]
+    _batches: bool = True  # runs dynamic batches: rayml_batch_rows says how full they are
 
     def _open(self, model: str, version: int, tracking_uri: str, local_path: str | None, fault: str | None) -> float:
         """First half of a replica's start (both kinds): who it is, its test fault, its model directory.
@@ -230,7 +231,8 @@ class _Version:
         sizes = [len(next(iter(f.values()))) for f in feeds]
         merged = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]} if len(feeds) > 1 else feeds[0]
         outs = session.run(None, merged)
-        self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
+        if self._batches:
+            self._metrics.batch_rows.observe(sum(sizes), tags=self._tags)
         if kind == "scale":
             outs = [o * value if o.dtype.kind == "f" else o for o in outs]
         if not all(np.isfinite(o).all() for o in outs if o.dtype.kind == "f"):

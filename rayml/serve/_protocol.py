@@ -19,6 +19,7 @@ the ingress stays light and this module is unit-tested directly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -218,9 +219,9 @@ def validate(
     extra = [n for n in request.columns if n not in expected and n not in ignore]
     if extra:
         problems.append(f"unknown column(s) {extra}")
-    feed: dict[str, np.ndarray] = {}
+    feed: dict[str, np.ndarray] = {} if problems else _numeric_feed(request, inputs)
     for name, tensor in expected.items():
-        if name not in request.columns:
+        if name not in request.columns or name in feed:
             continue
         values = request.columns[name]
         declared = request.datatypes.get(name)
@@ -244,6 +245,31 @@ def validate(
             422, f"the input does not match the model: {'; '.join(problems)}. The model takes one column each of: {signature}"
         )
     return feed
+
+
+def _numeric_feed(request: ParsedRequest, inputs: list[Tensor]) -> dict[str, np.ndarray]:
+    """The feed of every numeric input at once, when every value in them is a finite int or float (the common case:
+    one numpy conversion and one finiteness check for all columns, instead of several per column); else ``{}``, and
+    :func:`validate` checks column by column to say exactly what is wrong."""
+    numeric = [t for t in inputs if t.datatype != "BYTES"]
+    if not numeric or any(request.datatypes.get(t.name, "FP32") not in NUMERIC_DATATYPES for t in numeric):
+        return {}
+    columns = [request.columns[t.name] for t in numeric]
+    if any(len(c) != request.rows for c in columns):
+        return {}
+    if not set(map(type, itertools.chain.from_iterable(columns))) <= {float, int}:  # bools, None, strings, lists
+        return {}
+    try:
+        matrix = np.array(columns, dtype=np.float64).reshape(len(columns), request.rows)
+    except (OverflowError, ValueError, TypeError):
+        return {}
+    if not np.isfinite(matrix).all():
+        return {}
+    dtypes = {_NP_DTYPES.get(t.datatype, np.float32) for t in numeric}
+    if len(dtypes) == 1:  # one cast for all (rows of a C-ordered matrix are contiguous)
+        matrix = matrix.astype(dtypes.pop())
+        return {t.name: matrix[i] for i, t in enumerate(numeric)}
+    return {t.name: matrix[i].astype(_NP_DTYPES.get(t.datatype, np.float32)) for i, t in enumerate(numeric)}
 
 
 def _rows(indices: list[int]) -> str:

@@ -120,6 +120,52 @@ def test_all_problems_at_once_and_missing_values_when_allowed() -> None:
     assert np.isnan(ok["price"][0]) and ok["promo"].tolist() == ["__unknown__", "y"]
 
 
+_VALUES = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["1.5", "a"]),
+)
+_NUMERIC_INPUTS = [Tensor("a", "FP32", [-1]), Tensor("b", "FP64", [-1]), Tensor("c", "INT64", [-1])]
+
+
+@given(
+    st.integers(min_value=1, max_value=4).flatmap(
+        lambda n: st.lists(st.lists(_VALUES, min_size=n, max_size=n), min_size=3, max_size=3)
+    ),
+    st.sampled_from([_NUMERIC_INPUTS[:1], _NUMERIC_INPUTS[:2], _NUMERIC_INPUTS, [Tensor("a", "FP32", [-1])] * 1]),
+    st.booleans(),
+)
+def test_the_all_columns_at_once_feed_equals_the_column_by_column_one(columns, inputs, allow_missing) -> None:
+    """validate() converts every numeric column in one go when it can; whatever it is sent, the feed (values and
+    dtypes) or the 422 it answers must be exactly what checking column by column gives."""
+    from rayml.serve import _protocol
+
+    payload = {
+        "inputs": [
+            {"name": t.name, "shape": [len(col)], "datatype": t.datatype, "data": col}
+            for t, col in zip(inputs, columns, strict=False)
+        ]
+    }
+    request = parse_v2(payload, 100)
+
+    def outcome(fast: bool):
+        saved = _protocol._numeric_feed
+        if not fast:
+            _protocol._numeric_feed = lambda request, inputs: {}
+        try:
+            feed = validate(request, inputs, allow_missing)
+            return {k: (v.dtype.str, v.tolist()) for k, v in feed.items()}
+        except HttpError as e:
+            return (e.status, e.message)
+        finally:
+            _protocol._numeric_feed = saved
+
+    fast, slow = outcome(True), outcome(False)
+    assert json.dumps(fast, default=str) == json.dumps(slow, default=str)
+
+
 def test_v1_rows_with_different_columns_are_422() -> None:
     code, message = status_of(parse_v1, {"instances": [{"price": 1.0, "promo": "a"}, {"price": 2.0}]}, 10)
     assert code == 422 and "'promo' is missing from instances [1]" in message
