@@ -16,25 +16,6 @@ from tests.e2e.helpers import RAYML, ROOT, run_cli
 SMALL = ["--set", "data.synthetic.segments=4", "--set", "data.synthetic.rows_per_segment=80", "--set", "model.hidden_sizes=[16]"]
 
 
-def test_train_then_models_show_and_alias(cli_env: dict[str, str]) -> None:
-    out = run_cli(["train", "--config", "jobs/configs/train.yaml", *SMALL, "--set", "train.epochs=2"], cli_env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Registered model: sales-model version 1" in out.stdout
-    assert "Next: rayml models show sales-model" in out.stdout
-
-    shown = run_cli(["models", "show", "sales-model"], cli_env)
-    assert shown.returncode == 0, shown.stderr
-    assert re.search(r"│ 1\s+│", shown.stdout) and "best_val_rmse=" in shown.stdout
-
-    alias = run_cli(["models", "alias", "sales-model", "1", "production"], cli_env)
-    assert alias.returncode == 0 and "sales-model@production -> version 1" in alias.stdout
-    one = run_cli(["models", "show", "sales-model@production"], cli_env)
-    assert "version 1" in one.stdout and "aliases: production" in one.stdout
-    assert "rayml.data_fingerprint:" in one.stdout and "rayml.git_commit:" in one.stdout
-    listed = run_cli(["models", "list"], cli_env)
-    assert "sales-model" in listed.stdout and "production=v1" in listed.stdout
-
-
 def test_user_mistakes_exit_2_with_a_hint(cli_env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epocs: 3\n")
@@ -75,7 +56,9 @@ def _max_checkpoint_epoch(run_root: Path) -> int:
     return max(epochs)
 
 
-def test_driver_killed_after_epoch_2_resumes_when_the_same_command_runs_again(cli_env: dict[str, str]) -> None:
+def test_driver_killed_after_epoch_2_resumes_when_the_same_command_runs_again_then_models_show_and_alias(
+    cli_env: dict[str, str],
+) -> None:
     args = ["train", "--config", "jobs/configs/train.yaml", *SMALL, "--set", "train.epochs=5"]
     args += ["--set", "train.early_stopping_patience=0"]
     runs = Path(cli_env["RAYML_HOME"]) / "runs"
@@ -107,6 +90,8 @@ def test_driver_killed_after_epoch_2_resumes_when_the_same_command_runs_again(cl
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from the checkpoint of epoch {at_kill}" in again.stdout
     assert "Trained 5 epoch(s)" in again.stdout
+    assert "Registered model: sales-model version 1" in again.stdout
+    assert "Next: rayml models show sales-model" in again.stdout
 
     from rayml.registry import Registry
 
@@ -115,3 +100,15 @@ def test_driver_killed_after_epoch_2_resumes_when_the_same_command_runs_again(cl
     steps = [m.step for m in reg.client.get_metric_history(v.run_id, "val_loss")]
     assert sorted(set(steps)) == [1, 2, 3, 4, 5]  # one MLflow run across both drivers, every epoch logged
     assert len(reg.versions("sales-model")) == 1
+
+    # what a user does next with the registered version (one training serves both checks: the suite's time budget)
+    shown = run_cli(["models", "show", "sales-model"], cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"│ 1\s+│", shown.stdout) and "best_val_rmse=" in shown.stdout
+    alias = run_cli(["models", "alias", "sales-model", "1", "production"], cli_env)
+    assert alias.returncode == 0 and "sales-model@production -> version 1" in alias.stdout
+    one = run_cli(["models", "show", "sales-model@production"], cli_env)
+    assert "version 1" in one.stdout and "aliases: production" in one.stdout
+    assert "rayml.data_fingerprint:" in one.stdout and "rayml.git_commit:" in one.stdout
+    listed = run_cli(["models", "list"], cli_env)
+    assert "sales-model" in listed.stdout and "production=v1" in listed.stdout

@@ -90,28 +90,22 @@ def test_worker_failure_in_epoch_3_resumes_from_epoch_2_checkpoint(
     assert result.epochs_completed == 4 and result.model_version is not None
 
 
-def test_seeded_runs_match(tmp_path: Path, tracking_uri: str) -> None:
-    a = train(small_cfg(tmp_path, tracking_uri, "train.run_name=seeded-a", "train.epochs=2", "model.dropout=0.2"))
-    b = train(small_cfg(tmp_path, tracking_uri, "train.run_name=seeded-b", "train.epochs=2", "model.dropout=0.2"))
-    reg = Registry(tracking_uri)
-    assert val_losses(reg, a.mlflow_run_id) == val_losses(reg, b.mlflow_run_id)
-    assert a.metrics["val_rmse"] == b.metrics["val_rmse"]
-    assert a.model_version.version != b.model_version.version  # two runs, two versions
-
-
-def test_early_stopping_registers_the_best_checkpoint(tmp_path: Path, tracking_uri: str, registry: Registry) -> None:
+def test_early_stopping_registers_the_best_checkpoint_and_seeded_runs_match(tmp_path: Path, tracking_uri: str) -> None:
     # min_delta so large that nothing after epoch 1 counts as an improvement: stop after patience=2 more epochs
-    result = train(
-        small_cfg(
-            tmp_path, tracking_uri, "train.epochs=6", "train.early_stopping_patience=2", "train.early_stopping_min_delta=100"
-        )
-    )
-    assert result.epochs_completed == 3 and result.early_stopped
-    losses = val_losses(registry, result.mlflow_run_id)
+    settings = ("train.epochs=6", "train.early_stopping_patience=2", "train.early_stopping_min_delta=100", "model.dropout=0.2")
+    a = train(small_cfg(tmp_path, tracking_uri, "train.run_name=seeded-a", *settings))
+    reg = Registry(tracking_uri)
+    assert a.epochs_completed == 3 and a.early_stopped
+    losses = val_losses(reg, a.mlflow_run_id)
     assert len(losses) == 3
     best = int(np.argmin(losses)) + 1
-    assert result.best_epoch == best  # the registered model is the lowest-val_loss checkpoint
-    assert result.model_version.tags["rayml.best_epoch"] == str(best)
+    assert a.best_epoch == best  # the registered model is the lowest-val_loss checkpoint
+    assert a.model_version.tags["rayml.best_epoch"] == str(best)
+    # the same seed again (dropout on): the same losses and metrics, as a second run and version
+    b = train(small_cfg(tmp_path, tracking_uri, "train.run_name=seeded-b", *settings))
+    assert val_losses(reg, b.mlflow_run_id) == losses
+    assert a.metrics["val_rmse"] == b.metrics["val_rmse"]
+    assert a.model_version.version != b.model_version.version  # two runs, two versions
 
 
 def test_ddp_with_two_workers_records_time_and_each_workers_resources(tmp_path: Path, tracking_uri: str) -> None:
