@@ -1,6 +1,6 @@
 """What the serving benchmarks share (a helper module: `make bench` runs only the files not starting with "_").
 
-Hand-written Ray Serve baselines that run a version's ``model.onnx`` with ONNX Runtime and no rayml code, an HTTP load
+A hand-written Ray Serve baseline that runs a version's ``model.onnx`` with ONNX Runtime and no rayml code, an HTTP load
 generator, and measurement in alternating rounds so that load from anything else on the machine hits every side alike.
 """
 
@@ -16,7 +16,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from ray import serve
 
-two_hop_api = FastAPI()
 one_hop_api = FastAPI()
 
 
@@ -35,39 +34,6 @@ def _feed(body: dict) -> dict[str, np.ndarray]:
 def _v2_answer(name: str, out: np.ndarray) -> dict:
     tensor = {"name": "prediction", "datatype": "FP32", "shape": [len(out)], "data": out.tolist()}
     return {"model_name": name, "outputs": [tensor]}
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
-class PlainOnnxModel:
-    """A hand-written model deployment: ONNX Runtime on the graph, dynamically batched, nothing else."""
-
-    def __init__(self, path: str) -> None:
-        self.session = _session(path)
-
-    async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
-        return await self._batched(feed)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        sizes = [len(next(iter(f.values()))) for f in feeds]
-        merged = {k: np.concatenate([f[k] for f in feeds]).astype(np.float32) for k in feeds[0]}
-        out = self.session.run(None, merged)[0]
-        bounds = np.cumsum([0, *sizes])
-        return [{"ok": True, "outputs": [out[a:b]]} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
-@serve.ingress(two_hop_api)
-class PlainIngress:
-    """A hand-written v2 ingress in front of a model deployment (two hops: proxy -> ingress -> model)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    @two_hop_api.post("/v2/models/{name}/infer")
-    async def infer(self, name: str, request: Request) -> dict:
-        result = await self.model.predict.remote(_feed(await request.json()))
-        return _v2_answer(name, result["outputs"][0])
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)

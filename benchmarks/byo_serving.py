@@ -5,11 +5,12 @@ An XGBoost classifier is fitted on scikit-learn's breast-cancer data (30 number 
 figures are printed. Then, side by side on one Serve instance, the same 1-row v2 requests from the same client at a
 fixed concurrency, measured in alternating rounds (a, b, a, b, ...):
 
-(a) plain: what a user writes by hand in Ray Serve: a minimal FastAPI ingress (the v2 body to columns) in front of a
-    deployment that runs the version's ``model.onnx`` with ONNX Runtime and ``@serve.batch`` (no rayml code);
-(b) rayml: the real application (auth off) serving the imported version at 100%.
+(a) plain: what a user writes first in Ray Serve: one FastAPI deployment that turns the v2 body into columns and runs
+    the version's ``model.onnx`` with ONNX Runtime (no rayml code; ``_serving.OneHopOnnx``);
+(b) rayml: the real application (auth off) serving the imported version at 100% (a small model: it runs in the
+    ingress, one hop like the baseline).
 
-The baseline has rayml's shape (ingress -> model deployment), so the ratios say what rayml adds to it:
+The ratios say what rayml's features (auth, validation, routing, metrics, online drift) add to that:
 
     RESULT byo_serving p50_ratio=<rayml p50 / plain p50> target<=1.25 PASS|MISS
     RESULT byo_serving throughput_ratio=<rayml req/s / plain req/s> target>=0.8 PASS|MISS
@@ -24,7 +25,7 @@ import os
 import shutil
 import tempfile
 
-from _serving import PlainIngress, PlainOnnxModel, compare, free_port, result
+from _serving import OneHopOnnx, compare, free_port, result
 from ray import serve
 
 P50_TARGET, THROUGHPUT_TARGET, PARITY_TARGET = 1.25, 0.8, 1e-4
@@ -77,8 +78,7 @@ def main() -> None:
             ],
         )
         deploy(cfg, registry=registry)
-        plain_model = PlainOnnxModel.options(name="plain-onnx").bind(str(loaded.model_dir.model_file))
-        serve.run(PlainIngress.bind(plain_model), name="plain", route_prefix="/plain")
+        serve.run(OneHopOnnx.options(name="plain").bind(str(loaded.model_dir.model_file)), name="plain", route_prefix="/plain")
 
         row = x.iloc[:1]
         body = {"inputs": [{"name": c, "shape": [1], "datatype": "FP32", "data": row[c].tolist()} for c in x.columns]}

@@ -3,9 +3,12 @@
 A 30-column binary model (scikit-learn's breast-cancer data: a StandardScaler + LogisticRegression Pipeline, imported
 with ``rayml.register_model``) is served four ways, side by side, and loaded by the same client in rotating rounds:
 
-- ``rayml``: the rayml application (auth off) with the version at 100%;
+- ``rayml``: the rayml application (auth off) with the version at 100% (a small model: placement ``auto`` runs it
+  in the ingress, one hop);
 - ``rayml canary+shadow``: the same application's second model name, the same file as versions 1/2 at 90/10 and
   version 3 mirrored on 10% of requests;
+- ``rayml replicas``: a third model name with ``placement: replicas`` (a deployment per version, two hops: what every
+  rayml model was before the in-ingress placement, and what large models and model sets still get);
 - ``ray one-hop``: what a user writes first in Ray Serve: one deployment that parses the v2 body and runs ONNX
   Runtime itself (``_serving.OneHopOnnx``);
 - ``mlflow models serve``: the version's MLflow model served by MLflow (uvicorn, one process, ``--env-manager local``)
@@ -88,6 +91,7 @@ def main() -> None:
         info = rayml.register_model(model, name="cancer", sample=df, target="target", registry=registry)
         for _ in range(3):  # the same file as three versions of another name, for the canary + shadow app
             rayml.register_model(model, name="cancer-canary", sample=df, target="target", registry=registry)
+        rayml.register_model(model, name="cancer-replicas", sample=df, target="target", registry=registry)
         onnx_file = str(registry.load(info.ref).model_dir.model_file)
 
         port, mlflow_port = free_port(), free_port()
@@ -98,10 +102,12 @@ def main() -> None:
             [
                 f"serve.port={port}",
                 "serve.models={cancer: {versions: [{version: 1, weight: 1.0}]}, cancer-canary: {versions: "
-                "[{version: 1, weight: 0.9}, {version: 2, weight: 0.1}], shadow: {version: 3, percent: 10}}}",
+                "[{version: 1, weight: 0.9}, {version: 2, weight: 0.1}], shadow: {version: 3, percent: 10}}, "
+                "cancer-replicas: {versions: [{version: 1, weight: 1.0}], placement: replicas}}",
                 "serve.ingress.num_cpus=0.25",
                 "serve.models.cancer.deployment.num_cpus=0.25",
                 "serve.models.cancer-canary.deployment.num_cpus=0.25",
+                "serve.models.cancer-replicas.deployment.num_cpus=0.25",
             ],
         )
         deploy(cfg, registry=registry)
@@ -117,6 +123,7 @@ def main() -> None:
             sides = {
                 "rayml": (f"{base}/v2/models/cancer/infer", v2),
                 "rayml canary+shadow": (f"{base}/v2/models/cancer-canary/infer", v2),
+                "rayml replicas": (f"{base}/v2/models/cancer-replicas/infer", v2),
                 "ray one-hop": (f"{base}/one-hop/v2/models/cancer/infer", v2),
                 "mlflow models serve": (f"http://127.0.0.1:{mlflow_port}/invocations", split),
             }

@@ -61,7 +61,10 @@ class ModelDeploymentConfig(_Section):
     max_ongoing_requests: int = Field(default=64, ge=1, description="Concurrent requests one replica accepts.")
     max_batch_size: int = Field(default=16, ge=1, description="Most requests merged into one ONNX Runtime call.")
     batch_wait_timeout_s: float = Field(
-        default=0.002, ge=0.0, description="How long a batch waits for more requests before it runs anyway."
+        default=0.0,
+        ge=0.0,
+        description="How long a batch waits for more requests before it runs anyway. 0: it runs at once with whatever "
+        "has queued meanwhile, so batches still form under load and a lone request never waits.",
     )
     intra_op_threads: int = Field(default=1, ge=1, description="ONNX Runtime threads per call.")
     max_models_per_replica: int = Field(

@@ -6,9 +6,11 @@ Runtime session in the ingress process and answers there, with everything a mode
 preparation, a model failure answered as a failure dict (never an exception), the non-finite output check, model
 metrics, online drift counted off the event loop and pushed to the stats deployment, and the test fault hook.
 
-What it does not do is dynamic batching: a small model's run costs less than waiting for a batch to fill. Requests
-of at most INLINE_LOOP_ROWS rows run on the event loop (ONNX Runtime answers them in microseconds); larger ones run
-in a worker thread, so the ingress keeps serving other requests meanwhile.
+What it does not do is dynamic batching: a small model's run costs less than waiting for a batch to fill. A run that
+is cheap (under LOOP_BUDGET_S) happens on the event loop, where a hand-off to a thread would cost more than the run;
+anything else runs in a worker thread, so the ingress keeps answering other requests meanwhile. Which is which is
+learnt per version from the runs themselves: the largest request size seen to run cheaply goes on the loop (starting
+at INLINE_LOOP_ROWS rows); a loop run over budget sends that size and above to threads from then on.
 
 Loading: :class:`InlineVersions` keeps one ``InlineVersion`` per served version and reloads only what changed when
 the ingress reconfigures (a new version, a new model directory or thread setting); each load runs in a thread, so
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +33,8 @@ from rayml.serve._spec import AppSpec
 
 logger = logging.getLogger("rayml.serve")
 
-INLINE_LOOP_ROWS = 64  # requests up to this many rows run on the event loop; larger ones in a worker thread
+INLINE_LOOP_ROWS = 64  # requests up to this many rows run on the event loop until runs say otherwise
+LOOP_BUDGET_S = 0.001  # a run expected to take longer than this goes to a worker thread
 
 
 class InlineVersion(_SingleModel):
@@ -63,6 +67,7 @@ class InlineVersion(_SingleModel):
         t0 = self._open(model, version, tracking_uri, local_path, fault)
         self._load_single(intra_op_threads)
         self._start(t0, drift_window_s, drift_flush_interval_s)
+        self._loop_rows = INLINE_LOOP_ROWS  # requests up to this many rows run on the event loop (see _learn)
         logger.info("loaded %s:%s into the ingress in %.2fs from %s", model, version, self.load_time_s, self.model_dir.path)
 
     async def predict(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -75,13 +80,23 @@ class InlineVersion(_SingleModel):
         except Exception as e:  # PredictionInputError: the ingress validates first, so this is a mismatch
             return _failure(str(e), user=True)
         rows = len(next(iter(prepared.values()))) if prepared else 0
-        if rows <= INLINE_LOOP_ROWS:
+        on_loop = rows <= self._loop_rows
+        t0 = time.perf_counter()
+        if on_loop:
             result = self._run_isolated(self.predictor.session, [prepared])[0]
         else:
             result = (await asyncio.to_thread(self._run_isolated, self.predictor.session, [prepared]))[0]
+        self._learn(rows, time.perf_counter() - t0, on_loop)
         if result["ok"]:
             self._count_drift("", [feed], [result["outputs"][0]])
         return result
+
+    def _learn(self, rows: int, seconds: float, on_loop: bool) -> None:
+        """Move the loop/thread boundary by what a run cost (a thread run's time includes the hand-off: conservative)."""
+        if on_loop and seconds > LOOP_BUDGET_S:
+            self._loop_rows = min(self._loop_rows, rows - 1)  # this size and above: threads
+        elif not on_loop and seconds < LOOP_BUDGET_S / 4:
+            self._loop_rows = max(self._loop_rows, rows)  # this size is cheap: the loop
 
 
 @dataclass(frozen=True)

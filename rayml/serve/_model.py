@@ -276,7 +276,7 @@ class _BatchedPredict(_Version):
             await asyncio.sleep(value)
         return await self._batched(feed)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
         try:
             predictor, extra = await self._predictor_for(serve.get_multiplexed_model_id())
@@ -360,7 +360,7 @@ class ModelServer(_BatchedPredict, _SingleModel):
         local_path: str | None = None,
         intra_op_threads: int = 1,
         max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.002,
+        batch_wait_timeout_s: float = 0.0,
         drift_window_s: float = 300.0,
         drift_flush_interval_s: float = 1.0,
         _fault: str | None = None,

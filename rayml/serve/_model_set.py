@@ -45,7 +45,7 @@ class ModelSetServer(_BatchedPredict):
         local_path: str | None = None,
         intra_op_threads: int = 1,
         max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.002,
+        batch_wait_timeout_s: float = 0.0,
         max_models_per_replica: int = 8,
         drift_window_s: float = 300.0,
         drift_flush_interval_s: float = 1.0,
