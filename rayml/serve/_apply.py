@@ -147,9 +147,16 @@ def inline_errors(spec: AppSpec) -> dict[str, str]:
     wanted = {v.deployment for m in spec.models.values() if m.placement == "ingress" for v in m.versions}
     if not wanted:
         return {}
+    from concurrent.futures import ThreadPoolExecutor
+
     from ray import serve
 
-    errors = serve.get_deployment_handle(INGRESS, spec.app_name).inline_errors.remote().result(timeout_s=60)
+    def ask() -> dict[str, str]:
+        return serve.get_deployment_handle(INGRESS, spec.app_name).inline_errors.remote().result(timeout_s=60)
+
+    # in a thread: a blocking handle call refuses to run on a thread with an event loop (a notebook's, for one)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayml-ingress-ask") as pool:
+        errors = pool.submit(ask).result()
     return {d: why for d, why in errors.items() if d in wanted}
 
 
