@@ -3,6 +3,8 @@
 Training and batch (``RAYML_FAULT_INJECT`` on the driver). Grammar: comma-separated ``kind@key=value`` items, e.g.
 ``kill_worker@epoch=3`` (SIGKILL the rank-0 worker half-way through epoch 3), ``raise@epoch=3`` (raise in the train
 loop), ``sleep@seconds=0.5`` (sleep after every epoch, to give a test time to kill the driver between checkpoints).
+Trees (``model.type`` xgboost | lightgbm) count boosting rounds instead of epochs: ``kill_worker@round=7`` and
+``raise@round=7`` fire on rank 0 right after round 7 (1-based) is boosted, ``sleep@seconds=S`` sleeps after every round.
 A kill/raise fires once per driver invocation: a marker file makes the restarted worker group run clean, as a real
 transient failure would.
 
@@ -30,6 +32,7 @@ class Fault:
     kind: str
     epoch: int = 0
     seconds: float = 0.0
+    round: int | None = None  # trees: after this boosting round (1-based); None: an epoch fault
 
 
 def parse(spec: str | None) -> list[Fault]:
@@ -44,10 +47,23 @@ def parse(spec: str | None) -> list[Fault]:
         kwargs: dict[str, float] = {}
         for kv in filter(None, params.split(";")):
             k, _, v = kv.partition("=")
-            if k not in ("epoch", "seconds"):
-                raise ConfigError(f"RAYML_FAULT_INJECT item {item!r}: unknown key {k!r}", hint="keys: epoch, seconds")
-            kwargs[k] = float(v)
-        faults.append(Fault(kind, epoch=int(kwargs.get("epoch", 0)), seconds=kwargs.get("seconds", 0.0)))
+            if k not in ("epoch", "round", "seconds"):
+                raise ConfigError(f"RAYML_FAULT_INJECT item {item!r}: unknown key {k!r}", hint="keys: epoch, round, seconds")
+            try:
+                kwargs[k] = float(v)
+            except ValueError as e:
+                raise ConfigError(
+                    f"RAYML_FAULT_INJECT item {item!r}: {k}={v!r} is not a number", hint="e.g. kill_worker@round=7"
+                ) from e
+        rnd = kwargs.get("round")
+        faults.append(
+            Fault(
+                kind,
+                epoch=int(kwargs.get("epoch", 0)),
+                seconds=kwargs.get("seconds", 0.0),
+                round=int(rnd) if rnd is not None else None,
+            )
+        )
     return faults
 
 
@@ -63,10 +79,27 @@ def _claim(marker: str) -> bool:
 def mid_epoch(faults: list[Fault], epoch: int, rank: int, marker: str) -> None:
     """Called half-way through an epoch."""
     for f in faults:
-        if f.kind in ("kill_worker", "raise") and f.epoch == epoch and rank == 0 and _claim(f"{marker}.{f.kind}"):
+        if (
+            f.kind in ("kill_worker", "raise")
+            and f.round is None
+            and f.epoch == epoch
+            and rank == 0
+            and _claim(f"{marker}.{f.kind}")
+        ):
             if f.kind == "kill_worker":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure in epoch {epoch} (RAYML_FAULT_INJECT)")
+
+
+def after_round(faults: list[Fault], round_: int, rank: int, marker: str) -> None:
+    """Called by the tree loop after boosting round ``round_`` (1-based): round faults fire, sleeps sleep."""
+    for f in faults:
+        if f.kind == "sleep":
+            time.sleep(f.seconds)
+        elif f.round == round_ and rank == 0 and _claim(f"{marker}.{f.kind}"):
+            if f.kind == "kill_worker":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected failure after round {round_} (RAYML_FAULT_INJECT)")
 
 
 def end_of_epoch(faults: list[Fault]) -> None:

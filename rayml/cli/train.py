@@ -11,25 +11,31 @@ from rayml.config import TrainJobConfig
 def train(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Train a model on Ray Train, export it to ONNX and register it in MLflow.
 
-    Checkpoints every epoch. If the driver crashes, run the same command again: it resumes from the last checkpoint
-    (the run name comes from the config and the data fingerprint). A run that already registered its model is not
-    trained again; change the config or --set train.run_name=NAME for a new run.
+    model.type picks the model: mlp (a torch network, trained by epochs) or xgboost / lightgbm (gradient-boosted
+    trees on Ray Train's XGBoost / LightGBM trainers, trained by boosting rounds). Checkpoints every epoch (trees:
+    every train.checkpoint_every_rounds rounds). If the driver crashes, run the same command again: it resumes from
+    the last checkpoint (the run name comes from the config and the data fingerprint). A run that already registered
+    its model is not trained again; change the config or --set train.run_name=NAME for a new run.
     """
     from rayml.train import train as run_training
 
     cfg = load(TrainJobConfig, config, set_)
     start_output("train", verbose)
-    with Bar("epochs", total=cfg.train.epochs) as bar, FollowTraining(
-        bar, cfg.registry.tracking_uri, cfg.registry.experiment, cfg.model.name, cfg.train.run_name
+    tree = getattr(cfg.model, cfg.model.type) if cfg.model.is_tree else None
+    unit = "round" if tree is not None else "epoch"
+    total = tree.num_boost_round if tree is not None else cfg.train.epochs
+    with (
+        Bar(f"{unit}s", total=total) as bar,
+        FollowTraining(bar, cfg.registry.tracking_uri, cfg.registry.experiment, cfg.model.name, cfg.train.run_name),
     ):
         result = run_training(cfg)
     if result.already_done:
         console.print(f"Run {result.run_name} already finished; nothing to train again.")
     elif len(result.resumed_from) > 1 or (result.resumed_from and result.resumed_from[0] > 0):
         resumed = [e for e in result.resumed_from if e > 0]
-        console.print(f"Run {result.run_name} resumed from the checkpoint of epoch {', '.join(map(str, resumed))}.")
+        console.print(f"Run {result.run_name} resumed from the checkpoint of {unit} {', '.join(map(str, resumed))}.")
     console.print(
-        f"Trained {result.epochs_completed} epoch(s), best epoch {result.best_epoch}"
+        f"Trained {result.epochs_completed} {unit}(s), best {unit} {result.best_epoch}"
         f"{' (early stopped)' if result.early_stopped else ''}: {fmt_metrics(result.metrics, _SHOWN)}"
     )
     console.print(f"Data fingerprint {result.data_fingerprint}; MLflow run {result.mlflow_run_id}")

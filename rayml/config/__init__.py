@@ -47,7 +47,14 @@ from rayml.config.serve import (
     ServedVersion,
     ShadowSettings,
 )
-from rayml.config.train import ModelConfig, TrainConfig
+from rayml.config.train import (
+    MODEL_TYPES,
+    LightGBMSettings,
+    ModelConfig,
+    TrainConfig,
+    XGBoostSettings,
+    model_type_problems,
+)
 from rayml.config.tune import TUNABLE_FIELDS, TUNE_METRICS, AshaConfig, SearchDimension, TuneConfig
 
 __all__ = [
@@ -83,7 +90,11 @@ __all__ = [
     "GateConfig",
     "IngressConfig",
     "ManyModelsConfig",
+    "LightGBMSettings",
+    "MODEL_TYPES",
     "ModelConfig",
+    "XGBoostSettings",
+    "model_type_problems",
     "ModelDeploymentConfig",
     "PipelineConfig",
     "RegistryConfig",

@@ -11,10 +11,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
-import torch
 
 from rayml._private import fs
 
@@ -33,6 +33,8 @@ def _epoch_of(filesystem: pafs.FileSystem, path: str) -> int | None:
 
 
 def _loads(filesystem: pafs.FileSystem, path: str) -> bool:
+    import torch  # here, not at the top: the tree loop checks its own checkpoints without torch
+
     try:
         with filesystem.open_input_stream(f"{path}/{STATE_FILE}") as f:
             torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
@@ -41,8 +43,12 @@ def _loads(filesystem: pafs.FileSystem, path: str) -> bool:
         return False
 
 
-def newest_checkpoint(reported: Any, run_dir: str | None) -> Any:
-    """The newer of Ray's reported checkpoint and the newest loadable one under ``run_dir`` (a ``ray.train.Checkpoint``)."""
+def newest_checkpoint(reported: Any, run_dir: str | None, loads: Callable[[pafs.FileSystem, str], bool] = _loads) -> Any:
+    """The newer of Ray's reported checkpoint and the newest loadable one under ``run_dir`` (a ``ray.train.Checkpoint``).
+
+    Args:
+        loads: whether the checkpoint directory at a path loads (default: the torch loop's ``state.pt``).
+    """
     import ray.train
 
     best, best_epoch = reported, -1
@@ -62,7 +68,7 @@ def newest_checkpoint(reported: Any, run_dir: str | None) -> Any:
             if epoch is not None and epoch > best_epoch:
                 candidates.append((epoch, info.path))
     for epoch, path in sorted(candidates, reverse=True):
-        if _loads(filesystem, path):
+        if loads(filesystem, path):
             logger.info("found a newer checkpoint on storage than Ray reported: epoch %d at %s", epoch, path)
             return ray.train.Checkpoint(path, filesystem=filesystem)
     return best

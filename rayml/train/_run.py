@@ -103,11 +103,27 @@ class RunIdentity:
                     exclude=set(fields.exclude) or None,
                 )
             )
+        _drop_inactive(out)
         out["fingerprint"] = data_fingerprint
         return out
 
     def digest(self, cfg: BaseModel, data_fingerprint: str) -> str:
         return identity_digest(self.of(cfg, data_fingerprint), self.digits)
+
+
+# Settings that cannot apply to an MLP (they are refused unless at their defaults, see rayml.config.train): they do not
+# name an MLP's run, so the runs of every MLP named before tree models existed keep their names and still resume.
+_TREE_ONLY = {"model": ("type", "xgboost", "lightgbm"), "train": ("checkpoint_every_rounds",)}
+
+
+def _drop_inactive(identity: dict[str, Any]) -> None:
+    model = identity.get("model")
+    if isinstance(model, dict) and model.get("type", "mlp") == "mlp":
+        for section, keys in _TREE_ONLY.items():
+            values = identity.get(section)
+            if isinstance(values, dict):
+                for key in keys:
+                    values.pop(key, None)
 
 
 def identity_digest(identity: Mapping[str, Any], digits: int = 10) -> str:

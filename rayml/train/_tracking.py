@@ -56,6 +56,10 @@ class EpochMetricsLogger:
         return bool(self.tracking_uri and self.run_id)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.log_many([(metrics, step)])
+
+    def log_many(self, rows: list[tuple[dict[str, Any], int]]) -> None:
+        """Log several steps' metrics in one batch (the tree loop's rounds between two checkpoints)."""
         if not self.enabled or self.run_id is None:  # enabled: both are set
             return
         from mlflow.entities import Metric
@@ -67,6 +71,7 @@ class EpochMetricsLogger:
         ts = int(time.time() * 1000)
         batch = [
             Metric(k, float(v), ts, step)
+            for metrics, step in rows
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
         ]

@@ -73,15 +73,17 @@ def _sha(d: dict, n: int = 10) -> str:
 
 
 _EXECUTION = {"storage_path", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"}
+_TREE_MODEL, _TREE_TRAIN = {"type", "xgboost", "lightgbm"}, {"checkpoint_every_rounds"}
 
 
 def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> None:
-    # the rules written out as they were before ResumableRun: existing runs must resume under the same names
+    # the rules written out as they were before ResumableRun (and before tree models, whose settings do not name an
+    # MLP's run): existing runs must resume under the same names
     t = load_config(TrainJobConfig, None, ["model.name=m"])
     want = {
         "data": t.data.model_dump(mode="json"),
-        "model": t.model.model_dump(mode="json"),
-        "train": t.train.model_dump(mode="json", exclude=_EXECUTION | {"run_name"}),
+        "model": t.model.model_dump(mode="json", exclude=_TREE_MODEL),
+        "train": t.train.model_dump(mode="json", exclude=_EXECUTION | {"run_name"} | _TREE_TRAIN),
         "fingerprint": "fp",
     }
     assert TRAIN_IDENTITY.of(t, "fp") == want and run_name_for(t, "fp") == f"m-{_sha(want)}"
@@ -89,8 +91,8 @@ def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> No
     s = load_config(TuneJobConfig, TUNE_YAML, ["model.name=m", "tune.name=null"])
     want = {
         "data": s.data.model_dump(mode="json"),
-        "model": s.model.model_dump(mode="json"),
-        "train": s.train.model_dump(mode="json", exclude=_EXECUTION | {"run_name"}),
+        "model": s.model.model_dump(mode="json", exclude=_TREE_MODEL),
+        "train": s.train.model_dump(mode="json", exclude=_EXECUTION | {"run_name"} | _TREE_TRAIN),
         "tune": s.tune.model_dump(mode="json", exclude={"name", "max_concurrent_trials"}),
         "fingerprint": "fp",
     }
@@ -102,7 +104,7 @@ def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> No
     set_fields = {"min_rows", "candidates", "fallback", "global_max_rows", "global_batch_size"}
     want = {
         "data": mm.data.model_dump(mode="json"),
-        "model": mm.model.model_dump(mode="json"),
+        "model": mm.model.model_dump(mode="json", exclude=_TREE_MODEL),
         "train": mm.train.model_dump(mode="json", include=train_fields),
         "manymodels": mm.manymodels.model_dump(mode="json", include=set_fields),
         "fingerprint": "fp",
@@ -112,8 +114,8 @@ def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> No
     p = load_config(PipelineJobConfig, None, ["model.name=m"])
     want = {
         "data": p.data.model_dump(mode="json"),
-        "model": p.model.model_dump(mode="json"),
-        "train": p.train.model_dump(mode="json", exclude=_EXECUTION),  # the run name counts here
+        "model": p.model.model_dump(mode="json", exclude=_TREE_MODEL),
+        "train": p.train.model_dump(mode="json", exclude=_EXECUTION | _TREE_TRAIN),  # the run name counts here
         "tune": None,
         "fingerprint": "fp",
     }
@@ -245,3 +247,16 @@ def test_registry_run_methods(tmp_path: Path, registry: Registry) -> None:
     with pytest.raises(RegistryError, match="not found"):
         registry.get_run("0" * 32)
     assert registry.model_tags("never-registered") is None
+
+
+def test_tree_settings_name_tree_runs_only_so_mlp_runs_keep_the_names_they_had_before_trees() -> None:
+    from rayml.config import TrainJobConfig
+    from rayml.train.trainer import TRAIN_IDENTITY
+
+    mlp = TRAIN_IDENTITY.of(TrainJobConfig(), "fp")
+    assert not {"type", "xgboost", "lightgbm"} & set(mlp["model"]) and "checkpoint_every_rounds" not in mlp["train"]
+    trees = TRAIN_IDENTITY.of(TrainJobConfig.model_validate({"model": {"type": "xgboost"}}), "fp")
+    assert trees["model"]["type"] == "xgboost" and "checkpoint_every_rounds" in trees["train"]
+    deeper = TrainJobConfig.model_validate({"model": {"type": "xgboost", "xgboost": {"max_depth": 9}}})
+    plain = TrainJobConfig.model_validate({"model": {"type": "xgboost"}})
+    assert TRAIN_IDENTITY.digest(deeper, "fp") != TRAIN_IDENTITY.digest(plain, "fp")

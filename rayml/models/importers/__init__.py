@@ -15,7 +15,7 @@ rayml[sklearn,xgboost,lightgbm]``) are imported only when a model of theirs is c
 from rayml.models.importers._convert import ACCEPTED, ConvertedModel, convert, is_mlflow_uri, prepare
 from rayml.models.importers._lightgbm import load_lightgbm
 from rayml.models.importers._onnx import load_mlflow, load_onnx
-from rayml.models.importers._parity import PARITY_ATOL, PARITY_RTOL
+from rayml.models.importers._parity import PARITY_ATOL, PARITY_RTOL, Answers, check_parity, plain_labels
 from rayml.models.importers._sklearn import load_skops
 from rayml.models.importers._xgboost import load_xgboost
 
@@ -23,7 +23,9 @@ __all__ = [
     "ACCEPTED",
     "PARITY_ATOL",
     "PARITY_RTOL",
+    "Answers",
     "ConvertedModel",
+    "check_parity",
     "convert",
     "is_mlflow_uri",
     "load_lightgbm",
@@ -31,5 +33,6 @@ __all__ = [
     "load_onnx",
     "load_skops",
     "load_xgboost",
+    "plain_labels",
     "prepare",
 ]

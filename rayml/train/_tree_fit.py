@@ -1,0 +1,287 @@
+"""Gradient-boosted trees on the driver: run Ray Train's XGBoost / LightGBM trainer, then export the booster as a rayml
+model directory whose ONNX graph takes raw columns.
+
+Export reuses the bring-your-own-model converter (:func:`rayml.models.importers.prepare`: onnxmltools, the contract's
+outputs, parity) on the encoded matrix, then puts an ``ai.onnx.ml`` LabelEncoder in front of every categorical input
+(raw string -> the training vocabulary's code, unknown -> 0; see :mod:`rayml.train._trees`), and checks the final
+graph on raw rows against the booster itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pandas as pd
+from onnx import TensorProto, helper
+
+from rayml._private import constants, fs
+from rayml.config import TrainJobConfig
+from rayml.data import reference_stats
+from rayml.errors import TrainingError
+from rayml.train._trees import UNKNOWN_CODE, TreeEncoding, booster_loads, read_checkpoint
+
+logger = logging.getLogger("rayml.train")
+
+_ML_DOMAIN = "ai.onnx.ml"
+_CODES = "rayml/codes/"
+
+
+def tree_loop_config(
+    cfg: TrainJobConfig, enc: TreeEncoding, tracking_uri: str | None, mlflow_run_id: str | None, run_dir: str
+) -> dict[str, Any]:
+    """The plain dict every tree worker receives."""
+    import tempfile
+    import uuid
+
+    import ray
+
+    t, m = cfg.train, cfg.model
+    return {
+        "model_type": m.type,
+        "settings": getattr(m, m.type).model_dump(),
+        "encoding": enc.to_dict(),
+        "seed": t.seed,
+        "threads": max(1, int(t.cpus_per_worker)),
+        "num_workers": t.num_workers,
+        "checkpoint_every_rounds": t.checkpoint_every_rounds,
+        "tracking_uri": tracking_uri,
+        "mlflow_run_id": mlflow_run_id,
+        "driver_node_id": ray.get_runtime_context().get_node_id(),
+        "run_dir": run_dir,
+        "faults": constants.fault_injection(),
+        "fault_marker": os.path.join(tempfile.gettempdir(), f"rayml-fault-{uuid.uuid4().hex}"),
+    }
+
+
+def fit_trees(
+    cfg: TrainJobConfig,
+    datasets: dict[str, Any],
+    enc: TreeEncoding,
+    run_name: str,
+    storage_path: str,
+    tracking_uri: str | None,
+    mlflow_run_id: str | None,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Run the tree loop on Ray Train's XGBoost / LightGBM trainer.
+
+    Returns:
+        (the final booster, its checkpoint meta: ``epoch`` (rounds), ``history``, ``best_round``, ``early_stopped``,
+        the last report's metrics).
+    """
+    from ray.train import CheckpointConfig, DataConfig as RayDataConfig, FailureConfig, RunConfig, ScalingConfig
+
+    from rayml._private.ray_session import ensure_ray, set_train_poll_interval
+    from rayml.train._checkpoints import newest_checkpoint
+    from rayml.train._tracking import MlflowReportCallback
+    from rayml.train._trees import tree_loop_per_worker
+
+    ensure_ray()
+    set_train_poll_interval(cfg.train.controller_poll_interval_s)
+    t = cfg.train
+    run_dir = fs.join(storage_path, run_name)
+    kwargs: dict[str, Any] = {
+        "train_loop_config": tree_loop_config(cfg, enc, tracking_uri, mlflow_run_id, run_dir),
+        "scaling_config": ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        "run_config": RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            callbacks=[MlflowReportCallback(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else [],  # type: ignore[list-item]
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint_num_to_keep),  # the newest survive
+        ),
+        "datasets": datasets,
+        # every worker validates on the whole validation set: identical metrics, identical early-stopping decisions
+        "dataset_config": RayDataConfig(datasets_to_split=["train"]),
+    }
+    if cfg.model.type == "xgboost":
+        from ray.train.xgboost import XGBoostTrainer
+
+        trainer: Any = XGBoostTrainer(tree_loop_per_worker, **kwargs)
+    else:
+        from ray.train.lightgbm import LightGBMTrainer
+
+        trainer = LightGBMTrainer(tree_loop_per_worker, **kwargs)
+    result = trainer.fit()
+    ckpt = newest_checkpoint(result.checkpoint, run_dir, loads=booster_loads(cfg.model.type))
+    if ckpt is None:
+        raise TrainingError(f"training run {run_name!r} produced no checkpoint", hint="check the worker logs above")
+    booster, meta = read_checkpoint(ckpt, cfg.model.type)
+    return booster, meta, dict(result.metrics or {})
+
+
+def best_booster(booster: Any, model_type: str, best_round: int) -> Any:
+    """The booster's first ``best_round`` rounds (what early stopping chose), or the booster when that is all of it."""
+    if model_type == "xgboost":
+        if best_round and best_round < booster.num_boosted_rounds():
+            return booster[:best_round]
+        return booster
+    if best_round and best_round < booster.current_iteration():
+        import lightgbm
+
+        return lightgbm.Booster(model_str=booster.model_to_string(num_iteration=best_round))
+    return booster
+
+
+def booster_answers(booster: Any, model_type: str, enc: TreeEncoding, rows: pd.DataFrame) -> np.ndarray:
+    """The booster's own answers on raw rows: values, P(class 1) or probabilities [N, K]."""
+    x = enc.matrix(rows)
+    if model_type == "xgboost":
+        import xgboost
+
+        return np.asarray(booster.predict(xgboost.DMatrix(x)))
+    return np.asarray(booster.predict(x))
+
+
+def encode_categories_in_graph(onnx_bytes: bytes, enc: TreeEncoding) -> bytes:
+    """The converted graph with each categorical column taken as raw strings and coded inside the graph.
+
+    The float input ``c`` becomes a string input ``c`` followed by an ``ai.onnx.ml`` LabelEncoder (opset 2) that maps
+    ``categories[i]`` to ``i + 1`` and anything else to ``UNKNOWN_CODE`` (0), as :meth:`TreeEncoding.matrix` does.
+    """
+    if not enc.categories:
+        return onnx_bytes
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    nodes = []
+    for inp in graph.input:
+        if inp.name not in enc.categories:
+            continue
+        codes = _CODES + inp.name
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name == inp.name:
+                    node.input[i] = codes
+        cats = list(enc.categories[inp.name])
+        nodes.append(
+            helper.make_node(
+                "LabelEncoder",
+                [inp.name],
+                [codes],
+                name=f"rayml/encode/{inp.name}",
+                domain=_ML_DOMAIN,
+                keys_strings=cats,
+                values_floats=[float(i + 1) for i in range(len(cats))],
+                default_float=float(UNKNOWN_CODE),
+            )
+        )
+        inp.type.tensor_type.elem_type = TensorProto.STRING
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + old)
+    ml = next((o for o in model.opset_import if o.domain == _ML_DOMAIN), None)
+    if ml is None:
+        model.opset_import.append(helper.make_opsetid(_ML_DOMAIN, 2))
+    elif ml.version < 2:
+        ml.version = 2  # LabelEncoder-2 maps strings to floats; the tree ensembles are the same in opsets 1 and 2
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def export_tree_model_dir(
+    out_dir: str | Path,
+    booster: Any,
+    model_type: str,
+    enc: TreeEncoding,
+    prepared: Any,
+    meta_extra: dict[str, Any],
+) -> Path:
+    """Convert the booster (parity-checked on raw rows) and write the model directory.
+
+    Args:
+        out_dir: an empty or new directory.
+        booster: the trained booster (already cut to the best round).
+        model_type: xgboost | lightgbm.
+        enc: the encoding it was trained with.
+        prepared: the :class:`rayml.train.PreparedData` it was trained on.
+        meta_extra: more metadata (``name``, ``metrics``, ``lineage`` ...).
+
+    Returns:
+        The directory, ready for ``Registry.register``.
+    """
+    from rayml.models import ModelDir
+    from rayml.models.importers import PARITY_ATOL, Answers, check_parity, plain_labels, prepare
+    from rayml.models.predictor import LABEL, PREDICTION, PROBABILITIES, OnnxPredictor
+
+    sample = prepared.validation.head(512) if len(prepared.validation) else prepared.train.head(512)
+    expected = booster_answers(booster, model_type, enc, sample)
+    # a regression value is a sum of hundreds of leaf values that onnxruntime adds in float32: the absolute tolerance
+    # scales with the values (1e-4 of the largest), or a target in the hundreds fails on rounding alone
+    atol = PARITY_ATOL * (max(1.0, float(np.abs(expected).max())) if enc.task == "regression" and len(expected) else 1.0)
+    encoded = enc.frame(sample).assign(**{enc.target: sample[enc.target].to_numpy()})
+    converted = prepare(
+        booster,
+        sample=encoded,
+        target=enc.target,
+        task=enc.task,
+        features=list(enc.features),
+        class_labels=list(enc.class_labels) if enc.task == "multiclass" else None,
+        atol=atol,
+    )
+    onnx_bytes = encode_categories_in_graph(converted.onnx_bytes, enc)
+    predictor = OnnxPredictor(onnx_bytes)
+    got = predictor.predict_all(sample)
+    labels = list(enc.class_labels) if enc.task == "multiclass" else [0, 1] if enc.task == "binary" else []
+    parity = check_parity(
+        Answers(expected),
+        Answers(got[PROBABILITIES], plain_labels(got[LABEL])) if enc.task == "multiclass" else Answers(got[PREDICTION]),
+        task=enc.task,
+        class_labels=labels,
+        index=sample.index,
+        source=f"{model_type} booster",
+        atol=atol,
+    )
+    rows = pd.concat([prepared.train, prepared.validation], ignore_index=True)
+    rows = rows.sample(200_000, random_state=0) if len(rows) > 200_000 else rows
+    stats = reference_stats(prepared.train, prepared.schema, predictions=predictor.predict(rows) if len(rows) else None)
+    meta = {
+        "task": enc.task,
+        "target": enc.target,
+        **({"class_labels": list(enc.class_labels)} if enc.task == "multiclass" else {}),
+        "schema": prepared.schema.to_dict(),
+        "parity_max_abs_diff": parity["parity_max_abs_diff"],
+        "parity": {**parity, "parity_atol": atol},
+        "source": converted.meta["source"],
+        "categorical_encoding": {
+            "method": "ordinal code from the training vocabulary, computed in the ONNX graph from the raw string "
+            "(ai.onnx.ml LabelEncoder)",
+            "codes": "1..K in the order of the vocabulary (most frequent first); 0 = unknown or missing",
+            "booster_sees_codes_as": "categories (LightGBM categorical_feature)" if model_type == "lightgbm" else "numbers",
+            "columns": {k: list(v) for k, v in enc.categories.items()},
+        },
+        "feature_order": list(enc.features),
+        "data_fingerprint": prepared.fingerprint,
+        **meta_extra,
+    }
+    return ModelDir.write_model(
+        out_dir, onnx_bytes=onnx_bytes, meta=meta, reference_stats=stats, input_example=sample.head(5)
+    ).path
+
+
+def validation_metrics(booster: Any, model_type: str, enc: TreeEncoding, validation: pd.DataFrame) -> dict[str, float]:
+    """The task's validation metrics of the booster in the target's terms (as the MLP reports them)."""
+    from rayml.models.metrics import task_metrics
+
+    if not len(validation):
+        return {}
+    out = booster_answers(booster, model_type, enc, validation)
+    y = validation[enc.target]
+    if enc.task == "multiclass":
+        from rayml.data.schema import class_labels_of
+
+        labels = np.asarray(enc.class_labels, dtype=object)
+        return task_metrics(
+            "multiclass",
+            class_labels_of(y, enc.target),
+            labels[np.argmax(out, axis=1)],
+            proba=out,
+            class_labels=list(enc.class_labels),
+            prefix="val_",
+        )
+    return task_metrics(enc.task, y.to_numpy(), out, prefix="val_")
