@@ -21,7 +21,7 @@ from rayml.config.pipeline import PipelineConfig
 from rayml.config.registry import RegistryConfig
 from rayml.config.search_space import search_space_problems
 from rayml.config.serve import RolloutConfig, ServeConfig
-from rayml.config.train import ModelConfig, TrainConfig
+from rayml.config.train import ModelConfig, TrainConfig, _changed, model_type_problems
 from rayml.config.tune import _MAXIMISED_METRICS, _RANGE_TYPES, _VALUE_TYPES, TuneConfig
 from rayml.errors import ConfigError
 
@@ -134,8 +134,12 @@ class GateJobConfig(_Section):
 class ManyModelsJobConfig(TrainJobConfig):
     """`rayml manymodels train --config FILE` / `jobs/manymodels_train.py`: a training config plus `manymodels:`.
 
-    ``model.name`` is the registered model-set name; ``train:`` gives each segment's epochs, batch size, learning rate,
-    seed and early stopping (the Ray Train fields num_workers, use_gpu, amp and max_failures do not apply).
+    ``model.name`` is the registered model-set name. ``model.type`` picks the per-segment (and fallback) model: ``mlp``
+    (rayml's small MLP: ``model.hidden_sizes`` ..., and ``train:`` gives each segment's epochs, batch size, learning
+    rate, seed and early stopping) or ``xgboost`` | ``lightgbm`` (one single-threaded booster per segment with
+    ``model.xgboost`` / ``model.lightgbm``, early stopping on the segment's validation split; ``train.seed`` seeds it).
+    The Ray Train fields num_workers, use_gpu, amp and max_failures do not apply. Settings of another model type, and
+    ``manymodels.candidates`` (MLP settings) or ``manymodels.global_batch_size`` with a tree type, are refused.
     """
 
     manymodels: ManyModelsConfig = Field(default_factory=ManyModelsConfig, description="Per-segment training.")
@@ -147,9 +151,39 @@ class ManyModelsJobConfig(TrainJobConfig):
         if self.model.factory is not None:
             raise ValueError(
                 f"model.factory ({self.model.factory!r}) is for `rayml train` / `rayml tune`; many models trains rayml's "
-                "small MLP per segment (model.hidden_sizes, model.dropout); remove model.factory from this config"
+                "small MLP or a booster per segment (model.type); remove model.factory from this config"
+            )
+        problems = manymodels_type_problems(self)
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            # a ConfigError (not a ValueError) passes through pydantic untouched: one message listing every problem
+            raise ConfigError(
+                f"model.type {self.model.type!r} does not fit this many-models config: {len(problems)} problem(s):\n{lines}",
+                hint=f"model.type {self.model.type!r} trains with its own settings (model.{self.model.type} for trees; "
+                "model.hidden_sizes and train.epochs ... for mlp); see the README's many-models section",
             )
         return self
+
+
+def manymodels_type_problems(cfg: ManyModelsJobConfig) -> list[str]:
+    """What in ``cfg`` does not apply to ``model.type`` (empty: nothing): the train settings of another type
+    (:func:`model_type_problems`), and the MLP-only many-models settings when the segments train trees."""
+    problems = model_type_problems(cfg.model, cfg.train)
+    if not cfg.model.is_tree:
+        return problems
+    m = cfg.manymodels
+    if m.candidates:
+        problems.append(
+            f"manymodels.candidates ({len(m.candidates)} given) are MLP settings (hidden sizes, learning rate, epochs "
+            f"...); with model.type {cfg.model.type!r} every segment trains one booster with model.{cfg.model.type}: "
+            "remove manymodels.candidates (or set model.type=mlp)"
+        )
+    if _changed(m, "global_batch_size"):
+        problems.append(
+            f"manymodels.global_batch_size ({m.global_batch_size}) is the fallback MLP's mini-batch size; a "
+            f"{cfg.model.type} fallback model has no mini-batches: remove it (manymodels.global_max_rows still applies)"
+        )
+    return problems
 
 
 class BatchJobConfig(_Section):

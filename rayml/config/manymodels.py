@@ -26,7 +26,8 @@ class CandidateConfig(_Section):
 
 
 class ManyModelsConfig(_Section):
-    """One small model per segment (`data.segment`), trained in parallel Ray tasks, registered as one model set."""
+    """One small model per segment (`data.segment`), trained in parallel Ray tasks, registered as one model set; the
+    model is the job's `model.type` (mlp, xgboost or lightgbm, with its own `model:` settings)."""
 
     min_rows: int = Field(
         default=50,
@@ -53,11 +54,14 @@ class ManyModelsConfig(_Section):
         description="Segments trained one after another in one Ray task, to amortise task overhead; null = enough "
         "tasks for about 4 per CPU, at most 32 segments each.",
     )
-    cpus_per_task: float = Field(default=1.0, gt=0.0, description="CPUs reserved per training task (torch uses one thread).")
+    cpus_per_task: float = Field(
+        default=1.0, gt=0.0, description="CPUs reserved per training task (torch and the boosters use one thread)."
+    )
     candidates: list[CandidateConfig] = Field(
         default_factory=list,
-        description="Per-segment search: every segment trains each candidate and keeps the one with the lowest loss "
-        "on its own validation split; [] = just the `model:` / `train:` settings.",
+        description="Per-segment search (model.type mlp only; refused with trees): every segment trains each "
+        "candidate and keeps the one with the lowest loss on its own validation split; [] = just the `model:` / "
+        "`train:` settings.",
     )
     fallback: bool = Field(
         default=True,
@@ -70,8 +74,8 @@ class ManyModelsConfig(_Section):
     global_batch_size: int = Field(
         default=512,
         ge=1,
-        description="Mini-batch size of the global model: it sees far more rows than one segment, and must not become "
-        "the run's longest task.",
+        description="Mini-batch size of the global MLP (model.type mlp only): it sees far more rows than one segment, "
+        "and must not become the run's longest task.",
     )
     max_segments: int = Field(
         default=100_000,

@@ -1,8 +1,12 @@
-"""Train one segment's small MLP in a plain torch loop: no Ray here, so a task, a benchmark or a test can call it.
+"""Train one segment's small model (an MLP in a plain torch loop, or a single-threaded XGBoost / LightGBM booster):
+no Ray here, so a task, a benchmark or a test can call it.
 
 Ray Train is built for one big model (a worker group, DDP, checkpoints to storage); starting one per segment costs
 seconds per model. A segment's model trains in tens of milliseconds, so the loop below runs in the calling process,
-one thread, and the caller (a Ray task in ``_run.py``) trains several segments one after another.
+one thread, and the caller (a Ray task in ``_run.py``) trains several segments one after another. Trees
+(``model.type: xgboost | lightgbm``) boost the same way, in process with one thread
+(:func:`rayml.train._tree_fit.boost_in_process`), and are converted to the same raw-column ONNX contract as a single
+tree model (:func:`rayml.train._tree_fit.tree_onnx`, parity-checked against the booster).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class FitSettings:
     seed: int
     patience: int
     min_delta: float
+    model_type: str = "mlp"  # mlp | xgboost | lightgbm (model.type)
+    tree_settings: dict[str, Any] = field(default_factory=dict)  # model.<type> of a tree type, as a dict
 
     def with_candidate(self, c: CandidateConfig) -> FitSettings:
         """These settings with a candidate's fields (those it sets) replacing them."""
@@ -65,6 +71,8 @@ def base_settings(cfg: ManyModelsJobConfig) -> FitSettings:
         seed=cfg.train.seed,
         patience=cfg.train.early_stopping_patience,
         min_delta=cfg.train.early_stopping_min_delta,
+        model_type=cfg.model.type,
+        tree_settings=getattr(cfg.model, cfg.model.type).model_dump() if cfg.model.is_tree else {},
     )
 
 
@@ -91,7 +99,7 @@ class SegmentOutcome:
     error: str | None = None
     attempts: int = 0
     candidate: int = 0
-    epochs: int = 0
+    epochs: int = 0  # epochs run (MLP), or boosting rounds kept (trees)
     train_s: float = 0.0
 
     def record(self) -> dict[str, Any]:
@@ -194,6 +202,8 @@ def fit_segment(
 
     if not candidates:
         raise ValueError("fit_segment needs at least one candidate's settings")
+    if candidates[0].model_type != "mlp":
+        return _fit_tree_segment(key, train_df, val_df, schema, candidates[0], attempt, with_stats)
     t0 = time.perf_counter()
     best = None
     for i, s in enumerate(candidates):
@@ -206,7 +216,27 @@ def fit_segment(
     sample = val_df.head(PARITY_ROWS) if len(val_df) else train_df.head(PARITY_ROWS)
     check_parity(model, onnx_bytes, sample)
     eval_df = val_df if len(val_df) else train_df
-    outputs = torch_outputs(model, eval_df)
+    return _trained(
+        key, train_df, val_df, schema, onnx_bytes, torch_outputs(model, eval_df), loss, attempt, chosen, epochs, t0, with_stats
+    )
+
+
+def _trained(
+    key: str,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    schema: Schema,
+    onnx_bytes: bytes,
+    outputs: dict[str, Any],
+    loss: float,
+    attempt: int,
+    candidate: int,
+    epochs: int,
+    t0: float,
+    with_stats: bool,
+) -> SegmentOutcome:
+    """A trained segment's outcome: its graph, validation metrics from ``outputs`` and (optionally) reference bins."""
+    eval_df = val_df if len(val_df) else train_df
     metrics = {"val_loss": loss, **prediction_metrics(schema, eval_df, outputs)}
     pred = outputs[OUTPUTS_BY_TASK[schema.task][0]]
     stats = reference_stats(train_df, schema, predictions=pred) if with_stats else None
@@ -219,10 +249,29 @@ def fit_segment(
         onnx=onnx_bytes,
         stats=stats,
         attempts=attempt + 1,
-        candidate=chosen,
+        candidate=candidate,
         epochs=epochs,
         train_s=time.perf_counter() - t0,
     )
+
+
+def _fit_tree_segment(
+    key: str, train_df: pd.DataFrame, val_df: pd.DataFrame, schema: Schema, s: FitSettings, attempt: int, with_stats: bool
+) -> SegmentOutcome:
+    """:func:`fit_segment` for a tree type: one booster (candidates are refused with trees, see the config), early
+    stopping on the segment's validation split, converted to raw-column ONNX and parity-checked against the booster."""
+    from rayml.models import OnnxPredictor
+    from rayml.train._tree_fit import boost_in_process, tree_onnx
+    from rayml.train._trees import TreeEncoding
+
+    t0 = time.perf_counter()
+    enc = TreeEncoding.of(schema)  # the set's global vocabularies and class list: every segment answers alike
+    seed = segment_seed(s.seed, key, attempt)
+    booster, loss, rounds = boost_in_process(s.model_type, s.tree_settings, enc, train_df, val_df, seed, threads=1)
+    eval_df = val_df if len(val_df) else train_df
+    onnx_bytes, _parity, _source = tree_onnx(booster, s.model_type, enc, eval_df.head(PARITY_ROWS))
+    outputs = OnnxPredictor(onnx_bytes).predict_all(eval_df)
+    return _trained(key, train_df, val_df, schema, onnx_bytes, outputs, loss, attempt, 0, rounds, t0, with_stats)
 
 
 def _short_error(e: BaseException) -> str:

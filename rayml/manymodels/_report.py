@@ -49,6 +49,15 @@ def aggregate(outcomes: dict[str, SegmentOutcome], task: str) -> dict[str, float
     return out
 
 
+def segment_model_source(model_type: str) -> dict[str, str]:
+    """The ``source`` metadata of a set's models (``model.type``): the framework that made them, with its version."""
+    from importlib.metadata import version
+
+    if model_type == "mlp":
+        return {"framework": "rayml-mlp", "torch": version("torch")}
+    return {"framework": model_type, model_type: version(model_type)}
+
+
 def write_set(
     model_dir: str,
     cfg: ManyModelsJobConfig,
@@ -85,6 +94,7 @@ def write_set(
             "schema": schema.to_dict(),
             "data_fingerprint": data_fp,
             "min_rows": cfg.manymodels.min_rows,
+            "source": segment_model_source(cfg.model.type),  # every segment's model and the fallback
             "global_metrics": global_outcome.metrics,
             "summary": {
                 "segments": acc.segments,

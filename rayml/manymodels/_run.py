@@ -4,9 +4,10 @@ How it runs (the measurements behind the choice are in the README's "Many models
 
 1. the driver loads and validates the data once, sorts it by segment and puts it in the object store ONCE as an
    Arrow table (zero-copy for every task that reads it);
-2. a task trains a chunk of ``segments_per_task`` segments one after another with a plain torch loop
-   (``rayml.manymodels._fit``; one thread, ``num_cpus=cpus_per_task``), slicing its rows from the shared table;
-   one more task trains the global model on all rows (the fallback);
+2. a task trains a chunk of ``segments_per_task`` segments one after another with a plain torch loop, or one
+   single-threaded XGBoost / LightGBM booster each when ``model.type`` is a tree type (``rayml.manymodels._fit``;
+   ``num_cpus=cpus_per_task``), slicing its rows from the shared table; one more task trains the global model of
+   the same type on all rows (the fallback);
 3. a segment that raises is retried ``max_retries`` times inside its task; a task whose worker dies is retried by
    Ray, and then its segments are retried one per task so a segment that kills its worker cannot fail the others;
 4. every trained segment is saved to the run directory as it arrives, so rerunning the same command after a crash

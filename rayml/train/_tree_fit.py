@@ -206,37 +206,11 @@ def export_tree_model_dir(
         The directory, ready for ``Registry.register``.
     """
     from rayml.models import ModelDir
-    from rayml.models.importers import PARITY_ATOL, Answers, check_parity, plain_labels, prepare
-    from rayml.models.predictor import LABEL, PREDICTION, PROBABILITIES, OnnxPredictor
+    from rayml.models.predictor import OnnxPredictor
 
     sample = prepared.validation.head(512) if len(prepared.validation) else prepared.train.head(512)
-    expected = booster_answers(booster, model_type, enc, sample)
-    # a regression value is a sum of hundreds of leaf values that onnxruntime adds in float32: the absolute tolerance
-    # scales with the values (1e-4 of the largest), or a target in the hundreds fails on rounding alone
-    atol = PARITY_ATOL * (max(1.0, float(np.abs(expected).max())) if enc.task == "regression" and len(expected) else 1.0)
-    encoded = enc.frame(sample).assign(**{enc.target: sample[enc.target].to_numpy()})
-    converted = prepare(
-        booster,
-        sample=encoded,
-        target=enc.target,
-        task=enc.task,
-        features=list(enc.features),
-        class_labels=list(enc.class_labels) if enc.task == "multiclass" else None,
-        atol=atol,
-    )
-    onnx_bytes = encode_categories_in_graph(converted.onnx_bytes, enc)
+    onnx_bytes, parity, source = tree_onnx(booster, model_type, enc, sample)
     predictor = OnnxPredictor(onnx_bytes)
-    got = predictor.predict_all(sample)
-    labels = list(enc.class_labels) if enc.task == "multiclass" else [0, 1] if enc.task == "binary" else []
-    parity = check_parity(
-        Answers(expected),
-        Answers(got[PROBABILITIES], plain_labels(got[LABEL])) if enc.task == "multiclass" else Answers(got[PREDICTION]),
-        task=enc.task,
-        class_labels=labels,
-        index=sample.index,
-        source=f"{model_type} booster",
-        atol=atol,
-    )
     rows = pd.concat([prepared.train, prepared.validation], ignore_index=True)
     rows = rows.sample(200_000, random_state=0) if len(rows) > 200_000 else rows
     stats = reference_stats(prepared.train, prepared.schema, predictions=predictor.predict(rows) if len(rows) else None)
@@ -246,8 +220,8 @@ def export_tree_model_dir(
         **({"class_labels": list(enc.class_labels)} if enc.task == "multiclass" else {}),
         "schema": prepared.schema.to_dict(),
         "parity_max_abs_diff": parity["parity_max_abs_diff"],
-        "parity": {**parity, "parity_atol": atol},
-        "source": converted.meta["source"],
+        "parity": parity,
+        "source": source,
         "categorical_encoding": {
             "method": "ordinal code from the training vocabulary, computed in the ONNX graph from the raw string "
             "(ai.onnx.ml LabelEncoder)",
@@ -285,3 +259,115 @@ def validation_metrics(booster: Any, model_type: str, enc: TreeEncoding, validat
             prefix="val_",
         )
     return task_metrics(enc.task, y.to_numpy(), out, prefix="val_")
+
+
+def tree_onnx(
+    booster: Any, model_type: str, enc: TreeEncoding, sample: pd.DataFrame
+) -> tuple[bytes, dict[str, float], dict[str, Any]]:
+    """The raw-column ONNX graph of a booster, parity-checked on raw ``sample`` rows against the booster itself.
+
+    :func:`export_tree_model_dir` writes it into a model directory; many models stores only the graph of each
+    segment's booster (``rayml.manymodels``).
+
+    Args:
+        booster: the trained booster (already cut to the best round).
+        model_type: xgboost | lightgbm.
+        enc: the encoding it was trained with.
+        sample: raw rows with the target column (not empty).
+
+    Returns:
+        (the ONNX bytes, the parity report with its ``parity_atol``, the converter's ``source`` metadata).
+
+    Raises:
+        ConversionError: the converted graph does not answer like the booster.
+    """
+    from rayml.models.importers import PARITY_ATOL, Answers, check_parity, plain_labels, prepare
+    from rayml.models.predictor import LABEL, PREDICTION, PROBABILITIES, OnnxPredictor
+
+    expected = booster_answers(booster, model_type, enc, sample)
+    # a regression value is a sum of hundreds of leaf values that onnxruntime adds in float32: the absolute tolerance
+    # scales with the values (1e-4 of the largest), or a target in the hundreds fails on rounding alone
+    atol = PARITY_ATOL * (max(1.0, float(np.abs(expected).max())) if enc.task == "regression" and len(expected) else 1.0)
+    encoded = enc.frame(sample).assign(**{enc.target: sample[enc.target].to_numpy()})
+    converted = prepare(
+        booster,
+        sample=encoded,
+        target=enc.target,
+        task=enc.task,
+        features=list(enc.features),
+        class_labels=list(enc.class_labels) if enc.task == "multiclass" else None,
+        atol=atol,
+    )
+    onnx_bytes = encode_categories_in_graph(converted.onnx_bytes, enc)
+    got = OnnxPredictor(onnx_bytes).predict_all(sample)
+    labels = list(enc.class_labels) if enc.task == "multiclass" else [0, 1] if enc.task == "binary" else []
+    parity = check_parity(
+        Answers(expected),
+        Answers(got[PROBABILITIES], plain_labels(got[LABEL])) if enc.task == "multiclass" else Answers(got[PREDICTION]),
+        task=enc.task,
+        class_labels=labels,
+        index=sample.index,
+        source=f"{model_type} booster",
+        atol=atol,
+    )
+    return onnx_bytes, {**parity, "parity_atol": atol}, converted.meta["source"]
+
+
+def boost_in_process(
+    model_type: str,
+    settings: dict[str, Any],
+    enc: TreeEncoding,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    seed: int,
+    threads: int = 1,
+) -> tuple[Any, float, int]:
+    """Boost one small model in the calling process (no Ray Train): what a many-models task does per segment.
+
+    Early stopping (``settings["early_stopping_rounds"]``) watches ``val_df``; with no validation rows it is off and the
+    training rows are reported instead.
+
+    Returns:
+        (the booster cut to its best round, that round's validation metric (rmse / logloss), the rounds kept).
+    """
+    from rayml.train._trees import lightgbm_params, xgboost_params
+
+    x, y = enc.matrix(train_df), enc.labels(train_df)
+    has_val = len(val_df) > 0
+    xv, yv = (enc.matrix(val_df), enc.labels(val_df)) if has_val else (x, y)
+    rounds = int(settings["num_boost_round"])
+    patience = int(settings["early_stopping_rounds"]) if has_val else 0
+    if model_type == "xgboost":
+        import xgboost
+
+        params = xgboost_params(settings, enc, seed, threads)
+        log: dict[str, Any] = {}
+        booster: Any = xgboost.train(
+            params,
+            xgboost.DMatrix(x, label=y),
+            num_boost_round=rounds,
+            evals=[(xgboost.DMatrix(xv, label=yv), "validation")],
+            early_stopping_rounds=patience or None,
+            evals_result=log,
+            verbose_eval=False,
+        )
+        history = [float(v) for v in log["validation"][params["eval_metric"]]]
+    else:
+        import lightgbm
+
+        params = lightgbm_params(settings, enc, seed, threads)
+        cats: Any = enc.categorical_indices or "auto"
+        dtrain = lightgbm.Dataset(x, label=y, categorical_feature=cats, free_raw_data=False)
+        dval = lightgbm.Dataset(xv, label=yv, reference=dtrain, categorical_feature=cats)
+        log = {}
+        callbacks = [lightgbm.record_evaluation(log)]
+        if patience:
+            callbacks.append(lightgbm.early_stopping(patience, verbose=False))
+        booster = lightgbm.train(
+            params, dtrain, num_boost_round=rounds, valid_sets=[dval], valid_names=["validation"], callbacks=callbacks
+        )
+        history = [float(v) for v in log["validation"][params["metric"]]]
+    if not history or not np.isfinite(history).all():
+        raise TrainingError(f"{model_type} validation metric is not finite: {history[-3:]} (training diverged)")
+    best_round = int(np.argmin(history)) + 1 if patience else len(history)
+    return best_booster(booster, model_type, best_round), history[best_round - 1], best_round

@@ -184,3 +184,65 @@ def test_a_multiclass_model_set_answers_one_global_class_list(ray_session, track
         got = ms.predictor(key).predict_all(df)
         assert got["probabilities"].shape == (len(df), 3) and set(got["label"].tolist()) <= {"high", "low", "mid"}
     assert md.reference_stats("store_001")["prediction"]["kind"] == "categorical"
+
+
+def test_a_lightgbm_model_set_answers_like_its_boosters_and_falls_back(
+    ray_session, tracking_uri: str, tmp_path: Path, stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rayml.manymodels._fit import segment_seed
+    from rayml.manymodels._plan import VAL_COLUMN, segment_table
+    from rayml.train._tree_fit import boost_in_process, booster_answers
+    from rayml.train._trees import TreeEncoding
+
+    df, path = stores
+    monkeypatch.setenv("RAYML_FAIL_SEGMENTS", "store_004@1")  # fails once; its retry trains
+    cfg = load_config(
+        ManyModelsJobConfig,
+        None,
+        [
+            f"data.source={path}",
+            *sales_columns(),
+            "model.name=stores-lgbm",
+            "model.type=lightgbm",
+            "model.lightgbm.num_boost_round=100",
+            "model.lightgbm.min_data_in_leaf=5",
+            "model.lightgbm.early_stopping_rounds=5",
+            f"train.storage_path={tmp_path / 'runs'}",
+            "manymodels.min_rows=40",
+            "manymodels.segments_per_task=4",
+            f"registry.tracking_uri={tracking_uri}",
+        ],
+    )
+    result = train_model_set(cfg)
+    assert result.ok and (result.trained, result.fell_back, result.failed) == (7, 1, {})
+    assert result.metrics["median_segment_val_rmse"] < result.metrics["median_global_val_rmse"]
+
+    md = Registry(tracking_uri).load(result.model_version.ref).model_dir
+    ms = md.model_set()
+    assert md.is_model_set and ms.has_fallback and ms.segment_info("store_004")["attempts"] == 2
+    assert md.meta["source"]["framework"] == "lightgbm" and md.meta["lineage"]["rayml.kind"] == "model_set"
+    rounds = {k: ms.segment_info(k)["epochs"] for k in ms.segments if k != "store_006"}
+    assert all(1 <= r <= 100 for r in rounds.values()) and min(rounds.values()) < 100  # early stopping per segment
+
+    # store_001's model answers like the booster its task trained (same rows, seed and one thread: deterministic)
+    table = segment_table(df, cfg.data.segment, cfg.data.validation_fraction, cfg.train.seed)
+    seg = next(s for s in table.segments if s.key == "store_001")
+    part = table.frame.iloc[seg.start : seg.start + seg.rows]
+    is_val = part[VAL_COLUMN].to_numpy(dtype=bool)
+    assert md.schema is not None
+    enc = TreeEncoding.of(md.schema)
+    settings = cfg.model.lightgbm.model_dump()
+    booster, _loss, kept = boost_in_process(
+        "lightgbm", settings, enc, part[~is_val], part[is_val], segment_seed(cfg.train.seed, "store_001")
+    )
+    assert kept == rounds["store_001"]
+    unknown = df[df.store_id == "store_002"].head(5).assign(store_id="store_999")  # a segment the set never saw
+    rows = pd.concat([df[df.store_id == "store_001"], df[df.store_id == "store_006"], unknown], ignore_index=True)
+    outputs, served_by = md.predict_outputs(rows)
+    mine = (rows.store_id == "store_001").to_numpy()
+    np.testing.assert_allclose(
+        outputs["prediction"][mine], booster_answers(booster, "lightgbm", enc, rows[mine]), rtol=1e-4, atol=1e-3
+    )
+    assert set(served_by[mine]) == {"store_001"} and set(served_by[~mine]) == {FALLBACK}
+    fallback = OnnxPredictor(md.path / "fallback.onnx").predict(rows[~mine])
+    np.testing.assert_allclose(outputs["prediction"][~mine], fallback, rtol=1e-6)
