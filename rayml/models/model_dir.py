@@ -37,6 +37,7 @@ only when a predictor is first asked for.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -377,7 +378,11 @@ class ModelDir:
         return self.predictor().predict(df), None
 
     def predict_outputs(
-        self, df: pd.DataFrame, *, unknown: Literal["raise", "nan"] = "raise"
+        self,
+        df: pd.DataFrame,
+        *,
+        unknown: Literal["raise", "nan"] = "raise",
+        feed: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Every output of the model by name, and which model served each row: :meth:`predict_and_route` for all of
         them (a multiclass model answers ``label`` [N] and ``probabilities`` [N, K] in :attr:`class_labels` order).
@@ -386,6 +391,8 @@ class ModelDir:
             df: raw rows (the input columns, and a model set's segment columns; extra columns are ignored).
             unknown: a model set's rows of a segment without a model when it has no fallback: ``raise`` an error,
                 or answer them as :meth:`blank_outputs` does (NaN numbers, None labels).
+            feed: the ONNX Runtime inputs of ``df``'s rows in :meth:`OnnxPredictor.feed`'s form, when the caller has
+                built them already (batch builds them from Arrow); None: built from ``df``.
 
         Returns:
             (outputs, served_by): ``served_by`` as in :meth:`predict_and_route`.
@@ -395,10 +402,11 @@ class ModelDir:
             ModelNotFoundError: a row's segment has no model, there is no fallback and ``unknown="raise"``.
         """
         if self.is_model_set:
-            return self.model_set().predict_outputs(df, unknown=unknown)
+            return self.model_set().predict_outputs(df, unknown=unknown, feed=feed)
         if len(df) == 0:
             return self.blank_outputs(0), None
-        return self.predictor().predict_all(df), None
+        predictor = self.predictor()
+        return (predictor.predict_all(df) if feed is None else predictor.run(feed)), None
 
     def blank_outputs(self, n: int) -> dict[str, np.ndarray]:
         """Outputs for ``n`` rows that no model answered: NaN for numbers, None for labels (an object array).

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -219,9 +219,16 @@ class ModelSet:
         return outputs[self.model_dir.outputs[0].name], served_by
 
     def predict_outputs(
-        self, df: pd.DataFrame, *, unknown: Literal["raise", "nan"] = "raise"
+        self,
+        df: pd.DataFrame,
+        *,
+        unknown: Literal["raise", "nan"] = "raise",
+        feed: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Like :meth:`predict`, with every output by name (a multiclass set: ``label`` and ``probabilities``).
+
+        ``feed``: the ONNX Runtime inputs of ``df``'s rows, when the caller has built them already (see
+        :meth:`ModelDir.predict_outputs`); ``df`` then needs only the segment columns.
 
         Rows of an unknown segment (``unknown="nan"``) get :meth:`ModelDir.blank_outputs` values: NaN numbers and
         None labels (integer labels are then an object array; without such rows they are int64).
@@ -248,7 +255,8 @@ class ModelSet:
         # one call per serving model: every fallback-served segment shares the fallback's call
         models, model_codes = np.unique(np.asarray([m or "" for m in model_of_group], dtype=object), return_inverse=True)
         row_model = model_codes[codes]
-        feed = self._full_feed(df)
+        if feed is None:
+            feed = self._full_feed(df)
         order = np.argsort(row_model, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(row_model, minlength=len(models)))])
         for m, model in enumerate(models):

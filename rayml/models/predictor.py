@@ -130,8 +130,11 @@ class OnnxPredictor:
     def predict_all(self, rows: pd.DataFrame | Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Every output of the graph by name (a multiclass model: ``label`` [N] and ``probabilities`` [N, K])."""
         columns = rows if isinstance(rows, Mapping) else {c: rows[c] for c in rows.columns}
-        feed = self.feed(columns)
+        return self.run(self.feed(columns))
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the graph by name for a feed in :meth:`feed`'s form (or built the same way by the caller)."""
         if not feed or len(next(iter(feed.values()))) == 0:
             return {o.name: np.zeros([0, *[max(d, 0) for d in o.shape[1:]]], dtype=np.float32) for o in self.outputs}
-        values = self.session.run(None, feed)
+        values = self.session.run(None, dict(feed))
         return {o.name: v for o, v in zip(self.outputs, values, strict=True)}

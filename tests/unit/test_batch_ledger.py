@@ -19,7 +19,7 @@ from rayml.data import generate_sales, infer_schema
 from rayml.errors import DataValidationError
 from rayml.models import OnnxPredictor, build_model, build_spec, export_onnx
 from rayml.registry import FALLBACK, ModelSet, ModelSetWriter
-from rayml.testing import multiclass_frame, write_tiny_model, write_tiny_model_set
+from rayml.testing import multiclass_frame, sample_frame, write_tiny_model, write_tiny_model_set
 
 
 def _input(tmp: Path, name: str, rows: int = 3) -> InputFile:
@@ -261,3 +261,33 @@ def test_key_columns() -> None:
         key_columns(present, ["price"], ["store_id"], ("model_name",), "prediction")
     with pytest.raises(DataValidationError, match="clash"):  # a multiclass model adds its probability columns
         key_columns(present + ["proba_a"], ["price"], ["store_id"], ("proba_a",), "prediction", ["proba_a", "proba_b"])
+
+
+def test_arrow_feed_is_what_the_predictor_makes_of_the_same_rows(tmp_path: Path) -> None:
+    """Batch builds the ONNX feed from Arrow (the per-row Python path it replaces cost a third of scoring a file)."""
+    from rayml.batch._score import _arrow_feed
+
+    model = write_tiny_model(tmp_path / "model")
+    kinds = {t.name: t.datatype for t in model.inputs}
+    assert set(kinds.values()) == {"FP32", "BYTES"}
+    table = pa.Table.from_pandas(sample_frame(rows_per_segment=5), preserve_index=False).select(list(kinds))
+    numbers = [c for c, k in kinds.items() if k == "FP32"]
+    categories = [c for c, k in kinds.items() if k == "BYTES"]
+    # missing values in both kinds, an int column, and a dictionary-encoded (pandas categorical) column
+    with_nulls = {c: pa.array([None, *table.column(c).to_pylist()[1:]], type=table.schema.field(c).type) for c in kinds}
+    with_nulls[numbers[0]] = pa.array([None, *range(1, table.num_rows)], type=pa.int64())
+    with_nulls[categories[0]] = with_nulls[categories[0]].dictionary_encode()
+    for t in (table, pa.table(with_nulls), table.schema.empty_table()):
+        got = _arrow_feed(t, kinds)
+        df = t.to_pandas()
+        expected = model.predictor().feed({c: df[c] for c in df.columns})
+        assert got is not None and list(got) == list(expected)
+        for name, values in expected.items():
+            assert got[name].dtype == values.dtype, name
+            if values.dtype == object:
+                assert got[name].tolist() == values.tolist(), name
+            else:
+                np.testing.assert_array_equal(got[name], values, err_msg=name)  # NaN where NaN
+    # other types (integer categories, text where a number belongs) go through the predictor's own conversion
+    assert _arrow_feed(pa.table({categories[0]: [1, 2]}), {categories[0]: "BYTES"}) is None
+    assert _arrow_feed(pa.table({numbers[0]: ["1.5", "x"]}), {numbers[0]: "FP32"}) is None
