@@ -261,8 +261,7 @@ def _fit_tree_segment(
     """:func:`fit_segment` for a tree type: one booster (candidates are refused with trees, see the config), early
     stopping on the segment's validation split, converted to raw-column ONNX and parity-checked against the booster."""
     from rayml.models import OnnxPredictor
-    from rayml.train._tree_fit import boost_in_process, tree_onnx
-    from rayml.train._trees import TreeEncoding
+    from rayml.train import TreeEncoding, boost_in_process, tree_onnx
 
     t0 = time.perf_counter()
     enc = TreeEncoding.of(schema)  # the set's global vocabularies and class list: every segment answers alike

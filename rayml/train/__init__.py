@@ -2,7 +2,8 @@
 
 :class:`ResumableRun` and :class:`RunIdentity` are what ``train``, ``tune`` and ``manymodels`` share about a run that a
 rerun of the same command continues: its name, its state file and its MLflow run. The worker loop (``run_loop``,
-``train_loop_per_worker``, ``LoopSession``) imports Ray Train, so it loads on first use (PEP 562).
+``train_loop_per_worker``, ``LoopSession``) imports Ray Train, and the tree helpers many models shares
+(``boost_in_process``, ``tree_onnx``, ``TreeEncoding``) import ONNX, so they load on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ from rayml.train.trainer import (
 
 if TYPE_CHECKING:
     from rayml.train._loop import LoopSession as LoopSession, run_loop as run_loop, train_loop_per_worker as train_loop_per_worker
+    from rayml.train._tree_fit import boost_in_process as boost_in_process, tree_onnx as tree_onnx
+    from rayml.train._trees import TreeEncoding as TreeEncoding
 
 _LAZY = {name: "rayml.train._loop" for name in ("LoopSession", "run_loop", "train_loop_per_worker")}
+# trees: shared with many models (per-segment boosters); they import ONNX and the boosters' packages on first use
+_LAZY |= {"boost_in_process": "rayml.train._tree_fit", "tree_onnx": "rayml.train._tree_fit", "TreeEncoding": "rayml.train._trees"}
 
 
 __getattr__ = lazy_getattr(__name__, {name: (module, name) for name, module in _LAZY.items()}, globals())
