@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from rayml.config import ConfigLike, Overrides, ServeConfig, ServeJobConfig, resolve_config
 from rayml.errors import ServeDeployError, UserError
-from rayml.serve._apply import AppState, app_state, apply_spec, serve_client
+from rayml.serve._apply import AppState, app_state, apply_spec, current_spec, serve_client
 from rayml.serve._cluster import connect, started_local_head, stop_local_head
 from rayml.serve._rollout_runtime import stop_controllers
-from rayml.serve._spec import STATS, resolve_spec
+from rayml.serve._spec import STATS, keep_placements, resolve_spec
 
 if TYPE_CHECKING:
     from rayml.registry import Registry
@@ -66,6 +66,7 @@ def deploy(config: ConfigLike = None, *, overrides: Overrides = None, registry: 
     spec = resolve_spec(cfg, registry)
     connect(start_local=True, metrics_export_port=cfg.serve.metrics_export_port)
     start_serve(cfg.serve)
+    spec = keep_placements(cfg, current_spec(spec.app_name), spec)
     t0 = time.perf_counter()
     stages = apply_spec(spec, cfg.serve.deploy_timeout_s)
     logger.info("application %s deployed in %d stage(s), %.1fs", spec.app_name, len(stages), time.perf_counter() - t0)

@@ -305,6 +305,39 @@ def _file_mb(model_dir: ModelDir) -> float:
         return float("inf")
 
 
+def keep_placements(cfg: ServeJobConfig, running: AppSpec | None, spec: AppSpec) -> AppSpec:
+    """``spec`` with every model that is already served left where it runs now.
+
+    Moving a serving model between the ingress and deployments of its own is not staged (its versions would vanish
+    from one place before they answer in the other), so ``placement: auto`` keeps a served model where it is (a larger
+    new version, or a new ``max_model_mb``, takes effect once the model is served anew), and an explicit change is
+    refused.
+
+    Raises:
+        ConfigError: ``serve.models.<name>.placement`` names a placement other than the one the model runs in.
+    """
+    if running is None:
+        return spec
+    models, problems = dict(spec.models), []
+    for name, m in spec.models.items():
+        now = running.models.get(name)
+        if now is None or now.placement == m.placement:
+            continue
+        if cfg.serve.models[name].placement == "auto":
+            logger.info("model %s keeps running in %s (placement auto; it is already served there)", name, now.placement)
+            models[name] = m.model_copy(update={"placement": now.placement})
+        else:
+            problems.append(f"model {name!r} runs in {now.placement}; serve.models.{name}.placement asks for {m.placement}")
+    if problems:
+        raise ConfigError(
+            "; ".join(problems) + ": moving a serving model between the ingress and deployments of its own is not done "
+            "in place",
+            hint="remove the model from serve.models and `rayml serve up`, then add it back with the new placement (or "
+            "`rayml serve down` first); placement: auto keeps a served model where it runs",
+        )
+    return spec.model_copy(update={"models": models})
+
+
 def _auth_keys(s: ServeConfig) -> list[AuthKey]:
     """Digests of the configured keys and of ``RAYML_SERVE_API_KEYS``' (the keys never leave this process)."""
     from rayml._private import constants

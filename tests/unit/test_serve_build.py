@@ -120,3 +120,21 @@ def test_deploy_job_exits_2_on_an_unknown_model_before_touching_ray(tmp_path, tr
         timeout=120,
     )
     assert bad.returncode == 2 and "model 'sales-model' is not registered" in bad.stderr
+
+
+def test_a_served_model_stays_where_it_runs_and_an_explicit_move_is_refused(registry) -> None:
+    from rayml.errors import ConfigError
+    from rayml.serve._spec import keep_placements
+
+    register_tiny_model(registry, "sales-model", seed=0)
+    models = ["serve.models={sales-model: {versions: [{version: 1}]}}"]
+    running = resolve_spec(load_config(ServeJobConfig, None, [*models, "serve.models.sales-model.placement=replicas"]), registry)
+    auto_cfg = load_config(ServeJobConfig, None, models)
+    auto = resolve_spec(auto_cfg, registry)
+    assert auto.models["sales-model"].placement == "ingress"  # what a first deploy would do
+    assert keep_placements(auto_cfg, None, auto) == auto
+    assert keep_placements(auto_cfg, running, auto).models["sales-model"].placement == "replicas"  # served: stays
+    explicit = load_config(ServeJobConfig, None, [*models, "serve.models.sales-model.placement=ingress"])
+    with pytest.raises(ConfigError, match="runs in replicas.*asks for ingress") as e:
+        keep_placements(explicit, running, resolve_spec(explicit, registry))
+    assert "remove the model from serve.models" in str(e.value)
