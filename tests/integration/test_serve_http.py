@@ -25,6 +25,7 @@ import pytest
 from scipy.stats import binom
 
 from rayml.config import ServeJobConfig, load_config
+from rayml.errors import ConfigError
 from rayml.registry import Registry
 from rayml.serve import deploy
 from rayml.serve._apply import app_state
@@ -410,6 +411,11 @@ def test_a_version_that_cannot_load_is_reported_by_deploy_and_status_and_never_g
 
     # in a deployment of its own: the replica constructor fails, and deploy and `serve status` say why
     replicas = [f"serve.models.{MODEL}.placement=replicas", f"serve.models.{MODEL}.deployment.max_constructor_retry_count=1"]
+    with pytest.raises(ConfigError, match="runs in ingress"):  # a served model is not moved in place
+        up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}", *replicas)
+    from ray import serve
+
+    serve.delete("rayml")
     up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}", *replicas)
     with pytest.raises(ServeDeployError) as e:
         up(env, split, *replicas)
