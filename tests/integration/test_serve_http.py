@@ -431,6 +431,7 @@ def test_a_version_that_cannot_load_is_reported_by_deploy_and_status_and_never_g
     v1_kept_serving()
     up(env, f"{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}", *replicas)  # recovers: the failed deployment goes
     assert app_state("rayml").healthy
+    serve.delete("rayml")  # the next test's sales-model starts where placement auto puts it (a served one stays put)
 
 
 # --- many models -----------------------------------------------------------------------------------------------------
