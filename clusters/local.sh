@@ -101,11 +101,16 @@ cmd_up() {
 kill_strays() {
   # Ray puts each worker process in its own process group; any that outlived its raylet (or a head that failed
   # half-way through `up`, before it was recorded) still names this cluster's session dir on its command line, and
-  # nothing else on the machine does
-  local stray
-  while read -r stray; do
-    kill -KILL "$stray" 2>/dev/null || true
-  done < <(pgrep -f -- "$DIR/session_" || true)
+  # nothing else on the machine does. Again until none is left (up to 5 s): a SIGKILLed process takes a moment to go,
+  # and a raylet that was stopping may have forked one more worker meanwhile.
+  local stray strays tries=0
+  while strays=$(pgrep -f -- "$DIR/session_" || true); [[ -n "$strays" ]] && ((tries < 25)); do
+    while read -r stray; do
+      kill -KILL "$stray" 2>/dev/null || true
+    done <<<"$strays"
+    sleep 0.2
+    tries=$((tries + 1))
+  done
 }
 
 cmd_down() {
