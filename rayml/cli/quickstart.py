@@ -18,6 +18,7 @@ from rayml.cli.validate import print_gate_failures
 
 MODEL = "sales-model"
 FAMILY = "sales-per-store"
+TREES_FAMILY = "sales-per-store-lgbm"
 
 
 @dataclass
@@ -140,10 +141,17 @@ def _many_models(ctx: _Ctx) -> None:
     from rayml.config import ManyModelsJobConfig, synthetic_roles
     from rayml.manymodels import train_model_set
 
-    _step(f"Many models: one model per store ({ctx.stores} stores) trained in parallel Ray tasks, one model-set version")
+    _step(
+        f"Many models: one model per store ({ctx.stores} stores) trained in parallel Ray tasks, one model-set version; "
+        "then the same with one LightGBM booster per store"
+    )
+    common = {
+        "data": {"source": str(ctx.data_dir), **synthetic_roles(), "task": "regression"},
+        "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
+    }
     cfg = ManyModelsJobConfig.model_validate(
         {
-            "data": {"source": str(ctx.data_dir), **synthetic_roles(), "task": "regression"},
+            **common,
             "model": {"name": FAMILY, "hidden_sizes": [32]},
             "train": {
                 "epochs": max(ctx.epochs * 5, 20),
@@ -151,7 +159,6 @@ def _many_models(ctx: _Ctx) -> None:
                 "learning_rate": 0.01,
                 "run_name": f"qs-{int(time.time())}",
             },
-            "registry": {"tracking_uri": ctx.tracking_uri, "experiment": "quickstart"},
         }
     )
     with Bar("segments") as bar:
@@ -171,6 +178,42 @@ def _many_models(ctx: _Ctx) -> None:
             f"{m['median_global_val_rmse']:.2f} with the global model; {m.get('segments_beating_global_share', 0):.0%} "
             "of stores are better served by their own model"
         )
+
+    # the same stores, split and fallback with gradient-boosted trees (model.type: lightgbm; the MLP family stays the
+    # production one that the next steps batch-score)
+    trees_cfg = ManyModelsJobConfig.model_validate(
+        {
+            **common,
+            "model": {
+                "name": TREES_FAMILY,
+                "type": "lightgbm",
+                "lightgbm": {"num_boost_round": 200, "num_leaves": 15, "min_data_in_leaf": 10, "early_stopping_rounds": 10},
+            },
+            "train": {"run_name": f"qs-lgbm-{int(time.time())}"},
+        }
+    )
+    with Bar("segments") as bar:
+        trees = train_model_set(trees_cfg, progress=lambda done, total: bar.update(done, total))
+    if trees.model_version is None:
+        raise RuntimeError("the LightGBM model set was not registered")
+    console.print(
+        f"  {TREES_FAMILY} version {trees.model_version.version}: {trees.trained} LightGBM boosters trained, "
+        f"{trees.fell_back} on the fallback, {len(trees.failed)} failed; {trees.models_per_min:,.0f} models/min"
+    )
+    rows = [_family_row("mlp", result), _family_row("lightgbm", trees)]
+    headers = ["model.type", "median store val RMSE", "global model's", "stores beating it", "train s"]
+    console.print(table("  validation RMSE on each store's own split (lower is better)", headers, rows))
+
+
+def _family_row(label: str, result: Any) -> list[str]:
+    m = result.metrics
+    return [
+        label,
+        f"{m.get('median_segment_val_rmse', float('nan')):.2f}",
+        f"{m.get('median_global_val_rmse', float('nan')):.2f}",
+        f"{m.get('segments_beating_global_share', 0):.0%}",
+        f"{result.train_wall_s:.1f}",
+    ]
 
 
 def _batch(ctx: _Ctx) -> None:
@@ -368,9 +411,9 @@ def quickstart(
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate data, train on Ray Train with checkpoints, register in MLflow, reload the ONNX model and predict; then
-    tune with ASHA, train one model per store, batch-score with the model set, show the validation gate refusing a
-    broken model, serve: a weighted canary with the broken model in shadow, then promotion, and finally catch drifted
-    traffic online (per-version drift status from every replica's counts).
+    tune with ASHA, train one model per store (MLPs, then LightGBM boosters, side by side), batch-score with the model
+    set, show the validation gate refusing a broken model, serve: a weighted canary with the broken model in shadow,
+    then promotion, and finally catch drifted traffic online (per-version drift status from every replica's counts).
 
     Everything is kept under --workdir (it becomes $RAYML_HOME for this run), so it never touches your other runs;
     the logs of Ray, MLflow and the workers go to --workdir/logs/ (--verbose shows them instead).

@@ -26,10 +26,12 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = Fals
     """Search hyperparameters on Ray Tune (ASHA or FIFO; random, grid or Optuna) and register the best model.
 
     The search space is the config's `tune.space`: fields such as train.learning_rate, train.batch_size,
-    model.hidden_sizes or model.dropout (with model.factory: model.factory_kwargs.<name>), each a uniform /
-    loguniform / randint range or a choice / grid list.
+    model.hidden_sizes or model.dropout (with model.factory: model.factory_kwargs.<name>; with model.type xgboost or
+    lightgbm: the booster's settings, e.g. model.xgboost.max_depth), each a uniform / loguniform / randint range or a
+    choice / grid list. Example configs: jobs/configs/tune.yaml (MLP), jobs/configs/tune_xgboost.yaml (trees).
 
-    Every trial checkpoints every epoch. If the driver dies, run the same command with --resume.
+    Every trial checkpoints every epoch (trees: every train.checkpoint_every_rounds boosting rounds). If the driver
+    dies, run the same command with --resume.
     """
     from rayml.tune import table_rows, tune as run_search
 
@@ -50,8 +52,8 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, resume: ResumeOpt = Fals
     best = result.best
     early = f"; {result.stopped_early} stopped early by ASHA" if cfg.tune.scheduler == "asha" else ""
     out.print(
-        f"Best trial {best.trial_id}: {result.metric}={best.best_metric:.5g} at epoch {best.best_epoch}{early}; "
-        f"{result.total_epochs} epochs trained over {len(result.trials)} trials",
+        f"Best trial {best.trial_id}: {result.metric}={best.best_metric:.5g} at {cfg.epoch_word} {best.best_epoch}{early}; "
+        f"{result.total_epochs} {cfg.epoch_word}s trained over {len(result.trials)} trials",
     )
     out.print(f"Results: {result.results_path}\nLearning curves: {result.plot_path}")
     out.print(f"MLflow parent run {result.parent_run_id} (one child run per trial)")

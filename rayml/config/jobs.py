@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from rayml.config._base import _Section
 from rayml.config.batch import BatchConfig
@@ -107,14 +107,31 @@ class TuneJobConfig(TrainJobConfig):
         return 1 if all_grid else 8
 
     @property
+    def epochs_path(self) -> str:
+        """The field that counts a trial's epochs: train.epochs, or model.<type>.num_boost_round for trees (rounds)."""
+        return f"model.{self.model.type}.num_boost_round" if self.model.is_tree else "train.epochs"
+
+    @property
+    def epoch_word(self) -> str:
+        """What a trial's time axis counts, for people: ``epoch``, or ``round`` (boosting rounds) for trees."""
+        return "round" if self.model.is_tree else "epoch"
+
+    @property
+    def configured_epochs(self) -> int:
+        """The value of :attr:`epochs_path` in the training config (before any search replaces it)."""
+        return getattr(self.model, self.model.type).num_boost_round if self.model.is_tree else self.train.epochs
+
+    @property
     def max_epochs(self) -> int:
-        """The most epochs any trial can run (ASHA's max_t): the largest searched train.epochs, else train.epochs."""
-        dim = self.tune.space.get("train.epochs")
+        """The most epochs any trial can run (ASHA's max_t): the largest searched train.epochs, else train.epochs.
+        For trees, boosting rounds: the largest searched model.<type>.num_boost_round, else the configured one."""
+        default = self.configured_epochs
+        dim = self.tune.space.get(self.epochs_path)
         if dim is None or dim.type not in _RANGE_TYPES + _VALUE_TYPES:
-            return self.train.epochs
+            return default
         if dim.type in _VALUE_TYPES:
-            return max(int(v) for v in dim.values or [self.train.epochs])
-        return int(dim.high if dim.high is not None else self.train.epochs)
+            return max(int(v) for v in dim.values or [default])
+        return int(dim.high if dim.high is not None else default)
 
 
 class MonitorJobConfig(_Section):
@@ -139,7 +156,8 @@ class ManyModelsJobConfig(TrainJobConfig):
     rate, seed and early stopping) or ``xgboost`` | ``lightgbm`` (one single-threaded booster per segment with
     ``model.xgboost`` / ``model.lightgbm``, early stopping on the segment's validation split; ``train.seed`` seeds it).
     The Ray Train fields num_workers, use_gpu, amp and max_failures do not apply. Settings of another model type, and
-    ``manymodels.candidates`` (MLP settings) or ``manymodels.global_batch_size`` with a tree type, are refused.
+    ``manymodels.global_batch_size`` with a tree type, are refused; a candidate sets the job's type's fields only
+    (MLP fields, or ``{lightgbm: {...}}`` / ``{xgboost: {...}}``).
     """
 
     manymodels: ManyModelsConfig = Field(default_factory=ManyModelsConfig, description="Per-segment training.")
@@ -168,21 +186,51 @@ class ManyModelsJobConfig(TrainJobConfig):
 def manymodels_type_problems(cfg: ManyModelsJobConfig) -> list[str]:
     """What in ``cfg`` does not apply to ``model.type`` (empty: nothing): the train settings of another type
     (:func:`model_type_problems`), and the MLP-only many-models settings when the segments train trees."""
-    problems = model_type_problems(cfg.model, cfg.train)
+    problems = model_type_problems(cfg.model, cfg.train) + _candidate_problems(cfg)
     if not cfg.model.is_tree:
         return problems
     m = cfg.manymodels
-    if m.candidates:
-        problems.append(
-            f"manymodels.candidates ({len(m.candidates)} given) are MLP settings (hidden sizes, learning rate, epochs "
-            f"...); with model.type {cfg.model.type!r} every segment trains one booster with model.{cfg.model.type}: "
-            "remove manymodels.candidates (or set model.type=mlp)"
-        )
     if _changed(m, "global_batch_size"):
         problems.append(
             f"manymodels.global_batch_size ({m.global_batch_size}) is the fallback MLP's mini-batch size; a "
             f"{cfg.model.type} fallback model has no mini-batches: remove it (manymodels.global_max_rows still applies)"
         )
+    return problems
+
+
+def _candidate_problems(cfg: ManyModelsJobConfig) -> list[str]:
+    """A candidate sets the fields of the job's model type only, with values that type accepts."""
+    problems = []
+    tree_sections = ("xgboost", "lightgbm")
+    for i, c in enumerate(cfg.manymodels.candidates):
+        where = f"manymodels.candidates[{i}]"
+        set_fields = [k for k, v in c.model_dump().items() if v is not None]
+        if not cfg.model.is_tree:
+            trees = [f for f in set_fields if f in tree_sections]
+            if trees:
+                problems.append(
+                    f"{where} sets {', '.join(trees)}, a tree setting, but model.type is 'mlp'; set model.type to "
+                    f"{trees[0]} or give the candidate MLP fields (hidden_sizes, learning_rate, epochs ...)"
+                )
+            continue
+        wrong = [f for f in set_fields if f != cfg.model.type]
+        if wrong:
+            problems.append(
+                f"{where} sets {', '.join(wrong)}, but with model.type {cfg.model.type!r} a candidate sets only "
+                f"`{cfg.model.type}:` (settings of model.{cfg.model.type}, e.g. {{{cfg.model.type}: {{learning_rate: 0.05}}}})"
+            )
+        changes = getattr(c, cfg.model.type)
+        if changes is None:
+            if not wrong:
+                problems.append(f"{where} is empty; give it `{cfg.model.type}:` settings to try")
+            continue
+        base = getattr(cfg.model, cfg.model.type)
+        try:
+            type(base).model_validate({**base.model_dump(), **changes})
+        except ValidationError as e:
+            for err in e.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                problems.append(f"{where}.{cfg.model.type}.{loc}: {err['msg']}")
     return problems
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, field_validator
 
 from rayml.config._base import _Section
@@ -16,6 +18,14 @@ class CandidateConfig(_Section):
     weight_decay: float | None = Field(default=None, ge=0.0, description="AdamW weight decay (train.weight_decay).")
     epochs: int | None = Field(default=None, ge=1, description="Epochs (train.epochs).")
     batch_size: int | None = Field(default=None, ge=1, description="Mini-batch size (train.batch_size).")
+    xgboost: dict[str, Any] | None = Field(
+        default=None,
+        description="model.type xgboost: settings of model.xgboost this candidate replaces, e.g. {max_depth: 3}.",
+    )
+    lightgbm: dict[str, Any] | None = Field(
+        default=None,
+        description="model.type lightgbm: settings of model.lightgbm this candidate replaces, e.g. {num_leaves: 15}.",
+    )
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -59,9 +69,10 @@ class ManyModelsConfig(_Section):
     )
     candidates: list[CandidateConfig] = Field(
         default_factory=list,
-        description="Per-segment search (model.type mlp only; refused with trees): every segment trains each "
-        "candidate and keeps the one with the lowest loss on its own validation split; [] = just the `model:` / "
-        "`train:` settings.",
+        description="Per-segment search: every segment trains each candidate and keeps the one with the lowest loss "
+        "on its own validation split; [] = just the `model:` / `train:` settings. An MLP candidate sets MLP fields "
+        "(hidden_sizes, learning_rate, epochs ...); a tree candidate sets only `xgboost:` / `lightgbm:` (the job's "
+        "model.type), e.g. [{lightgbm: {num_leaves: 7}}, {lightgbm: {num_leaves: 31, learning_rate: 0.05}}].",
     )
     fallback: bool = Field(
         default=True,

@@ -14,9 +14,10 @@ from rayml.config.tune import (
     _RANGE_TYPES,
     _VALUE_TYPES,
     FACTORY_KWARGS_PREFIX,
-    TUNABLE_FIELDS,
+    TREE_TUNE_METRICS,
     TUNE_METRICS,
     SearchDimension,
+    tunable_fields,
 )
 
 if TYPE_CHECKING:  # the job config validates itself with these checks, so it imports this module
@@ -43,7 +44,7 @@ def search_space_problems(cfg: TuneJobConfig) -> list[str]:
         One line per problem, in the order: the space, each searched field, the searcher, the metric, the scheduler;
         empty when the search is valid.
     """
-    tunable = [f"{s}.{f}" for s, fields in TUNABLE_FIELDS.items() for f in fields]
+    tunable = tunable_fields(cfg.model.type)
     # the user's network takes any keyword argument: its searched names count as tunable fields from here on
     tunable += [p for p in cfg.tune.space if _is_factory_kwarg(p)]
     problems: list[str] = []
@@ -69,18 +70,49 @@ def _searched_field_problems(cfg: TuneJobConfig, path: str, dim: SearchDimension
             f"network's own settings as {FACTORY_KWARGS_PREFIX}<name> instead"
         ]
     if path not in tunable:
-        section_cls = _TRAIN_SECTIONS.get(section)
-        exists = section_cls is not None and field in section_cls.model_fields
+        if cfg.model.is_tree and path in tunable_fields("mlp"):
+            return [
+                f"{where}: {path} trains rayml's MLP, but model.type is {cfg.model.type!r}; search the booster's own "
+                f"settings instead (tunable: {', '.join(tunable)})"
+            ]
+        other = next((t for t in ("xgboost", "lightgbm") if path.startswith(f"model.{t}.") and t != cfg.model.type), None)
+        if other:
+            return [
+                f"{where}: {path} is a setting of model.type {other}, but model.type is {cfg.model.type!r}; "
+                f"tunable fields: {', '.join(tunable)}"
+            ]
+        exists = _container(cfg, path) is not None
         why = "is not tunable (it sets how or where a run happens, not the model)" if exists else "is not a config field"
         return [f"{where}: {path!r} {why}; tunable fields: {', '.join(tunable)}"]
     shape_problems = _dimension_problems(where, dim)
     if shape_problems:
         return shape_problems
-    section_cls = _TRAIN_SECTIONS[section]
-    base = getattr(cfg, section)
+    found = _container(cfg, path)
+    assert found is not None, "every tunable path names a config field"
+    section_cls, base, field = found
     if dim.type in _RANGE_TYPES:
         return _range_problems(where, path, dim, section_cls, base, field)
     return _normalise_values(where, path, dim, section_cls, base, field)
+
+
+def _container(cfg: TuneJobConfig, path: str) -> tuple[type[BaseModel], BaseModel, str] | None:
+    """(the config class holding the field ``path`` names, its configured value, the field name); None: no such field.
+
+    ``train.learning_rate`` -> (TrainConfig, cfg.train, "learning_rate"); ``model.xgboost.max_depth`` ->
+    (XGBoostSettings, cfg.model.xgboost, "max_depth").
+    """
+    parts = path.split(".")
+    if len(parts) < 2 or parts[0] not in _TRAIN_SECTIONS:
+        return None
+    first, *middle, field = parts
+    base: BaseModel = getattr(cfg, first)
+    for name in middle:
+        node = getattr(base, name, None) if name in type(base).model_fields else None
+        if not isinstance(node, BaseModel):
+            return None
+        base = node
+    cls = type(base)
+    return (cls, base, field) if field in cls.model_fields else None
 
 
 def _is_factory_kwarg(path: str) -> bool:
@@ -156,10 +188,11 @@ def _metric_problems(cfg: TuneJobConfig) -> list[str]:
     """The metric must be one the training loop reports for the task, and the mode must agree with it."""
     t = cfg.tune
     problems = []
-    allowed_metrics = TUNE_METRICS[cfg.data.task]
+    allowed_metrics = (TREE_TUNE_METRICS if cfg.model.is_tree else TUNE_METRICS)[cfg.data.task]
     if t.metric not in allowed_metrics:
+        kind = f"model.type {cfg.model.type!r} and " if cfg.model.is_tree else ""
         problems.append(
-            f"tune.metric {t.metric!r} is not reported for data.task={cfg.data.task!r}; "
+            f"tune.metric {t.metric!r} is not reported for {kind}data.task={cfg.data.task!r}; "
             f"choose one of {', '.join(allowed_metrics)}"
         )
     natural = "max" if t.metric in _MAXIMISED_METRICS else "min"
@@ -178,6 +211,11 @@ def _scheduler_problems(cfg: TuneJobConfig) -> list[str]:
     except (TypeError, ValueError):  # a bad epochs dimension is reported with its field
         return []
     if t.asha.grace_period > max_epochs:
+        if cfg.model.is_tree:
+            return [
+                f"tune.asha.grace_period ({t.asha.grace_period}) is more than the most boosting rounds a trial runs "
+                f"({max_epochs}); lower grace_period or raise model.{cfg.model.type}.num_boost_round"
+            ]
         return [
             f"tune.asha.grace_period ({t.asha.grace_period}) is more than the most epochs a trial runs ({max_epochs}); "
             "lower grace_period or raise train.epochs"

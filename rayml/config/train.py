@@ -187,7 +187,11 @@ class TrainConfig(_Section):
         default=1, ge=1, description="Ray Train workers (DDP when > 1; trees: data-parallel boosting over the shards)."
     )
     cpus_per_worker: float = Field(default=1.0, gt=0.0, description="CPUs reserved per worker.")
-    use_gpu: bool = Field(default=False, description="One GPU per worker; mixed precision when `amp` is on.")
+    use_gpu: bool = Field(
+        default=False,
+        description="One GPU per worker: the MLP with mixed precision when `amp` is on; XGBoost with device=cuda (needs "
+        "a CUDA build of xgboost); not LightGBM.",
+    )
     amp: bool = Field(default=True, description="Automatic mixed precision on GPU (ignored on CPU).")
     max_failures: int = Field(
         default=2, ge=-1, description="Worker-group restarts allowed (resuming from the last checkpoint); -1 = unlimited."
@@ -228,16 +232,16 @@ class TrainConfig(_Section):
 
 def model_type_problems(model: ModelConfig, train: TrainConfig) -> list[str]:
     """What is wrong with the ``train`` section for ``model.type`` (empty: nothing): settings the type does not use but
-    the config sets, and GPU training for trees (not supported yet).
+    the config sets, and GPU training of LightGBM (XGBoost trains on GPU with ``device=cuda``).
 
     A tree type has no epochs, mini-batches or optimizer; an MLP has no boosting rounds. Settings left at their
     defaults are not reported, only those set (to another value) in the YAML or with ``--set``.
     """
     problems = []
-    if model.is_tree and train.use_gpu:
+    if model.type == "lightgbm" and train.use_gpu:
         problems.append(
-            f"model.type {model.type!r} trains on CPU in this version, but train.use_gpu is true; set "
-            "train.use_gpu=false (GPU training of trees is not supported yet)"
+            "model.type 'lightgbm' trains on CPU in rayml (LightGBM's pip wheels have no CUDA learner), but "
+            "train.use_gpu is true; set train.use_gpu=false, or use model.type=xgboost, which trains on the GPU"
         )
     unused = MLP_TRAIN_FIELDS if model.is_tree else TREE_TRAIN_FIELDS
     wrong = [f for f in unused if _changed(train, f)]

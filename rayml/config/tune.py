@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rayml.config._base import Name, _Section
+from rayml.config.train import LightGBMSettings, XGBoostSettings
 
 # Kinds of a search dimension: ranges take low/high, lists take values.
 _RANGE_TYPES = ("uniform", "loguniform", "randint")
@@ -31,6 +32,22 @@ TUNABLE_FIELDS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# With model.type xgboost | lightgbm the search varies the booster's own settings (model.<type>.<setting>) and the seed;
+# the MLP's fields above train nothing there.
+TREE_TUNABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "xgboost": tuple(f"model.xgboost.{f}" for f in XGBoostSettings.model_fields),
+    "lightgbm": tuple(f"model.lightgbm.{f}" for f in LightGBMSettings.model_fields),
+}
+TREE_TUNABLE_TRAIN_FIELDS = ("train.seed",)
+
+
+def tunable_fields(model_type: str) -> list[str]:
+    """The dotted paths a search may vary for ``model.type`` (without model.factory keyword arguments)."""
+    if model_type in TREE_TUNABLE_FIELDS:
+        return [*TREE_TUNABLE_FIELDS[model_type], *TREE_TUNABLE_TRAIN_FIELDS]
+    return [f"{s}.{f}" for s, fields in TUNABLE_FIELDS.items() for f in fields]
+
+
 # Also tunable: any keyword argument of the user's network, `model.factory_kwargs.<name>` (only with model.factory).
 FACTORY_KWARGS_PREFIX = "model.factory_kwargs."
 
@@ -39,6 +56,14 @@ TUNE_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("val_loss", "val_rmse", "val_mae"),
     "binary": ("val_loss", "val_accuracy", "val_auc"),
     "multiclass": ("val_loss", "val_accuracy", "val_macro_f1", "val_logloss"),
+}
+# What a tree trial reports every train.checkpoint_every_rounds rounds (the boosters' own evaluation metrics on the
+# validation split). val_loss is the metric early stopping watches: RMSE for regression (the MLP's val_loss is the
+# MSE), log loss for binary and multiclass.
+TREE_TUNE_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("val_loss", "val_rmse", "val_mae"),
+    "binary": ("val_loss", "val_accuracy", "val_auc"),
+    "multiclass": ("val_loss", "val_accuracy", "val_logloss"),
 }
 _MAXIMISED_METRICS = ("val_accuracy", "val_auc", "val_macro_f1")
 
@@ -80,7 +105,12 @@ class SearchDimension(_Section):
 class AshaConfig(_Section):
     """ASHA (asynchronous successive halving): stop trials that trail the others at each rung."""
 
-    grace_period: int = Field(default=1, ge=1, description="Epochs every trial runs before it can be stopped.")
+    grace_period: int = Field(
+        default=1,
+        ge=1,
+        description="Epochs every trial runs before it can be stopped (boosting rounds for trees, which report every "
+        "train.checkpoint_every_rounds rounds: make it a multiple of that).",
+    )
     reduction_factor: float = Field(
         default=2.0,
         gt=1.0,
@@ -100,13 +130,15 @@ class TuneConfig(_Section):
     space: dict[str, SearchDimension] = Field(
         default_factory=dict,
         description="Searched fields by dotted path (`train.learning_rate`) or nested (`train: {learning_rate: ...}`). "
-        f"Tunable: {', '.join(f'{s}.{f}' for s, fs in TUNABLE_FIELDS.items() for f in fs)}, and "
-        f"`{FACTORY_KWARGS_PREFIX}<name>` (a keyword argument of model.factory).",
+        f"Tunable: {', '.join(tunable_fields('mlp'))}, and `{FACTORY_KWARGS_PREFIX}<name>` (a keyword argument of "
+        "model.factory). With model.type xgboost | lightgbm: the booster's settings (`model.xgboost.max_depth`, "
+        "`model.lightgbm.num_leaves`, ... every field of that section) and train.seed.",
     )
     metric: Literal["val_loss", "val_rmse", "val_mae", "val_accuracy", "val_auc", "val_macro_f1", "val_logloss"] = Field(
         default="val_loss",
         description="Validation metric that ranks trials (and drives ASHA): val_loss/val_rmse/val_mae for regression, "
-        "val_loss/val_accuracy/val_auc for binary, val_loss/val_accuracy/val_macro_f1/val_logloss for multiclass.",
+        "val_loss/val_accuracy/val_auc for binary, val_loss/val_accuracy/val_macro_f1/val_logloss for multiclass "
+        "(trees: all but val_macro_f1; their val_loss is the RMSE or the log loss).",
     )
     mode: Literal["min", "max"] | None = Field(
         default=None,
@@ -120,7 +152,10 @@ class TuneConfig(_Section):
     scheduler: Literal["asha", "fifo"] = Field(
         default="asha", description="asha: stop trailing trials early (see `asha`); fifo: every trial runs all its epochs."
     )
-    asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA settings; max epochs = train.epochs.")
+    asha: AshaConfig = Field(
+        default_factory=AshaConfig,
+        description="ASHA settings; max epochs = train.epochs (trees: max rounds = model.<type>.num_boost_round).",
+    )
     num_samples: int | None = Field(
         default=None,
         ge=1,
@@ -135,7 +170,7 @@ class TuneConfig(_Section):
         default=None,
         ge=1,
         description="Ray Train workers per trial; null = train.num_workers. 1 runs the training loop in the trial's own "
-        "process; more runs a TorchTrainer (DDP) per trial.",
+        "process; more runs a TorchTrainer (DDP) per trial (trees: an XGBoostTrainer / LightGBMTrainer).",
     )
     cpus_per_worker: float | None = Field(default=None, gt=0.0, description="CPUs per worker; null = train.cpus_per_worker.")
     gpus_per_worker: float | None = Field(

@@ -52,9 +52,12 @@ class FitSettings:
 
     def with_candidate(self, c: CandidateConfig) -> FitSettings:
         """These settings with a candidate's fields (those it sets) replacing them."""
-        changes = {k: v for k, v in c.model_dump().items() if v is not None}
+        changes = {k: v for k, v in c.model_dump().items() if v is not None and k not in ("xgboost", "lightgbm")}
         if "hidden_sizes" in changes:
             changes["hidden_sizes"] = tuple(changes["hidden_sizes"])
+        tree_changes = getattr(c, self.model_type, None) if self.model_type != "mlp" else None
+        if tree_changes:
+            changes["tree_settings"] = {**self.tree_settings, **tree_changes}
         return FitSettings(**{**self.__dict__, **changes})
 
 
@@ -203,7 +206,7 @@ def fit_segment(
     if not candidates:
         raise ValueError("fit_segment needs at least one candidate's settings")
     if candidates[0].model_type != "mlp":
-        return _fit_tree_segment(key, train_df, val_df, schema, candidates[0], attempt, with_stats)
+        return _fit_tree_segment(key, train_df, val_df, schema, candidates, attempt, with_stats)
     t0 = time.perf_counter()
     best = None
     for i, s in enumerate(candidates):
@@ -256,21 +259,34 @@ def _trained(
 
 
 def _fit_tree_segment(
-    key: str, train_df: pd.DataFrame, val_df: pd.DataFrame, schema: Schema, s: FitSettings, attempt: int, with_stats: bool
+    key: str,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    schema: Schema,
+    candidates: list[FitSettings],
+    attempt: int,
+    with_stats: bool,
 ) -> SegmentOutcome:
-    """:func:`fit_segment` for a tree type: one booster (candidates are refused with trees, see the config), early
-    stopping on the segment's validation split, converted to raw-column ONNX and parity-checked against the booster."""
+    """:func:`fit_segment` for a tree type: one booster per candidate, early stopping on the segment's validation
+    split; the one with the lowest validation loss is converted to raw-column ONNX and parity-checked against itself."""
     from rayml.models import OnnxPredictor
     from rayml.train import TreeEncoding, boost_in_process, tree_onnx
 
     t0 = time.perf_counter()
     enc = TreeEncoding.of(schema)  # the set's global vocabularies and class list: every segment answers alike
-    seed = segment_seed(s.seed, key, attempt)
-    booster, loss, rounds = boost_in_process(s.model_type, s.tree_settings, enc, train_df, val_df, seed, threads=1)
+    best = None
+    for i, s in enumerate(candidates):
+        seed = segment_seed(s.seed, key, attempt) + i
+        booster, loss, rounds = boost_in_process(s.model_type, s.tree_settings, enc, train_df, val_df, seed, threads=1)
+        if best is None or loss < best[1]:
+            best = (booster, loss, rounds, i)
+    assert best is not None, "candidates is not empty"
+    booster, loss, rounds, chosen = best
+    model_type = candidates[chosen].model_type
     eval_df = val_df if len(val_df) else train_df
-    onnx_bytes, _parity, _source = tree_onnx(booster, s.model_type, enc, eval_df.head(PARITY_ROWS))
+    onnx_bytes, _parity, _source = tree_onnx(booster, model_type, enc, eval_df.head(PARITY_ROWS))
     outputs = OnnxPredictor(onnx_bytes).predict_all(eval_df)
-    return _trained(key, train_df, val_df, schema, onnx_bytes, outputs, loss, attempt, 0, rounds, t0, with_stats)
+    return _trained(key, train_df, val_df, schema, onnx_bytes, outputs, loss, attempt, chosen, rounds, t0, with_stats)
 
 
 def _short_error(e: BaseException) -> str:

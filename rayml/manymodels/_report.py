@@ -51,11 +51,13 @@ def aggregate(outcomes: dict[str, SegmentOutcome], task: str) -> dict[str, float
 
 def segment_model_source(model_type: str) -> dict[str, str]:
     """The ``source`` metadata of a set's models (``model.type``): the framework that made them, with its version."""
+    import importlib
     from importlib.metadata import version
 
     if model_type == "mlp":
         return {"framework": "rayml-mlp", "torch": version("torch")}
-    return {"framework": model_type, model_type: version(model_type)}
+    # the module's own version: XGBoost's distribution may be named `xgboost-cpu` (the CPU-only wheel), not `xgboost`
+    return {"framework": model_type, model_type: importlib.import_module(model_type).__version__}
 
 
 def write_set(

@@ -2,8 +2,9 @@
 
 :class:`ResumableRun` and :class:`RunIdentity` are what ``train``, ``tune`` and ``manymodels`` share about a run that a
 rerun of the same command continues: its name, its state file and its MLflow run. The worker loop (``run_loop``,
-``train_loop_per_worker``, ``LoopSession``) imports Ray Train, and the tree helpers many models shares
-(``boost_in_process``, ``tree_onnx``, ``TreeEncoding``) import ONNX, so they load on first use (PEP 562).
+``train_loop_per_worker``, ``LoopSession``) imports Ray Train, and the tree helpers many models and tune share
+(``boost_in_process``, ``tree_onnx``, ``TreeEncoding``, ``run_tree_loop``, ``fit_trees`` ...) import ONNX, so they load
+on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -40,12 +41,36 @@ from rayml.train.trainer import (
 
 if TYPE_CHECKING:
     from rayml.train._loop import LoopSession as LoopSession, run_loop as run_loop, train_loop_per_worker as train_loop_per_worker
-    from rayml.train._tree_fit import boost_in_process as boost_in_process, tree_onnx as tree_onnx
-    from rayml.train._trees import TreeEncoding as TreeEncoding
+    from rayml.train._tree_fit import (
+        best_booster as best_booster,
+        boost_in_process as boost_in_process,
+        export_tree_model_dir as export_tree_model_dir,
+        fit_trees as fit_trees,
+        tree_loop_config as tree_loop_config,
+        tree_onnx as tree_onnx,
+        tree_validation_metrics as tree_validation_metrics,
+    )
+    from rayml.train._trees import (
+        TreeEncoding as TreeEncoding,
+        read_tree_checkpoint as read_tree_checkpoint,
+        run_tree_loop as run_tree_loop,
+    )
 
 _LAZY = {name: "rayml.train._loop" for name in ("LoopSession", "run_loop", "train_loop_per_worker")}
 # trees: shared with many models (per-segment boosters); they import ONNX and the boosters' packages on first use
-_LAZY |= {"boost_in_process": "rayml.train._tree_fit", "tree_onnx": "rayml.train._tree_fit", "TreeEncoding": "rayml.train._trees"}
+_LAZY |= {
+    name: "rayml.train._tree_fit"
+    for name in (
+        "best_booster",
+        "boost_in_process",
+        "export_tree_model_dir",
+        "fit_trees",
+        "tree_loop_config",
+        "tree_onnx",
+        "tree_validation_metrics",
+    )
+}
+_LAZY |= {name: "rayml.train._trees" for name in ("TreeEncoding", "read_tree_checkpoint", "run_tree_loop")}
 
 
 __getattr__ = lazy_getattr(__name__, {name: (module, name) for name, module in _LAZY.items()}, globals())

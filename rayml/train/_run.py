@@ -124,6 +124,12 @@ def _drop_inactive(identity: dict[str, Any]) -> None:
             if isinstance(values, dict):
                 for key in keys:
                     values.pop(key, None)
+    candidates = (identity.get("manymodels") or {}).get("candidates")
+    for c in candidates if isinstance(candidates, list) else []:
+        if isinstance(c, dict):  # a candidate's unset tree sections: as before candidates could have them
+            for key in ("xgboost", "lightgbm"):
+                if c.get(key) is None:
+                    c.pop(key, None)
 
 
 def identity_digest(identity: Mapping[str, Any], digits: int = 10) -> str:

@@ -23,7 +23,7 @@ from rayml._private import constants, fs
 from rayml.config import TrainJobConfig
 from rayml.data import reference_stats
 from rayml.errors import TrainingError
-from rayml.train._trees import UNKNOWN_CODE, TreeEncoding, booster_loads, read_checkpoint
+from rayml.train._trees import UNKNOWN_CODE, TreeEncoding, booster_loads, read_tree_checkpoint
 
 logger = logging.getLogger("rayml.train")
 
@@ -48,6 +48,7 @@ def tree_loop_config(
         "seed": t.seed,
         "threads": max(1, int(t.cpus_per_worker)),
         "num_workers": t.num_workers,
+        "use_gpu": t.use_gpu,
         "checkpoint_every_rounds": t.checkpoint_every_rounds,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
@@ -58,6 +59,25 @@ def tree_loop_config(
     }
 
 
+def check_gpu_build(cfg: TrainJobConfig) -> None:
+    """With ``train.use_gpu``, the installed XGBoost must be a CUDA build (the ``xgboost-cpu`` wheel is not).
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if not (cfg.train.use_gpu and cfg.model.type == "xgboost"):
+        return
+    import xgboost
+
+    if not xgboost.build_info().get("USE_CUDA"):
+        from rayml.errors import ConfigError
+
+        raise ConfigError(
+            f"train.use_gpu=true, but the installed XGBoost {xgboost.__version__} was built without CUDA (the xgboost-cpu wheel)",
+            hint="install the CUDA build on the GPU nodes (pip install xgboost), or set train.use_gpu=false",
+        )
+
+
 def fit_trees(
     cfg: TrainJobConfig,
     datasets: dict[str, Any],
@@ -66,8 +86,17 @@ def fit_trees(
     storage_path: str,
     tracking_uri: str | None,
     mlflow_run_id: str | None,
+    *,
+    callbacks: list[Any] | None = None,
+    loop_overrides: dict[str, Any] | None = None,
+    checkpoint_score: tuple[str, str] | None = None,
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Run the tree loop on Ray Train's XGBoost / LightGBM trainer.
+
+    Args:
+        callbacks: more Ray Train callbacks (a Tune trial passes ``TuneReportCallback``).
+        loop_overrides: entries of the worker's loop config to replace (a Tune trial's faults and fault marker).
+        checkpoint_score: (metric, "min" | "max"): keep the best checkpoints by it (default: the newest).
 
     Returns:
         (the final booster, its checkpoint meta: ``epoch`` (rounds), ``history``, ``best_round``, ``early_stopped``,
@@ -84,8 +113,13 @@ def fit_trees(
     set_train_poll_interval(cfg.train.controller_poll_interval_s)
     t = cfg.train
     run_dir = fs.join(storage_path, run_name)
+    loop = tree_loop_config(cfg, enc, tracking_uri, mlflow_run_id, run_dir) | (loop_overrides or {})
+    user_callbacks: list[Any] = [MlflowReportCallback(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else []
+    score: dict[str, Any] = {}
+    if checkpoint_score:
+        score = {"checkpoint_score_attribute": checkpoint_score[0], "checkpoint_score_order": checkpoint_score[1]}
     kwargs: dict[str, Any] = {
-        "train_loop_config": tree_loop_config(cfg, enc, tracking_uri, mlflow_run_id, run_dir),
+        "train_loop_config": loop,
         "scaling_config": ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -93,8 +127,9 @@ def fit_trees(
             name=run_name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=t.max_failures),
-            callbacks=[MlflowReportCallback(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else [],  # type: ignore[list-item]
-            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint_num_to_keep),  # the newest survive
+            callbacks=user_callbacks + list(callbacks or []),
+            # the newest survive (or the best by checkpoint_score)
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint_num_to_keep, **score),
         ),
         "datasets": datasets,
         # every worker validates on the whole validation set: identical metrics, identical early-stopping decisions
@@ -112,7 +147,7 @@ def fit_trees(
     ckpt = newest_checkpoint(result.checkpoint, run_dir, loads=booster_loads(cfg.model.type))
     if ckpt is None:
         raise TrainingError(f"training run {run_name!r} produced no checkpoint", hint="check the worker logs above")
-    booster, meta = read_checkpoint(ckpt, cfg.model.type)
+    booster, meta = read_tree_checkpoint(ckpt, cfg.model.type)
     return booster, meta, dict(result.metrics or {})
 
 
@@ -238,7 +273,7 @@ def export_tree_model_dir(
     ).path
 
 
-def validation_metrics(booster: Any, model_type: str, enc: TreeEncoding, validation: pd.DataFrame) -> dict[str, float]:
+def tree_validation_metrics(booster: Any, model_type: str, enc: TreeEncoding, validation: pd.DataFrame) -> dict[str, float]:
     """The task's validation metrics of the booster in the target's terms (as the MLP reports them)."""
     from rayml.models.metrics import task_metrics
 

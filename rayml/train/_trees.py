@@ -126,12 +126,63 @@ class TreeEncoding:
 
 
 # --- booster settings ------------------------------------------------------------------------------------------------
-def xgboost_params(settings: dict[str, Any], enc: TreeEncoding, seed: int, threads: int) -> dict[str, Any]:
-    """XGBoost's ``params`` for ``model.xgboost`` (its config section as a dict) and the task."""
+# The boosters' evaluation metrics on the validation split, per task (the first is ``val_loss``: early stopping's), and
+# rayml's name for each (the MLP's names; ``error`` becomes ``val_accuracy = 1 - error``).
+XGBOOST_METRICS = {
+    "regression": ("rmse", "mae"),
+    "binary": ("logloss", "auc", "error"),
+    "multiclass": ("mlogloss", "merror"),
+}
+LIGHTGBM_METRICS = {
+    "regression": ("rmse", "l1"),
+    "binary": ("binary_logloss", "auc", "binary_error"),
+    "multiclass": ("multi_logloss", "multi_error"),
+}
+_RAYML_NAMES = {
+    "rmse": "val_rmse",
+    "mae": "val_mae",
+    "l1": "val_mae",
+    "logloss": "val_logloss",
+    "binary_logloss": "val_logloss",
+    "mlogloss": "val_logloss",
+    "multi_logloss": "val_logloss",
+    "auc": "val_auc",
+}
+_ERRORS = ("error", "merror", "binary_error", "multi_error")
+
+
+def rayml_metrics(values: dict[str, float]) -> dict[str, float]:
+    """The boosters' metric values (by their names) under rayml's names: ``val_rmse``, ``val_accuracy`` ..."""
+    out = {}
+    for name, value in values.items():
+        if name in _ERRORS:
+            out["val_accuracy"] = 1.0 - float(value)
+        elif name in _RAYML_NAMES:
+            out[_RAYML_NAMES[name]] = float(value)
+    return out
+
+
+def xgboost_params(
+    settings: dict[str, Any],
+    enc: TreeEncoding,
+    seed: int,
+    threads: int,
+    *,
+    all_metrics: bool = False,
+    use_gpu: bool = False,
+) -> dict[str, Any]:
+    """XGBoost's ``params`` for ``model.xgboost`` (its config section as a dict) and the task.
+
+    Args:
+        all_metrics: evaluate every metric of :data:`XGBOOST_METRICS` (the first is still the loss); off, only the loss
+            (XGBoost's own early stopping watches the *last* metric).
+        use_gpu: train on the worker's GPU (``device="cuda"``).
+    """
     objective = {"regression": "reg:squarederror", "binary": "binary:logistic", "multiclass": "multi:softprob"}[enc.task]
+    metrics = XGBOOST_METRICS[enc.task]
     params: dict[str, Any] = {
         "objective": objective,
-        "eval_metric": {"regression": "rmse", "binary": "logloss", "multiclass": "mlogloss"}[enc.task],
+        "eval_metric": list(metrics) if all_metrics else metrics[0],
         "tree_method": "hist",
         "max_depth": settings["max_depth"],
         "eta": settings["learning_rate"],
@@ -143,16 +194,22 @@ def xgboost_params(settings: dict[str, Any], enc: TreeEncoding, seed: int, threa
         "seed": seed,
         "nthread": threads,
     }
+    if use_gpu:
+        params["device"] = "cuda"
     if enc.task == "multiclass":
         params["num_class"] = len(enc.class_labels)
     return params
 
 
-def lightgbm_params(settings: dict[str, Any], enc: TreeEncoding, seed: int, threads: int) -> dict[str, Any]:
-    """LightGBM's ``params`` for ``model.lightgbm`` (its config section as a dict) and the task."""
+def lightgbm_params(
+    settings: dict[str, Any], enc: TreeEncoding, seed: int, threads: int, *, all_metrics: bool = False
+) -> dict[str, Any]:
+    """LightGBM's ``params`` for ``model.lightgbm`` (its config section as a dict) and the task (``all_metrics``: as
+    :func:`xgboost_params`; LightGBM's own early stopping would watch every metric)."""
+    metrics = LIGHTGBM_METRICS[enc.task]
     params: dict[str, Any] = {
         "objective": {"regression": "regression", "binary": "binary", "multiclass": "multiclass"}[enc.task],
-        "metric": {"regression": "rmse", "binary": "binary_logloss", "multiclass": "multi_logloss"}[enc.task],
+        "metric": list(metrics) if all_metrics else metrics[0],
         "num_leaves": settings["num_leaves"],
         "max_depth": settings["max_depth"],
         "learning_rate": settings["learning_rate"],
@@ -198,16 +255,20 @@ class Progress:
                 self.logger = EpochMetricsLogger(config.get("tracking_uri"), config.get("mlflow_run_id"))
                 self.logger.log({"resumed_from_epoch": start}, step=start)
         self._unlogged: list[tuple[dict[str, float], int]] = []
+        self.latest: dict[str, float] = {}  # the last round's other validation metrics (val_rmse, val_auc ...)
 
     @property
     def best_round(self) -> int:
         return int(np.argmin(self.history)) + 1 if self.history else 0
 
-    def after_round(self, booster: Any, round_: int, val_loss: float) -> bool:
-        """Record round ``round_`` (1-based); checkpoint when due; True when early stopping says stop."""
+    def after_round(self, booster: Any, round_: int, val_loss: float, metrics: dict[str, float] | None = None) -> bool:
+        """Record round ``round_`` (1-based) with its loss and other validation ``metrics`` (rayml's names); checkpoint
+        when due; True when early stopping says stop."""
         del self.history[round_ - 1 :]  # a round boosted again after a restart replaces its old entry
         self.history.append(float(val_loss))
-        self._unlogged.append(({"val_loss": float(val_loss), "epoch": round_}, round_))  # `epoch`: the CLI's bar
+        self.latest = dict(metrics or {})
+        # `epoch`: the CLI's progress bar
+        self._unlogged.append(({**self.latest, "val_loss": float(val_loss), "epoch": round_}, round_))
         stop = bool(self.patience) and round_ - self.best_round >= self.patience
         if round_ % self.every == 0 or stop:
             self.checkpoint(booster, round_, early_stopped=stop)
@@ -223,6 +284,7 @@ class Progress:
         self.last_checkpointed = round_
         best = self.best_round
         metrics = {
+            **self.latest,
             "epoch": round_,
             "round": round_,
             "val_loss": self.history[-1] if self.history else float("nan"),
@@ -250,7 +312,7 @@ class Progress:
             self.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def read_checkpoint(checkpoint: Any, model_type: str) -> tuple[Any, dict[str, Any]]:
+def read_tree_checkpoint(checkpoint: Any, model_type: str) -> tuple[Any, dict[str, Any]]:
     """(the booster, the meta) of a tree checkpoint."""
     with checkpoint.as_directory() as d:
         with open(os.path.join(d, META_FILE)) as f:
@@ -276,7 +338,7 @@ def booster_loads(model_type: str) -> Any:
         import ray.train
 
         try:
-            read_checkpoint(ray.train.Checkpoint(path, filesystem=filesystem), model_type)
+            read_tree_checkpoint(ray.train.Checkpoint(path, filesystem=filesystem), model_type)
             return True
         except Exception:  # torn or partial upload
             return False
@@ -289,30 +351,68 @@ def _frame(shard: Any) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+class TreeSession:
+    """Where the tree loop runs: its rank, its rows, its last checkpoint and where its reports go.
+
+    This one is a Ray Train worker (``ray.train``: dataset shards, checkpoints, reports); a Tune trial that boosts in
+    its own process supplies another (:mod:`rayml.tune._trainables`).
+    """
+
+    def __init__(self) -> None:
+        import ray.train
+
+        self.rank: int = ray.train.get_context().get_world_rank()
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(this worker's training rows, the validation rows)."""
+        import ray.train
+
+        return _frame(ray.train.get_dataset_shard("train")), _frame(ray.train.get_dataset_shard("validation"))
+
+    def get_checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 # --- the worker loop ---------------------------------------------------------------------------------------------------
 def tree_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker body for ``model.type`` xgboost | lightgbm: resume, boost the remaining rounds, checkpoint."""
-    import ray.train
-
     from rayml._private.ray_session import quiet_ray_data
-    from rayml.train._checkpoints import newest_checkpoint
 
     quiet_ray_data()
+    run_tree_loop(config, TreeSession())
+
+
+def run_tree_loop(config: dict[str, Any], session: Any) -> None:
+    """Resume from the session's newest checkpoint (or a newer one under ``config["run_dir"]``), boost the remaining
+    rounds, checkpoint every ``checkpoint_every_rounds`` rounds and after the last.
+
+    Args:
+        config: the loop config (:func:`rayml.train._tree_fit.tree_loop_config`).
+        session: a :class:`TreeSession`-like object (``rank``, ``frames()``, ``get_checkpoint()``, ``report()``).
+    """
+    from rayml.train._checkpoints import newest_checkpoint
+
     model_type: str = config["model_type"]
     enc = TreeEncoding.from_dict(config["encoding"])
-    rank = ray.train.get_context().get_world_rank()
-    train_df = _frame(ray.train.get_dataset_shard("train"))
-    val_df = _frame(ray.train.get_dataset_shard("validation"))
+    rank = session.rank
+    train_df, val_df = session.frames()
     x, y = enc.matrix(train_df), enc.labels(train_df)
     xv, yv = enc.matrix(val_df), enc.labels(val_df)
 
-    ckpt = newest_checkpoint(ray.train.get_checkpoint(), config.get("run_dir"), loads=booster_loads(model_type))
-    init, meta = read_checkpoint(ckpt, model_type) if ckpt is not None else (None, {})
+    ckpt = newest_checkpoint(session.get_checkpoint(), config.get("run_dir"), loads=booster_loads(model_type))
+    init, meta = read_tree_checkpoint(ckpt, model_type) if ckpt is not None else (None, {})
     start = int(meta.get("epoch", 0))
     history = [float(v) for v in meta.get("history", [])][:start]
     if start:
         logger.info("resuming boosting from the checkpoint of round %d", start)
-    progress = Progress(config, rank, ray.train.report, start, history)
+    progress = Progress(config, rank, session.report, start, history)
     total: int = config["settings"]["num_boost_round"]
     if meta.get("early_stopped") or start >= total:
         progress.checkpoint(init, start, early_stopped=bool(meta.get("early_stopped")), done=True)
@@ -337,15 +437,18 @@ def _boost_xgboost(
 ) -> Any:
     import xgboost
 
-    params = xgboost_params(config["settings"], enc, config["seed"], config["threads"])
-    metric = params["eval_metric"]
+    params = xgboost_params(
+        config["settings"], enc, config["seed"], config["threads"], all_metrics=True, use_gpu=config.get("use_gpu", False)
+    )
+    loss = XGBOOST_METRICS[enc.task][0]
     # no feature names: the converted graph reads the matrix by position (TreeEncoding.features)
     dtrain = xgboost.DMatrix(train[0], label=train[1])
     dval = xgboost.DMatrix(val[0], label=val[1])
 
     class Callback(xgboost.callback.TrainingCallback):
         def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-            return progress.after_round(model, model.num_boosted_rounds(), evals_log["validation"][metric][-1])
+            values = {name: history[-1] for name, history in evals_log["validation"].items()}
+            return progress.after_round(model, model.num_boosted_rounds(), values[loss], rayml_metrics(values))
 
     return xgboost.train(
         params,
@@ -370,7 +473,8 @@ def _boost_lightgbm(
     import lightgbm
     import ray.train.lightgbm
 
-    params = lightgbm_params(config["settings"], enc, config["seed"], config["threads"])
+    params = lightgbm_params(config["settings"], enc, config["seed"], config["threads"], all_metrics=True)
+    loss = LIGHTGBM_METRICS[enc.task][0]
     if config["num_workers"] > 1:
         params.update(tree_learner="data_parallel", pre_partition=True, **ray.train.lightgbm.get_network_params())
     cats: list[int] | Literal["auto"] = enc.categorical_indices or "auto"
@@ -378,8 +482,8 @@ def _boost_lightgbm(
     dval = lightgbm.Dataset(val[0], label=val[1], reference=dtrain, categorical_feature=cats)
 
     def callback(env: Any) -> None:
-        value = next(v for _data, _name, v, _higher in env.evaluation_result_list if _data == "validation")
-        if progress.after_round(env.model, env.iteration + 1, value):
+        values = {name: v for data, name, v, _higher in env.evaluation_result_list if data == "validation"}
+        if progress.after_round(env.model, env.iteration + 1, values[loss], rayml_metrics(values)):
             raise lightgbm.callback.EarlyStopException(progress.best_round - 1, env.evaluation_result_list)
 
     callback.order = 30  # type: ignore[attr-defined]  # LightGBM sorts callbacks by this attribute

@@ -457,8 +457,14 @@ def _fit_and_register_trees(
     cfg: TrainJobConfig, registry: Registry, prepared: PreparedData, run: ResumableRun, storage_path: str
 ) -> TrainResult:
     """Boost (from the run's last checkpoint, if any), cut the booster to its best round, export and register it."""
-    from rayml.train._tree_fit import best_booster, export_tree_model_dir, fit_trees, validation_metrics
+    from rayml.train._tree_fit import best_booster, check_gpu_build, export_tree_model_dir, fit_trees, tree_validation_metrics
 
+    check_gpu_build(cfg)
+    if cfg.train.use_gpu:
+        from rayml._private.ray_session import ensure_ray
+
+        ensure_ray()
+        _check_gpus(cfg)
     run_id, run_name = str(run.run_id), run.name
     enc = TreeEncoding.of(prepared.schema)
     # shards are contiguous slices: rows in file order (by store, by date) would give each worker a different part of
@@ -471,7 +477,7 @@ def _fit_and_register_trees(
     best_round = int(meta.get("best_round") or rounds)
     history = [float(v) for v in meta.get("history", [])]
     booster = best_booster(booster, cfg.model.type, best_round)
-    metrics = validation_metrics(booster, cfg.model.type, enc, prepared.validation)
+    metrics = tree_validation_metrics(booster, cfg.model.type, enc, prepared.validation)
     if history:
         metrics["val_loss"] = history[best_round - 1]
     metrics["early_stopped"] = float(bool(meta.get("early_stopped")))

@@ -90,11 +90,9 @@ def write_outputs(
     return fs.join(exp_path, RESULTS_FILE), fs.join(exp_path, CURVES_FILE)
 
 
-def _best_state_dict(cfg: TuneJobConfig, grid: Any, best: TrialSummary) -> dict[str, Any]:
-    """The best trial's model at its best epoch, from a Tune checkpoint (single worker) or its trainer run (DDP)."""
+def _best_checkpoint(cfg: TuneJobConfig, grid: Any, best: TrialSummary) -> Any:
+    """The best trial's checkpoint at its best epoch: a Tune checkpoint (single worker) or its trainer run's (Ray Train)."""
     import ray.train
-
-    from rayml.train.trainer import load_state_dict_from_checkpoint
 
     result = next(r for r in grid if r.path.rstrip("/").endswith(f"trial_{best.trial_id}"))
     checkpoint = None
@@ -111,22 +109,69 @@ def _best_state_dict(cfg: TuneJobConfig, grid: Any, best: TrialSummary) -> dict[
             f"the best trial {best.trial_id} has no checkpoint to export",
             hint=f"check {result.path}; raise train.checkpoint_num_to_keep if checkpoints were deleted",
         )
-    state = load_state_dict_from_checkpoint(checkpoint)
-    if int(state["epoch"]) != best.best_epoch:
+    return checkpoint
+
+
+def _warn_if_other_epoch(cfg: TuneJobConfig, best: TrialSummary, epoch: int) -> None:
+    if epoch != best.best_epoch:
         logger.warning(
             "best trial %s: best %s at epoch %s but the kept checkpoint is from epoch %s",
             best.trial_id,
             cfg.tune.metric,
             best.best_epoch,
-            state["epoch"],
+            epoch,
         )
-    return state
+
+
+def _set_best_epoch(meta: dict, epoch: int) -> None:
+    meta["metrics"]["best_epoch"] = float(epoch)
+    meta["lineage"]["rayml.best_epoch"] = str(epoch)
+
+
+def _export_best_mlp(
+    cfg: TuneJobConfig, result: TuneResult, grid: Any, prepared: PreparedData, model_dir: Path, meta: dict
+) -> int:
+    """Export the best trial's network (its best epoch's weights); returns that epoch."""
+    from rayml.train.trainer import load_state_dict_from_checkpoint
+
+    state = load_state_dict_from_checkpoint(_best_checkpoint(cfg, grid, result.best))
+    epoch = int(state["epoch"])
+    _warn_if_other_epoch(cfg, result.best, epoch)
+    _set_best_epoch(meta, epoch)
+    export_model_dir(model_dir, spec_for(result.best_config, prepared), state, prepared, meta)
+    return epoch
+
+
+def _export_best_trees(
+    cfg: TuneJobConfig, result: TuneResult, grid: Any, prepared: PreparedData, model_dir: Path, meta: dict
+) -> int:
+    """Export the best trial's booster; returns the rounds it keeps.
+
+    Its checkpoint is the one at the round with the best ``tune.metric`` among the reported ones (every
+    ``train.checkpoint_every_rounds``). When that metric is the loss itself (val_loss, or its other name val_rmse /
+    val_logloss), the booster is cut to the exact best round in the checkpoint's per-round history, as ``rayml train``
+    does; otherwise it keeps the reported round's trees.
+    """
+    from rayml.train import TreeEncoding, best_booster, export_tree_model_dir, read_tree_checkpoint, tree_validation_metrics
+
+    model_type = cfg.model.type
+    booster, ckpt_meta = read_tree_checkpoint(_best_checkpoint(cfg, grid, result.best), model_type)
+    reported = int(ckpt_meta["epoch"])
+    _warn_if_other_epoch(cfg, result.best, reported)
+    loss_names = ("val_loss", "val_rmse" if cfg.data.task == "regression" else "val_logloss")
+    rounds = int(ckpt_meta.get("best_round") or reported) if cfg.tune.metric in loss_names else reported
+    booster = best_booster(booster, model_type, rounds)
+    _set_best_epoch(meta, rounds)
+    enc = TreeEncoding.of(prepared.schema)
+    meta["metrics"] |= tree_validation_metrics(booster, model_type, enc, prepared.validation)
+    settings = getattr(result.best_config.model, model_type).model_dump()
+    extra = {**meta, "model_type": model_type, "tree_settings": settings, "best_iteration": rounds, "rounds_trained": reported}
+    export_tree_model_dir(model_dir, booster, model_type, enc, prepared, extra)
+    return rounds
 
 
 def register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, grid: Any, prepared: PreparedData) -> None:
-    best, bc = result.best, result.best_config
-    state = _best_state_dict(cfg, grid, best)
-    spec = spec_for(bc, prepared)
+    best = result.best
     run_id = best.mlflow_run_id or result.parent_run_id
     tags = lineage_tags(
         prepared.fingerprint,
@@ -135,10 +180,10 @@ def register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, gr
             SEARCH_TAG: result.name,
             "rayml.tune_trial_id": best.trial_id,
             "rayml.tune_parent_run_id": result.parent_run_id,
-            "rayml.best_epoch": str(int(state["epoch"])),
+            "rayml.model_type": cfg.model.type,
         },
     )
-    metrics = {f"best_{cfg.tune.metric}": float(best.best_metric or math.nan), "best_epoch": float(state["epoch"])}
+    metrics = {f"best_{cfg.tune.metric}": float(best.best_metric or math.nan)}
     model_dir = Path(tempfile.mkdtemp(prefix="rayml-model-"))
     meta = {
         "name": cfg.model.name,
@@ -146,7 +191,8 @@ def register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, gr
         "lineage": tags,
         "tune": {"search": result.name, "trial_id": best.trial_id, "params": best.params},
     }
-    export_model_dir(model_dir, spec, state, prepared, meta)
+    export = _export_best_trees if cfg.model.is_tree else _export_best_mlp
+    export(cfg, result, grid, prepared, model_dir, meta)  # sets the best epoch (round) in the metrics and the tags
     result.model_dir = str(model_dir)
     if not cfg.registry.register_version:
         return

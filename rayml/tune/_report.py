@@ -118,7 +118,8 @@ def status_text(t: TrialSummary) -> str:
 def table_rows(trials: list[TrialSummary], cfg: TuneJobConfig) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of the results table: trial, searched params, best metric, best epoch, epochs, status."""
     paths = list(cfg.tune.space)
-    columns = ["trial", *paths, f"best {cfg.tune.metric}", "best epoch", "epochs", "status"]
+    word = cfg.epoch_word
+    columns = ["trial", *paths, f"best {cfg.tune.metric}", f"best {word}", f"{word}s", "status"]
     rows = []
     for t in trials:
         rows.append(
@@ -178,7 +179,7 @@ def learning_curves_png(trials: list[TrialSummary], cfg: TuneJobConfig, title: s
             ax.plot(xs[-1:], ys[-1:], "x", markersize=9, color=line.get_color())
         else:
             ax.plot(xs, ys, "-", linewidth=1.4, alpha=0.9, label=label)
-    ax.set_xlabel("epoch (dashed, ending in x: stopped early by ASHA)")
+    ax.set_xlabel(f"{cfg.epoch_word} (dashed, ending in x: stopped early by ASHA)")
     ax.set_ylabel(f"{cfg.tune.metric} (validation)")
     ax.set_xlim(0.5, max(cfg.max_epochs, 1) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

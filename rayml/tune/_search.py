@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rayml._private import constants, fs
-from rayml.config import ConfigLike, Overrides, TuneJobConfig, dump_config, resolve_config
+from rayml.config import ConfigLike, Overrides, TuneJobConfig, dump_config, model_type_problems, resolve_config
 from rayml.errors import ConfigError, TrainingError
 from rayml.models.factory import import_path
 from rayml.registry import ModelVersionInfo, Registry
@@ -34,7 +34,13 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import SearchAlgorithm, Searcher
 from rayml.tune._space import identity_changes, param_space, search_identity, search_name_for, trial_config
-from rayml.tune._trainables import TrialSetup, distributed_trial, single_worker_trial
+from rayml.tune._trainables import (
+    TrialSetup,
+    distributed_tree_trial,
+    distributed_trial,
+    single_worker_tree_trial,
+    single_worker_trial,
+)
 
 logger = logging.getLogger("rayml.tune")
 
@@ -236,10 +242,14 @@ def tune(
         ({'train.learning_rate': 0.0042, ...}, 41.7, 'sales-model:3')
     """
     cfg = resolve_config(TuneJobConfig, config, overrides)
+    problems = model_type_problems(cfg.model, cfg.train)
+    if problems:
+        raise ConfigError("; ".join(problems), hint=f"model.type {cfg.model.type!r} trains with its own settings; see the README")
     logger.info("resolved config:\n%s", dump_config(cfg))
     t0 = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.train.seed)
-    spec_for(cfg, prepared, check_factory=True)  # a bad model.factory fails here, not in every trial
+    if not cfg.model.is_tree:
+        spec_for(cfg, prepared, check_factory=True)  # a bad model.factory fails here, not in every trial
     name = search_name_for(cfg, prepared.fingerprint)
     root = fs.join(storage_path_for(cfg), "tune")
     exp_path = fs.join(root, name)
@@ -308,11 +318,12 @@ def _make_tuner(
         train_storage=fs.join(exp_path, "_train"),
         factory_path=import_path(cfg.model.factory) if cfg.model.factory else [],
     )
+    trees = cfg.model.is_tree
     if workers == 1:
-        fn, resources = single_worker_trial, {"CPU": cpus, "GPU": gpus}
+        fn, resources = (single_worker_tree_trial if trees else single_worker_trial), {"CPU": cpus, "GPU": gpus}
         max_concurrent = cfg.tune.max_concurrent_trials
     else:
-        fn, resources = distributed_trial, {"CPU": _DRIVER_TRIAL_CPU}
+        fn, resources = (distributed_tree_trial if trees else distributed_trial), {"CPU": _DRIVER_TRIAL_CPU}
         max_concurrent = cfg.tune.max_concurrent_trials or _default_concurrency(workers, cpus, gpus)
     trainable = ray_tune.with_resources(ray_tune.with_parameters(fn, setup=setup, prepared=prepared), resources)
     restoring = resume and Tuner.can_restore(exp_path)

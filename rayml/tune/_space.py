@@ -73,8 +73,8 @@ def trial_config(cfg: TuneJobConfig, values: dict[str, Any]) -> TrainJobConfig:
 
 
 def trial_epochs(cfg: TuneJobConfig, values: dict[str, Any]) -> int:
-    """The epochs a trial is configured to run (its own train.epochs when that is searched)."""
-    return int(values.get("train.epochs", cfg.train.epochs))
+    """The epochs a trial is configured to run (its own train.epochs when that is searched); trees: boosting rounds."""
+    return int(values.get(cfg.epochs_path, cfg.configured_epochs))
 
 
 def format_value(value: Any) -> str:

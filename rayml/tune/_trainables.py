@@ -10,12 +10,20 @@
   ``TuneReportCallback``; checkpoints stay in the trainer's own run directory, named after the trial, so a restarted
   trial resumes from them. The driver reserves only a token CPU share, so ``max_concurrent_trials`` is what bounds how
   many worker groups compete for the cluster (rayml sets it from the cluster size when the config leaves it null).
+
+Trees (``model.type`` xgboost | lightgbm) have the same two shapes: the tree loop of ``rayml train``
+(:func:`rayml.train.run_tree_loop`) in the trial's process, reporting to Tune every ``train.checkpoint_every_rounds``
+rounds with a checkpoint of the booster (``epoch`` = the boosting round, ASHA's time axis); or an XGBoostTrainer /
+LightGBMTrainer per trial (:func:`rayml.train.fit_trees`). A restarted trial boosts on from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +55,8 @@ class TrialSetup:
     faults: str | None
     train_storage: str  # distributed trials: where each trial's TorchTrainer run keeps its checkpoints
     factory_path: list[str]  # where the driver found the model.factory module (rayml.models.factory.import_path)
+    # trees: an injected kill/raise fires once per search (every trial and restart checks this marker), not per attempt
+    fault_marker: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), f"rayml-fault-{uuid.uuid4().hex}"))
 
 
 def build_trial(setup: TrialSetup, prepared: PreparedData, config: dict[str, Any]) -> tuple[TrainJobConfig, ModelSpec]:
@@ -158,3 +168,76 @@ def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: Pr
         dataset_config=RayDataConfig(datasets_to_split=["train"]),
     )
     trainer.fit()
+
+
+# --- trees ---------------------------------------------------------------------------------------------------------------
+class TuneTreeSession:
+    """The tree loop inside a single-worker Tune trial: the shared frames, ``ray.tune`` checkpoints and reports."""
+
+    rank = 0
+
+    def __init__(self, train: pd.DataFrame, validation: pd.DataFrame) -> None:
+        self._train, self._validation = train, validation
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return self._train, self._validation
+
+    def get_checkpoint(self) -> Any:
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        import ray.tune
+
+        # the loop builds a ray.train.Checkpoint; Tune wants its own class (same directory, persisted during report)
+        ckpt = ray.tune.Checkpoint.from_directory(checkpoint.path) if checkpoint is not None else None
+        ray.tune.report(metrics, checkpoint=ckpt)
+
+
+def _tree_trial(setup: TrialSetup, config: dict[str, Any]) -> TrainJobConfig:
+    """The trial's training config, with the trial's resources in its train section."""
+    cfg = trial_config(setup.cfg, decode(setup.cfg, config))
+    train = cfg.train.model_copy(
+        update={"num_workers": setup.workers, "cpus_per_worker": setup.cpus_per_worker, "use_gpu": setup.gpus_per_worker > 0}
+    )
+    return cfg.model_copy(update={"train": train})
+
+
+def _tree_overrides(setup: TrialSetup) -> dict[str, Any]:
+    return {"faults": setup.faults, "fault_marker": setup.fault_marker}
+
+
+def single_worker_tree_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: PreparedData) -> None:
+    """Tune function trainable: one trial = the tree loop in this process."""
+    from rayml.train import TreeEncoding, run_tree_loop, tree_loop_config
+
+    cfg = _tree_trial(setup, config)
+    # per-round MLflow logging is the driver callback's job; no run directory: Tune keeps this trial's checkpoints
+    loop = tree_loop_config(cfg, TreeEncoding.of(prepared.schema), None, None, "") | _tree_overrides(setup)
+    run_tree_loop(loop, TuneTreeSession(prepared.train, prepared.validation))
+
+
+def distributed_tree_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: PreparedData) -> None:
+    """Tune function trainable: one trial = an XGBoostTrainer / LightGBMTrainer with ``setup.workers`` workers."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayml.train import TreeEncoding, fit_trees
+    from rayml.train.trainer import to_ray_datasets
+
+    cfg = _tree_trial(setup, config)
+    # a seeded shuffle makes every worker's shard look alike (as `rayml train` does for trees)
+    shuffled = prepared.train.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
+    fit_trees(
+        cfg,
+        to_ray_datasets(replace(prepared, train=shuffled), setup.workers),
+        TreeEncoding.of(prepared.schema),
+        trainer_run_name(ray.tune.get_context().get_trial_id()),
+        setup.train_storage,
+        None,
+        None,
+        callbacks=[TuneReportCallback()],
+        loop_overrides=_tree_overrides(setup),
+        checkpoint_score=(setup.cfg.tune.metric, setup.cfg.resolved_mode),
+    )

@@ -246,3 +246,34 @@ def test_a_lightgbm_model_set_answers_like_its_boosters_and_falls_back(
     assert set(served_by[mine]) == {"store_001"} and set(served_by[~mine]) == {FALLBACK}
     fallback = OnnxPredictor(md.path / "fallback.onnx").predict(rows[~mine])
     np.testing.assert_allclose(outputs["prediction"][~mine], fallback, rtol=1e-6)
+
+
+def test_the_shipped_xgboost_config_trains_a_model_set_of_boosters(
+    ray_session, tracking_uri: str, tmp_path: Path, stores
+) -> None:
+    df, path = stores
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(
+        ManyModelsJobConfig,
+        root / "jobs" / "configs" / "manymodels_xgboost.yaml",
+        [
+            f"data.source={path}",
+            *sales_columns(),
+            "model.name=stores-xgb",
+            "model.xgboost.num_boost_round=30",
+            f"train.storage_path={tmp_path / 'runs'}",
+            "manymodels.min_rows=40",
+            "manymodels.segments_per_task=4",
+            f"registry.tracking_uri={tracking_uri}",
+        ],
+    )
+    result = train_model_set(cfg)
+    assert result.ok and (result.trained, result.fell_back, result.failed) == (7, 1, {})
+    assert result.metrics["median_segment_val_rmse"] < result.metrics["median_global_val_rmse"]
+    md = Registry(tracking_uri).load(result.model_version.ref).model_dir
+    assert md.meta["source"]["framework"] == "xgboost" and md.model_set().has_fallback
+    rows = df[df.store_id.isin(["store_001", "store_006"])]
+    outputs, served_by = md.predict_outputs(rows)
+    assert np.isfinite(outputs["prediction"]).all()
+    assert set(served_by[(rows.store_id == "store_006").to_numpy()]) == {FALLBACK}
+    assert set(served_by[(rows.store_id == "store_001").to_numpy()]) == {"store_001"}

@@ -17,7 +17,7 @@ from rayml.models.predictor import OnnxPredictor
 from rayml.registry import Registry
 from rayml.train import train
 from rayml.train._tree_fit import booster_answers
-from rayml.train._trees import BOOSTER_FILES, TreeEncoding, read_checkpoint
+from rayml.train._trees import BOOSTER_FILES, TreeEncoding, read_tree_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -95,7 +95,7 @@ def test_xgboost_multiclass_worker_killed_resumes_from_last_checkpoint_round(
     )
     import ray.train
 
-    booster, ck = read_checkpoint(ray.train.Checkpoint(str(newest)), "xgboost")
+    booster, ck = read_tree_checkpoint(ray.train.Checkpoint(str(newest)), "xgboost")
     assert ck["epoch"] == 12 and (newest / BOOSTER_FILES["xgboost"]).is_file()
     booster = booster[: result.best_epoch]
     enc = TreeEncoding(

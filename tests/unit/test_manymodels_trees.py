@@ -43,6 +43,10 @@ def test_the_segment_model_type_is_model_type_and_its_own_section() -> None:
         (["model.type=xgboost", "train.epochs=7"], "train.epochs"),
         (["model.type=lightgbm", "train.learning_rate=0.1"], "train.learning_rate"),
         (["model.type=lightgbm", "manymodels.candidates=[{hidden_sizes: [8]}]"], "manymodels.candidates"),
+        (["model.type=lightgbm", "manymodels.candidates=[{xgboost: {max_depth: 3}}]"], "only `lightgbm:`"),
+        (["model.type=lightgbm", "manymodels.candidates=[{lightgbm: {num_leaves: 1}}]"], "lightgbm.num_leaves"),
+        (["model.type=lightgbm", "manymodels.candidates=[{lightgbm: {nope: 1}}]"], "lightgbm.nope"),
+        (["manymodels.candidates=[{lightgbm: {num_leaves: 7}}]"], "model.type is 'mlp'"),
         (["model.type=xgboost", "manymodels.global_batch_size=64"], "manymodels.global_batch_size"),
         (["model.type=lightgbm", "train.use_gpu=true"], "train.use_gpu"),
         (["model.lightgbm.num_leaves=7"], "model.lightgbm"),  # mlp (the default) with tree settings
@@ -112,3 +116,26 @@ def test_a_booster_that_cannot_train_fails_its_segment_and_is_retried(one_store)
     settings = fit_settings(_cfg("model.type=lightgbm"))
     out = fit_with_retries("store_001", 3, train.iloc[:0], val, schema, settings, max_retries=1)  # no training rows
     assert out.status == "failed" and out.attempts == 2 and out.error
+
+
+def test_tree_candidates_replace_the_boosters_settings_and_the_best_on_validation_is_kept(one_store) -> None:
+    cfg = _cfg(
+        "model.type=lightgbm",
+        "model.lightgbm.num_leaves=15",
+        "manymodels.candidates=[{lightgbm: {learning_rate: 0.0001, num_boost_round: 5}}, {lightgbm: {learning_rate: 0.2}}]",
+    )
+    weak, strong = fit_settings(cfg)
+    assert weak.tree_settings["learning_rate"] == 0.0001 and weak.tree_settings["num_boost_round"] == 5
+    assert strong.tree_settings["learning_rate"] == 0.2 and strong.tree_settings["num_leaves"] == 15  # the rest kept
+    train_df, val_df, schema = one_store
+    out = fit_segment("store_001", train_df, val_df, schema, [weak, strong], with_stats=False)
+    assert out.status == "trained" and out.candidate == 1  # 5 tiny steps from the mean cannot beat 100 real ones
+    alone = fit_segment("store_001", train_df, val_df, schema, [weak], with_stats=False)
+    assert out.metrics["val_loss"] < alone.metrics["val_loss"]
+
+
+def test_the_shipped_xgboost_config_is_the_lightgbm_configs_twin() -> None:
+    xgb = load_config(ManyModelsJobConfig, ROOT / "jobs/configs/manymodels_xgboost.yaml", [])
+    lgbm = load_config(ManyModelsJobConfig, ROOT / "jobs/configs/manymodels_lightgbm.yaml", [])
+    assert xgb.model.type == "xgboost" and xgb.model.xgboost.early_stopping_rounds > 0
+    assert xgb.data == lgbm.data and xgb.manymodels == lgbm.manymodels and xgb.train == lgbm.train

@@ -113,3 +113,36 @@ def test_commands_without_tree_support_refuse_a_tree_type_instead_of_training_an
     cfg = load_config(TrainJobConfig, None, ["model.type=xgboost"])
     with pytest.raises(ConfigError, match="rayml train"):
         spec_for(cfg, None)  # type: ignore[arg-type]  # refused before the data is looked at
+
+
+def test_xgboost_trains_on_the_gpu_with_device_cuda_and_a_cpu_build_is_refused_with_a_hint() -> None:
+    from rayml.train._tree_fit import check_gpu_build
+    from rayml.train._trees import TreeEncoding, xgboost_params
+
+    cfg = load_config(TrainJobConfig, None, ["model.type=xgboost", "train.use_gpu=true"])
+    assert model_type_problems(cfg.model, cfg.train) == []  # XGBoost may train on GPU; LightGBM may not (above)
+    enc = TreeEncoding(features=("a",), task="binary", target="y")
+    settings = cfg.model.xgboost.model_dump()
+    assert xgboost_params(settings, enc, 0, 1, use_gpu=True)["device"] == "cuda"
+    assert "device" not in xgboost_params(settings, enc, 0, 1)
+    # every metric of the task is evaluated in the Ray Train loop; the loss stays first (early stopping's)
+    assert xgboost_params(settings, enc, 0, 1, all_metrics=True)["eval_metric"] == ["logloss", "auc", "error"]
+    import xgboost
+
+    if xgboost.build_info().get("USE_CUDA"):
+        check_gpu_build(cfg)  # a CUDA build passes
+    else:
+        with pytest.raises(ConfigError, match="without CUDA") as e:
+            check_gpu_build(cfg)
+        assert "pip install xgboost" in (e.value.hint or "")
+
+
+def test_tree_metrics_get_raymls_names() -> None:
+    from rayml.train._trees import rayml_metrics
+
+    assert rayml_metrics({"logloss": 0.3, "auc": 0.9, "error": 0.25}) == {
+        "val_logloss": 0.3,
+        "val_auc": 0.9,
+        "val_accuracy": 0.75,
+    }
+    assert rayml_metrics({"rmse": 2.0, "l1": 1.5}) == {"val_rmse": 2.0, "val_mae": 1.5}
