@@ -10,8 +10,10 @@
 # the nodes, and the `python` of submitted jobs, use that environment; jobs need no pip install.
 #
 # Settings (environment variables; the defaults avoid Ray's own ports and /tmp/ray, so other clusters are untouched):
-#   RAYML_LOCAL_DIR             Ray's --temp-dir and this script's state (default /tmp/rayml-local; keep it short:
-#                               Unix socket paths under it must fit in 107 bytes)
+#   RAYML_LOCAL_DIR             this script's state, with Ray's --temp-dir in it as ray/ (default /tmp/rayml-local;
+#                               keep it short: Unix socket paths under it must fit in 107 bytes). Private: created
+#                               0700; refused when found owned by another user or writable by others (its name is
+#                               predictable, and its files say which processes `down` kills and which token clients use)
 #   RAYML_LOCAL_WORKERS         worker nodes (default 2)
 #   RAYML_LOCAL_HEAD_CPUS       CPUs of the head node (default 0: no tasks or training workers run there)
 #   RAYML_LOCAL_WORKER_CPUS     CPUs of each worker node (default 1)
@@ -25,6 +27,7 @@
 #                               RAY_AUTH_TOKEN_PATH (printed by `status`)
 #   RAY                         the ray command (default: ray on PATH)
 set -euo pipefail
+umask 077  # every file and dir this script (and Ray under it) creates is the user's only
 
 DIR="${RAYML_LOCAL_DIR:-/tmp/rayml-local}"
 WORKERS="${RAYML_LOCAL_WORKERS:-2}"
@@ -38,9 +41,35 @@ AGENT_PORT="${RAYML_LOCAL_AGENT_PORT:-52400}"
 AUTH="${RAYML_LOCAL_AUTH:-token}"
 RAY="${RAY:-ray}"
 NODES="$DIR/nodes"  # one line per node: NAME PGID (each node's processes share one process group)
+RAY_TMP="$DIR/ray"  # Ray's --temp-dir: Ray makes it world-writable, so it lives inside the private $DIR
 STOP_GRACE_S=5
 
 die() { echo "local.sh: $*" >&2; exit 2; }
+
+# uid and octal permissions of a path (GNU stat, else BSD/macOS stat)
+owner_mode() { stat -c '%u %a' -- "$1" 2>/dev/null || stat -f '%u %Lp' -- "$1"; }
+
+# Refuse a path (when it exists) that is a symlink, another user's, or writable by group/others.
+check_private() {
+  local path="$1" what="$2" uid mode
+  [[ -e "$path" || -L "$path" ]] || return 0
+  [[ -L "$path" ]] && die "$what $path is a symlink; it is not trusted.
+Hint: remove it (rm $path), or set RAYML_LOCAL_DIR to a directory of your own"
+  read -r uid mode < <(owner_mode "$path")
+  [[ "$uid" == "$(id -u)" ]] || die "$what $path is owned by user id $uid, not by you (user id $(id -u)); it is not trusted.
+Hint: if it is yours from another account, remove it; otherwise set RAYML_LOCAL_DIR to a directory of your own"
+  ((8#$mode & 8#022)) && die "$what $path is writable by others (mode $mode); it is not trusted.
+Hint: chmod go-w $path (after checking its files), or remove it and run this script again"
+  return 0
+}
+
+# The cluster dir, created 0700 (an existing one of ours is tightened to 0700).
+ensure_private_dir() {
+  mkdir -p -- "$(dirname -- "$DIR")"
+  mkdir -m 700 -- "$DIR" 2>/dev/null || true
+  check_private "$DIR" "the cluster dir"
+  chmod 700 -- "$DIR"
+}
 
 case "$AUTH" in token | disabled) ;; *) die "RAYML_LOCAL_AUTH=$AUTH: use token or disabled" ;; esac
 for v in WORKERS HEAD_CPUS WORKER_CPUS GCS_PORT DASHBOARD_PORT CLIENT_PORT METRICS_PORT AGENT_PORT; do
@@ -50,6 +79,10 @@ command -v "$RAY" >/dev/null || die "'$RAY' not found: activate the rayml enviro
 # `python` of the ray CLI: used to start each node in its own session (portable: macOS has no setsid(1))
 PY="$(dirname "$(command -v "$RAY")")/python"
 [[ -x "$PY" ]] || PY=python3
+
+check_private "$DIR" "the cluster dir"
+check_private "$NODES" "the node list"
+check_private "$DIR/auth_token" "the auth token"
 
 export RAY_AUTH_MODE="$AUTH"
 if [[ "$AUTH" == token ]]; then
@@ -79,13 +112,15 @@ cmd_up() {
       alive "$pgid" && die "$name is already running (pgid $pgid); run: $0 down"
     done <"$NODES"
   fi
-  mkdir -p "$DIR"
+  ensure_private_dir
   : >"$NODES"
   if [[ "$AUTH" == token && ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
-    (umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH")
+    # written aside, then renamed into place: a reader never sees half a token
+    "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH.tmp.$$"
+    mv -f -- "$RAY_AUTH_TOKEN_PATH.tmp.$$" "$RAY_AUTH_TOKEN_PATH"
   fi
   # random worker ports (0/0): nodes on one machine must not compete for Ray's default worker port range
-  local common=(--temp-dir "$DIR" --disable-usage-stats --min-worker-port 0 --max-worker-port 0)
+  local common=(--temp-dir "$RAY_TMP" --disable-usage-stats --min-worker-port 0 --max-worker-port 0)
   start_node head --head --node-ip-address 127.0.0.1 --port "$GCS_PORT" --num-cpus "$HEAD_CPUS" \
     --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" --ray-client-server-port "$CLIENT_PORT" \
     --metrics-export-port "$METRICS_PORT" --dashboard-agent-listen-port "$AGENT_PORT" "${common[@]}" || { cmd_down; exit 1; }
@@ -104,7 +139,7 @@ kill_strays() {
   # nothing else on the machine does. Again until none is left (up to 5 s): a SIGKILLed process takes a moment to go,
   # and a raylet that was stopping may have forked one more worker meanwhile.
   local stray strays tries=0
-  while strays=$(pgrep -f -- "$DIR/session_" || true); [[ -n "$strays" ]] && ((tries < 25)); do
+  while strays=$(pgrep -u "$(id -u)" -f -- "$RAY_TMP/session_" || true); [[ -n "$strays" ]] && ((tries < 25)); do
     while read -r stray; do
       kill -KILL "$stray" 2>/dev/null || true
     done <<<"$strays"
@@ -144,7 +179,7 @@ cmd_status() {
   cat <<EOF
 Ray address (drivers, ray.init):  127.0.0.1:$GCS_PORT
 Dashboard + job server:           http://127.0.0.1:$DASHBOARD_PORT
-Metrics (Prometheus):             127.0.0.1:$METRICS_PORT (head), +1.. per worker; targets in $DIR/prom_metrics_service_discovery.json
+Metrics (Prometheus):             127.0.0.1:$METRICS_PORT (head), +1.. per worker; targets in $RAY_TMP/prom_metrics_service_discovery.json
 Submit a job (from the repo root):
 EOF
   if [[ "$AUTH" == token ]]; then

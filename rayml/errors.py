@@ -94,3 +94,27 @@ class ServeDeployError(RaymlError):
 
 class ServeNotRunningError(UserError):
     """No Ray with a rayml application could be found."""
+
+
+# --- local state ---------------------------------------------------------------------------------------------------
+class UnsafePathError(UserError):
+    """A private directory or file rayml would trust (a serving Ray's temp dir, a token, a salt) is owned by another
+    user or writable by others; rayml refuses to use it rather than trust what someone else may have put there."""
+
+
+# --- concurrent writers --------------------------------------------------------------------------------------------
+class ConflictError(UserError):
+    """Shared state changed under a writer, or another live process owns it: the writer stops rather than undo
+    someone else's change (the message names the other writer; the hint says how to go on)."""
+
+
+class SpecConflictError(ConflictError):
+    """The Serve application's spec changed (or is being changed) since this writer read it (compare-and-swap)."""
+
+
+class RolloutActiveError(ConflictError):
+    """A change would undo the traffic split of a rollout under way (``rayml serve up --force`` ends it first)."""
+
+
+class LeaseHeldError(ConflictError):
+    """A live process holds the lease of a pipeline run or a batch output folder (owner and heartbeat in the message)."""

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 from rayml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 ENV_PREFIX = "RAYML_"
 
@@ -102,6 +105,12 @@ def ray_num_cpus() -> int | None:
     return value or None
 
 
+def lease_timeout_s() -> int:
+    """``RAYML_LEASE_TIMEOUT_S``: a pipeline run's or batch output's lease whose last heartbeat is older than this is
+    stale and may be taken over (default 60; the holder renews it every quarter of it)."""
+    return max(1, env_int("RAYML_LEASE_TIMEOUT_S", 60))
+
+
 FAIL_SEGMENT_KILL = -2  # fail_segments(): the worker training this segment dies (SIGKILL)
 
 
@@ -132,14 +141,17 @@ def fail_segments() -> dict[str, int]:
     return out
 
 
-def serve_api_keys() -> list[tuple[str, list[str] | None]]:
+def serve_api_keys() -> list[tuple[SecretStr, list[str] | None]]:
     """``RAYML_SERVE_API_KEYS``: serving API keys, so secrets need not sit in config files.
 
     Comma-separated entries, each ``KEY`` (every model) or ``KEY:MODEL|MODEL`` (only those models), e.g.
     ``s3cr3t-key-for-all-models,k3y-for-sales-only:sales-model``. Unset or empty = no keys from the environment.
+    The keys come back as ``SecretStr`` (printed as ``**********``); errors never quote them.
     """
+    from pydantic import SecretStr
+
     raw = env_str("RAYML_SERVE_API_KEYS")
-    out: list[tuple[str, list[str] | None]] = []
+    out: list[tuple[SecretStr, list[str] | None]] = []
     for item in filter(None, (i.strip() for i in (raw or "").split(","))):
         key, sep, models = item.partition(":")
         scope = [m.strip() for m in models.split("|") if m.strip()] if sep else None
@@ -148,7 +160,7 @@ def serve_api_keys() -> list[tuple[str, list[str] | None]]:
                 "RAYML_SERVE_API_KEYS has an entry that is too short (keys need 16+ characters) or has an empty model list",
                 hint="write KEY or KEY:MODEL|MODEL, comma-separated, e.g. k3y-with-16-chars-or-more:sales-model",
             )
-        out.append((key, scope))
+        out.append((SecretStr(key), scope))
     return out
 
 

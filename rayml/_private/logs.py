@@ -190,5 +190,21 @@ def _fileno(stream: TextIO) -> int | None:
         return None  # an in-memory stream (pytest's capsys, click's CliRunner)
 
 
+def redact_override(setting: str) -> str:
+    """A ``--set key=value`` override as it may be shown: the value hidden when the key names a secret (an API key)."""
+    key, sep, _ = setting.partition("=")
+    if sep and any(s in key.lower() for s in ("key", "token", "secret", "password")):
+        return f"{key}=**********"
+    return setting
+
+
 def _argv() -> str:
-    return " ".join(sys.argv[1:])
+    """The command line, with the value of any ``--set`` that names a secret (``serve.api_keys=...``) left out."""
+    args, out = sys.argv[1:], []
+    for i, arg in enumerate(args):
+        if arg.startswith("--set="):
+            arg = "--set=" + redact_override(arg[len("--set=") :])
+        elif i and args[i - 1] == "--set":
+            arg = redact_override(arg)
+        out.append(arg)
+    return " ".join(out)

@@ -13,7 +13,12 @@ ledger entry (also write-then-rename). The ledger entry IS the commit. A crash b
 file without an entry; the rerun scores that input again and replaces the file under the same name, so no row is
 duplicated or lost. Readers of the directory (``pd.read_parquet(out)``, Spark, Ray Data) skip ``_``-prefixed paths.
 
-One run at a time per output directory: two concurrent runs on the same output are not coordinated.
+Durability: on a local filesystem the staged file, the rename and the ledger entry are each fsynced (file and
+directory) before the commit returns, so a committed file survives a power cut; object stores commit on close.
+
+One run at a time per output directory: a run holds the folder's lease (``_rayml_lease.json``, see
+:mod:`rayml._private.lease`) from before ``--overwrite`` deletes anything until it ends, and every commit checks that
+its run still holds it. A second run on the same output gets :class:`~rayml.errors.LeaseHeldError` naming the first.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from rayml._private import fs
+from rayml._private.lease import Lease
+from rayml.errors import LeaseHeldError
 
 logger = logging.getLogger("rayml.batch")
 
@@ -40,6 +47,7 @@ LEDGER_DIR = "ledger"
 STAGING_DIR = "staging"
 DRIFT_DIR = "drift"  # per input file: its rows' counts in the model's reference bins (written before the commit)
 DRIFT_FILE = "drift.json"  # the run's drift summary over every committed file
+LEASE_FILE = "_rayml_lease.json"  # beside the control directory: --overwrite deletes that, not the lease
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -119,12 +127,37 @@ class OutputDir:
     def _ledger_path(self, input_id: str) -> str:
         return self.path(CONTROL_DIR, LEDGER_DIR, f"{input_id}.json")
 
+    # --- one run at a time -----------------------------------------------------------------------------------------
+    def lease(self, timeout_s: float | None = None) -> Lease:
+        """The folder's lease (not taken yet): hold it for a whole run, ``--overwrite`` included."""
+        return Lease(
+            self.path(LEASE_FILE),
+            f"batch output {self.uri}",
+            timeout_s=timeout_s,
+            hint="another `rayml batch` is writing this output: wait for it (or stop it), or use another --output; "
+            "a crashed run's lease is taken over once its heartbeat is stale",
+        )
+
+    def check_lease(self, owner: str) -> None:
+        """Raise unless the run ``owner`` still holds the folder's lease (checked before every commit).
+
+        Raises:
+            LeaseHeldError: another run took the lease over (this one's heartbeat went stale).
+        """
+        current = self.lease().read()
+        if current is None or current.owner != owner:
+            who = f"{current.host} pid {current.pid}" if current else "nobody"
+            raise LeaseHeldError(
+                f"batch output {self.uri}: this run no longer holds the folder's lease (held by {who}); not committing",
+                hint="another run took the output over after this one's heartbeat went stale; let it finish",
+            )
+
     # --- manifest --------------------------------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
         return fs.read_json(self.path(CONTROL_DIR, MANIFEST_FILE))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        fs.write_json(self.path(CONTROL_DIR, MANIFEST_FILE), manifest)
+        fs.write_json(self.path(CONTROL_DIR, MANIFEST_FILE), manifest, durable=True)
 
     # --- ledger ----------------------------------------------------------------------------------------------------
     def ledger(self) -> dict[str, LedgerEntry]:
@@ -160,7 +193,7 @@ class OutputDir:
     # --- drift counts ------------------------------------------------------------------------------------------------
     def write_drift_counts(self, f: InputFile, counts: dict[str, Any]) -> None:
         """``f``'s drift counts; written before its commit, so a committed file always has the counts of its output."""
-        fs.write_json(self.path(CONTROL_DIR, DRIFT_DIR, f"{f.input_id}.json"), counts)
+        fs.write_json(self.path(CONTROL_DIR, DRIFT_DIR, f"{f.input_id}.json"), counts, durable=True)
 
     def drift_counts(self, inputs: list[InputFile]) -> dict[str, dict[str, Any]]:
         """The drift counts of each committed input that has them, by input path."""
@@ -182,10 +215,25 @@ class OutputDir:
         self.fs.create_dir(os.path.dirname(path), recursive=True)
         return self.fs.open_output_stream(path)
 
-    def commit(self, attempt: str, f: InputFile, rows: int) -> LedgerEntry:
-        """Move ``f``'s staged output into place, then record it in the ledger (the commit point)."""
+    def commit(self, attempt: str, f: InputFile, rows: int, owner: str | None = None) -> LedgerEntry:
+        """Move ``f``'s staged output into place, then record it in the ledger (the commit point).
+
+        Both are fsynced (file and directory) on a local filesystem before this returns.
+
+        Args:
+            attempt: the staging attempt.
+            f: the input file.
+            rows: rows in its output.
+            owner: the run's lease owner; when given, the commit is refused unless the run still holds the lease.
+
+        Raises:
+            LeaseHeldError: ``owner`` no longer holds the folder's lease.
+        """
+        if owner is not None:
+            self.check_lease(owner)
         staged, final = self.staging_path(attempt, f), self.output_path(f)
-        self.fs.move(staged, final)  # atomic rename on local/POSIX filesystems; replaces an uncommitted earlier output
+        # atomic rename on local/POSIX filesystems; replaces an uncommitted earlier output
+        fs.durable_move(self.fs, staged, final)
         entry = LedgerEntry(
             input=f.path,
             size=f.size,
@@ -195,11 +243,14 @@ class OutputDir:
             committed_at=time.time(),
             attempt=attempt,
         )
-        fs.write_json(self._ledger_path(f.input_id), asdict(entry))
+        fs.write_json(self._ledger_path(f.input_id), asdict(entry), durable=True)
         return entry
 
     def discard_staging(self, attempt: str | None = None) -> None:
-        """Remove staged outputs: of one attempt, or (None) of every earlier attempt (they can never commit)."""
+        """Remove staged outputs: of one attempt, or (None) of every earlier attempt (they can never commit).
+
+        Only the holder of the folder's lease calls it, so no live run's staging is deleted.
+        """
         target = self.path(CONTROL_DIR, STAGING_DIR, attempt) if attempt else self.path(CONTROL_DIR, STAGING_DIR)
         if self.fs.get_file_info(target).type == pafs.FileType.Directory:
             self.fs.delete_dir(target)

@@ -169,11 +169,41 @@ def run_batch(
     registry = registry or Registry(cfg.registry.tracking_uri)
     info = registry.resolve(_required(b.model))  # before listing inputs: a bad ref fails first
     in_fs, fmt, out, inputs = _list_run_inputs(b)
+    # one run per output folder: the lease is taken before --overwrite deletes anything and held until the end
+    with out.lease() as lease:
+        summary = _run_leased(cfg, registry, info, in_fs, fmt, out, inputs, lease.owner, progress)
+        lease.check()
+    summary.wall_s = time.perf_counter() - t0
+    logger.info(
+        "%d committed, %d skipped, %d failed; %d rows in %.1fs (%.0f rows/s)",
+        summary.committed,
+        summary.skipped,
+        len(summary.failed),
+        summary.rows,
+        summary.wall_s,
+        summary.rows_per_s,
+    )
+    return summary
+
+
+def _run_leased(
+    cfg: BatchJobConfig,
+    registry: Registry,
+    info: ModelVersionInfo,
+    in_fs: Any,
+    fmt: str,
+    out: OutputDir,
+    inputs: list[InputFile],
+    owner: str,
+    progress: Callable[[FileResult, int, int], None] | None,
+) -> BatchSummary:
+    """The part of a run that writes the output folder (its lease held by ``owner``)."""
+    b = cfg.batch
     if b.overwrite:
         deleted = out.reset(inputs)
         logger.info("--overwrite: deleted %d earlier output file(s) and the ledger of %s", deleted, out.uri)
     loaded, manifest = _pin_model(registry, info, out, b)
-    out.discard_staging()  # staged files of an interrupted attempt can never commit
+    out.discard_staging()  # staged files of an interrupted attempt can never commit (no live run: we hold the lease)
     todo, done = out.pending(inputs)
     summary, report = _start(loaded.info, manifest, out, inputs, done, progress)
     logger.info(
@@ -186,20 +216,10 @@ def run_batch(
         loaded.kind,
     )
     if todo:
-        spec = _score_spec(loaded, manifest, registry, out, in_fs, fmt, summary.attempt, b)
+        spec = _score_spec(loaded, manifest, registry, out, in_fs, fmt, summary.attempt, b, owner)
         _score_pending(todo, spec, b, summary, out, report)
     if b.drift:
         summary.drift = _write_drift_summary(out, inputs, loaded.model_dir.reference_stats(), cfg, summary)
-    summary.wall_s = time.perf_counter() - t0
-    logger.info(
-        "%d committed, %d skipped, %d failed; %d rows in %.1fs (%.0f rows/s)",
-        summary.committed,
-        summary.skipped,
-        len(summary.failed),
-        summary.rows,
-        summary.wall_s,
-        summary.rows_per_s,
-    )
     return summary
 
 
@@ -299,6 +319,7 @@ def _score_spec(
     fmt: str,
     attempt: str,
     b: BatchConfig,
+    lease_owner: str | None = None,
 ) -> ScoreSpec:
     return ScoreSpec(
         model_name=loaded.info.name,
@@ -317,6 +338,7 @@ def _score_spec(
         max_cached_models=b.max_cached_models,
         drift=b.drift,
         faults=constants.fault_injection(),
+        lease_owner=lease_owner,
     )
 
 

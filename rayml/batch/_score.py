@@ -63,6 +63,7 @@ class ScoreSpec:
     prediction_column: str
     max_cached_models: int
     drift: bool = True  # count rows into the model's reference bins (see rayml.batch._run: the run's drift summary)
+    lease_owner: str | None = None  # the run's lease on the output folder: a commit checks it still holds it
     faults: str | None = None
 
 
@@ -130,7 +131,7 @@ class FileScorer:
         t0 = time.perf_counter()
         try:
             rows = self._score_to_staging(f)
-            self.out.commit(self.spec.attempt, f, rows)
+            self.out.commit(self.spec.attempt, f, rows, owner=self.spec.lease_owner)
         except Exception as e:  # one bad file must not stop the others: report it, drop its staged output
             self._drop_staged(f)
             message = e.message if isinstance(e, RaymlError) else f"{type(e).__name__}: {e}"

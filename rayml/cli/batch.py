@@ -27,7 +27,12 @@ def batch(
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Output directory or URI (one parquet per input).", show_default=False)
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over: delete earlier outputs and the ledger.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Start over: delete earlier outputs and the ledger (refused while another run writes OUTPUT)."
+        ),
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
@@ -37,7 +42,9 @@ def batch(
     Each input file's output is staged and committed atomically, and recorded in a ledger under
     OUTPUT/_rayml_batch/. If the job is killed, run the same command again: committed files are skipped and the rest
     are scored, with no duplicated and no missing rows. Model sets route each row to its segment's model (or the
-    fallback model). Exit code 1 when any input file failed (the others are committed).
+    fallback model). One run per OUTPUT at a time: a second one exits 2 naming the first (a crashed run's lease is
+    taken over RAYML_LEASE_TIMEOUT_S, default 60 s, after its last heartbeat). Exit code 1 when any input file failed
+    (the others are committed).
     """
     from rayml.batch import run_batch
 

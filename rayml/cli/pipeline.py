@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from rayml._private.logs import redact_override
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
 from rayml.cli._output import start_output
 from rayml.config import PipelineJobConfig
@@ -21,7 +22,7 @@ app = typer.Typer(
 
 def _flags(config: Path | None, set_: list[str] | None) -> str:
     parts = [f"--config {config}"] if config else []
-    parts += [f"--set {s}" for s in set_ or []]
+    parts += [f"--set {redact_override(s)}" for s in set_ or []]  # a key given with --set is not printed back
     return (" " + " ".join(parts)) if parts else ""
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from rayml._private.logs import redact_override
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, table
 from rayml.cli._output import start_output
 from rayml.config import ServeJobConfig
@@ -26,7 +27,7 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Served model name.
 
 def _flags(config: Path | None, set_: list[str] | None) -> str:
     parts = [f"--config {config}"] if config else []
-    parts += [f"--set {s}" for s in set_ or []]
+    parts += [f"--set {redact_override(s)}" for s in set_ or []]  # a key given with --set is not printed back
     return (" " + " ".join(parts)) if parts else ""
 
 
@@ -44,7 +45,9 @@ def _describe(record: dict) -> str:
     weights = ", ".join(f"v{v}={w:g}" for v, w in record.get("weights", {}).items())
     if event == "step_applied":
         return f"{where}: traffic {weights}"
-    if event in ("check_passed", "check_failed", "check_passed_waiting", "waiting_for_approval"):
+    if event == "window_restarted":
+        return f"{where}: window started again: {record.get('reason')}"
+    if event in ("check_passed", "check_failed", "check_inconclusive", "check_passed_waiting", "waiting_for_approval"):
         snap = record.get("snapshot") or {}
         c, s = snap.get("candidate", {}), snap.get("shadow", {})
         numbers = (
@@ -55,6 +58,7 @@ def _describe(record: dict) -> str:
         label = {
             "check_passed": "check passed",
             "check_failed": "check FAILED" + (" (retrying the step)" if record.get("retry") else ""),
+            "check_inconclusive": "too little traffic to decide (holding the step)",
             "check_passed_waiting": "check passed, waiting for approval",
             "waiting_for_approval": "check passed; waiting for `rayml rollout approve`",
         }[event]

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from rayml._private.logs import redact_override
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, setup_logging, table
 from rayml.cli._output import start_output
 from rayml.cli._progress import Bar
@@ -20,7 +21,7 @@ app = typer.Typer(
 
 def _flags(config: Path | None, set_: list[str] | None) -> str:
     parts = [f"--config {config}"] if config else []
-    parts += [f"--set {s}" for s in set_ or []]
+    parts += [f"--set {redact_override(s)}" for s in set_ or []]  # a key given with --set is not printed back
     return " ".join(parts)
 
 
@@ -92,19 +93,29 @@ def _top_metric(feature: dict) -> str:
 
 
 @app.command("up")
-def up(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
+def up(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Also change models under an active rollout: their rollouts end (recorded)."),
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
     """Deploy (or update in place, without downtime) the Serve application described by the config.
 
     On a laptop, a local Ray is started for serving and keeps running after this command returns; with RAY_ADDRESS
     set, the application goes to that cluster. Updating a running application adds new versions first (no traffic),
     then moves traffic (ingress reconfigure, no restart), then drains and removes versions that are gone.
+    A model with a rollout under way is not changed (exit 2) unless --force; if a rollout step or another command
+    changes the application while this one deploys, this one stops and says so (rerun it).
     """
     from rayml.serve import deploy
 
     cfg = load(ServeJobConfig, config, set_)
     start_output("serve-up", verbose)
     with Bar(f"deploying {cfg.serve.app_name}", spinner=True):
-        state = deploy(cfg)
+        state = deploy(cfg, force=force)
     print_state(state)
     first = next(iter(state.spec.models)) if state.spec else "MODEL"
     console.print(

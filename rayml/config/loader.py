@@ -33,9 +33,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as e:
+        why = "" if _shown(item) != item else f" ({e})"  # YAML's message quotes the value
         raise ConfigError(
-            f"--set {item!r}: the value is not valid YAML ({e})", hint="quote strings with special characters"
-        ) from e
+            f"--set {_shown(item)!r}: the value is not valid YAML{why}", hint="quote strings with special characters"
+        ) from None if why == "" else e
     return key.split("."), value
 
 
@@ -43,8 +44,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists) to a nested dict, in place."""
     for item in overrides or []:
         path, value = _parse_override(item)
-        _set_path(raw, path, value, f"--set {item!r}")
+        _set_path(raw, path, value, f"--set {_shown(item)!r}")
     return raw
+
+
+def _shown(item: str) -> str:
+    """An override as an error may quote it: the value hidden when the key names a secret (``serve.api_keys=...``)."""
+    key, sep, _ = item.partition("=")
+    return f"{key}=**********" if sep and _is_secret(tuple(key.strip().split("."))) else item
 
 
 def _set_path(raw: dict[str, Any], path: list[str], value: Any, what: str) -> None:
@@ -70,12 +77,22 @@ def _format_validation_error(cls: type[BaseModel], err: ValidationError, source:
         else:
             got = e.get("input")
             got_s = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+            if _is_secret(e["loc"]):
+                got_s = " (the value is a secret: not shown)"
             problems.append(f"{loc or '<root>'}: {e['msg']}{got_s}")
     lines = "\n".join(f"  - {p}" for p in problems)
     return ConfigError(
         f"invalid config {source}: {len(problems)} problem(s):\n{lines}",
         hint="fix the fields above in the YAML or the --set overrides; `rayml <command> --help` documents them",
     )
+
+
+_SECRET_FIELDS = {"key", "api_keys", "token", "password", "secret"}
+
+
+def _is_secret(loc: tuple[Any, ...]) -> bool:
+    """Whether a validation error is about a secret (an API key), whose value an error message must not repeat."""
+    return any(str(part) in _SECRET_FIELDS for part in loc)
 
 
 def _allowed_names(cls: type[BaseModel], path: list[Any]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from rayml.config._base import Name, _Section, check_name
 from rayml.config.monitor import DriftConfig
@@ -147,7 +147,11 @@ class ServedModelConfig(_Section):
 class ApiKeyConfig(_Section):
     """One API key; callers send it as ``Authorization: Bearer <key>``."""
 
-    key: str = Field(min_length=16, description="The secret (16+ characters). Prefer $RAYML_SERVE_API_KEYS to files.")
+    key: SecretStr = Field(
+        min_length=16,
+        description="The secret (16+ characters). Prefer $RAYML_SERVE_API_KEYS to files. Shown as ********** in logs, "
+        "MLflow params and dumps; only a salted, slow digest of it is deployed.",
+    )
     name: str = Field(default="", description="A label for logs (the key itself is never logged).")
     models: list[str] | None = Field(default=None, description="Models this key may call; null = every model.")
 
@@ -168,6 +172,11 @@ class ServeConfig(_Section):
         description="Accept null/NaN in numeric inputs (the model imputes the training mean); false rejects them (422).",
     )
     request_timeout_s: float = Field(default=30.0, gt=0.0, description="Longest wait for a model's answer (504 beyond).")
+    request_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Longest time a request body may take to arrive (408 beyond): a slow upload cannot hold the ingress.",
+    )
     api_keys: list[ApiKeyConfig] = Field(
         default_factory=list, description="API keys (added to $RAYML_SERVE_API_KEYS); none anywhere = no auth."
     )
@@ -222,7 +231,26 @@ class RolloutConfig(_Section):
     manual_steps: list[float] = Field(
         default_factory=list, description="Steps (percents) that wait for `rayml rollout approve` once their check passes."
     )
-    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0, description="Largest share of candidate 5xx answers.")
+    max_error_rate_increase: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="How much higher the candidate's share of 5xx answers may be than the baseline's on the same "
+        "traffic in the same window (0.01 = one point). A check fails only when the excess is beyond this with "
+        "`confidence` (one-sided Newcombe/Wilson score bound), so a trickle of inputs that fail every version never "
+        "rolls back a good candidate. 4xx answers (caller mistakes) never count as errors; the candidate's share of "
+        "4xx is compared with the baseline's the same way (a candidate that refuses what the baseline accepts). "
+        "Without baseline answers to compare with (a 100% step: the baseline's counts of the earlier steps are used; "
+        "none at all, or the shadow phase, where the mirrored requests are ones the baseline answered), the "
+        "candidate's share itself is bounded by this.",
+    )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1.0,
+        description="Confidence of the error and rejection comparisons (one-sided): higher = fewer rollbacks of a "
+        "good candidate by chance, more requests needed to catch a bad one.",
+    )
     max_p95_latency_ratio: float | None = Field(
         default=1.5, gt=0.0, description="Largest candidate p95 / baseline p95 latency; null = not checked."
     )
@@ -236,9 +264,18 @@ class RolloutConfig(_Section):
         "regression, share of differing classes for binary; null = not checked.",
     )
     failure_budget: int = Field(
-        default=1, ge=0, description="Failed checks tolerated (each retries the step); one more rolls back."
+        default=1,
+        ge=0,
+        description="Failed checks tolerated (each retries the step); one more rolls back. Inconclusive checks (too "
+        "little traffic) do not count.",
     )
-    min_requests: int = Field(default=20, ge=1, description="Candidate requests a check needs (fewer = a failed check).")
+    min_requests: int = Field(
+        default=20,
+        ge=1,
+        description="Requests a check needs from the candidate (and from the baseline, else the baseline's counts of "
+        "the rollout's earlier windows are used). Fewer: the check is inconclusive and the step holds for another "
+        "window (never promoted or rolled back on too little traffic, e.g. while the stats replica restarts).",
+    )
     min_shadow_comparisons: int = Field(
         default=20, ge=1, description="Mirrored rows a disagreement check needs (fewer: not judged at a canary step)."
     )

@@ -5,6 +5,10 @@ candidate (the data, model, train and tune sections, less how a run is executed:
 fingerprint of the new data. The same command on the same data is the same run, so re-running it resumes; new data
 or a changed model/training config is a new run. Gate, drift, serving and pipeline settings are not part of the
 identity: a run that failed at the gate is re-judged with new thresholds by re-running with them.
+
+One invocation per run at a time: it holds the run's lease (``<run dir>/lease.json``, see
+:mod:`rayml._private.lease`) from before it reads the state until it ends, and every state write checks it; a second
+invocation of the same run gets :class:`~rayml.errors.LeaseHeldError` naming the first.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rayml._private import constants, fs
+from rayml._private.lease import Lease
 from rayml.config import ConfigLike, Overrides, PipelineJobConfig, dump_config, resolve_config
 from rayml.pipeline._stages import STAGE_NAMES, STAGES, Release, ServeRelease, StageContext
 from rayml.pipeline._state import DONE, STATE_FILE, PipelineState, StageRecord, StateStore, run_stages
 from rayml.registry import Registry
-from rayml.train import ALL, EXECUTION_FIELDS, RunIdentity, all_but, create_or_resume_run, prepare_data
+from rayml.train import ALL, EXECUTION_FIELDS, PreparedData, RunIdentity, all_but, create_or_resume_run, prepare_data
 
 logger = logging.getLogger("rayml.pipeline")
 
 LATEST_FILE = "latest.json"
+LEASE_FILE = "lease.json"
 # What the candidate depends on. How a run executes (EXECUTION_FIELDS) is not part of it: changing that resumes the
 # same run. Unlike `rayml train`'s, the identity includes train.run_name: it names the training run the stage reuses.
 PIPELINE_IDENTITY = RunIdentity(
@@ -103,7 +109,36 @@ def run_pipeline(
     run_id = run_id_for(cfg, prepared.fingerprint)
     name = cfg.pipeline_name
     run_dir = fs.join(state_root(cfg), name, run_id)
-    store = StateStore(run_dir)
+    # one live invocation per run: taken before the state is read (--restart included), held to the end
+    lease = run_lease(run_dir, name, run_id).acquire()
+    try:
+        return _run_leased(cfg, registry, prepared, run_dir, lease, restart, release)
+    finally:
+        lease.release()
+
+
+def run_lease(run_dir: str, pipeline: str, run_id: str) -> Lease:
+    """The lease of one pipeline run (not taken yet): ``<run dir>/lease.json``."""
+    return Lease(
+        fs.join(run_dir, LEASE_FILE),
+        f"pipeline run {pipeline}/{run_id}",
+        hint="the same config on the same data is one run, and another `rayml pipeline run` is executing it: wait for "
+        "it (`rayml pipeline status`); a crashed run's lease is taken over once its heartbeat is stale",
+    )
+
+
+def _run_leased(
+    cfg: PipelineJobConfig,
+    registry: Registry,
+    prepared: PreparedData,
+    run_dir: str,
+    lease: Lease,
+    restart: bool,
+    release: Release | None,
+) -> PipelineResult:
+    """Run (or resume) the run in ``run_dir`` while holding its lease."""
+    name, run_id = cfg.pipeline_name, run_dir.rstrip("/").rsplit("/", 1)[-1]
+    store = StateStore(run_dir, guard=lease.check)
     state = None if restart else store.load()
     if state is None:
         identity = {"model": cfg.model.name, "data_source": cfg.data.source, "data_fingerprint": prepared.fingerprint}

@@ -244,6 +244,8 @@ def promote(ctx: StageContext) -> dict[str, Any]:
     (``pipeline.rollout_timeout_s``). A rollback fails the stage (production unchanged); re-running the pipeline
     then tries the rollout again. Without serving, ``pipeline.promote_without_serving`` moves ``production`` here
     (the old version becomes ``previous``); otherwise the candidate stays at ``canary`` for a person to promote.
+    Right before it rolls out or moves the alias, it checks that ``production`` is still the version the gate
+    compared against, and gates again against the new one if not.
     """
     cfg, model = ctx.cfg.pipeline, ctx.model
     version = int(ctx.out(TRAIN)["version"])
@@ -254,6 +256,7 @@ def promote(ctx: StageContext) -> dict[str, Any]:
     up, why = (False, "pipeline.rollout is never") if cfg.rollout == "never" else ctx.release.detect(model)
     base["serving"] = why
     if up:
+        _regate_if_moved(ctx, version, base)
         return _roll_out(ctx, version, base)
     if cfg.rollout == "always":
         raise StageFailed(
@@ -264,9 +267,48 @@ def promote(ctx: StageContext) -> dict[str, Any]:
     if not cfg.promote_without_serving:
         logger.info("serving is not up (%s); %s:%d stays at `canary`", why, model, version)
         return {**base, "mode": "none", "outcome": "awaiting_promotion"}
+    _regate_if_moved(ctx, version, base)
     moved = ctx.registry.set_alias(model, version, PRODUCTION)
     logger.info("serving is not up (%s); promoted %s:%d by alias", why, model, version)
     return {**base, "mode": "alias", "outcome": "promoted", "aliases": moved}
+
+
+MAX_REGATES = 3  # production moving again during each of that many gates in a row is someone else's rollout race
+
+
+def _regate_if_moved(ctx: StageContext, version: int, base: dict[str, Any]) -> None:
+    """Gate the candidate again when ``production`` moved since the gate compared against it (checked right before
+    the candidate is promoted or rolled out): it must beat the version it will replace, not an older one.
+
+    Raises:
+        StageFailed: the candidate does not pass against the new production (the gate's verdict is recorded), or
+            production kept moving.
+    """
+    if "baseline" not in ctx.out(GATE):  # no gate verdict recorded: nothing to compare with
+        return
+    for _ in range(MAX_REGATES):
+        now, gated = ctx.production(), ctx.out(GATE).get("baseline")
+        if now in (gated, version):
+            return
+        logger.warning("%s@production moved from v%s to v%s since the gate: gating v%d again", ctx.model, gated, now, version)
+        try:
+            verdict = gate(ctx)
+        except StageFailed as e:
+            base["regated"] = [*base.get("regated", []), {"production": now, "passed": False}]
+            raise StageFailed(
+                f"{PRODUCTION} moved to v{now} after the gate passed; against it: {e.message}",
+                hint=e.hint,
+                outputs={**base, **e.outputs, "outcome": "refused"},
+            ) from e
+        ctx.state.stage(GATE).outputs = verdict  # the verdict the promotion now rests on
+        base["regated"] = [*base.get("regated", []), {"production": now, "passed": True, "report": verdict["report"]}]
+        base["production_before"] = now
+        ctx.save()
+    raise StageFailed(
+        f"{ctx.model}@{PRODUCTION} kept moving while v{version} was gated against it ({MAX_REGATES} gates)",
+        hint="another pipeline or an operator is promoting versions of this model; re-run once it has settled",
+        outputs=base,
+    )
 
 
 def _roll_out(ctx: StageContext, version: int, base: dict[str, Any]) -> dict[str, Any]:

@@ -99,17 +99,25 @@ class PipelineState:
 
 
 class StateStore:
-    """Reads and atomically rewrites one run's ``state.json`` (local path or pyarrow URI)."""
+    """Reads and atomically rewrites one run's ``state.json`` (local path or pyarrow URI).
 
-    def __init__(self, run_dir: str) -> None:
+    Args:
+        run_dir: the run's folder.
+        guard: called before every write; raises to refuse it (the run's lease: a run that lost it writes nothing).
+    """
+
+    def __init__(self, run_dir: str, guard: Callable[[], None] | None = None) -> None:
         self.run_dir = run_dir
         self.path = fs.join(run_dir, STATE_FILE)
+        self.guard = guard
 
     def load(self) -> PipelineState | None:
         raw = fs.read_json(self.path)
         return PipelineState.from_dict(raw) if raw else None
 
     def save(self, state: PipelineState) -> None:
+        if self.guard is not None:
+            self.guard()
         state.updated = time.time()
         fs.write_json(self.path, state.to_dict())
 

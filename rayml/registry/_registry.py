@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -433,14 +434,14 @@ class Registry:
         import mlflow.artifacts
 
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".dl-"))
+        # a temp dir of its own per download: concurrent downloads of one version (processes, threads, nodes sharing
+        # RAYML_HOME) never write into each other's files; the first complete copy renamed into place wins
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".dl-{info.version}-"))
         try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=info.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(tmp), tracking_uri=self.tracking_uri)
             )
-            if cache.exists():  # another process won the race; its copy is identical
-                return info, cache
-            os.replace(local, cache)
+            _install(local, cache)
         except OSError as e:
             raise RegistryError(f"cannot download {info.ref} from {info.source}: {e}") from e
         finally:
@@ -466,3 +467,31 @@ class Registry:
             return dict(self.client.get_run(run_id).data.metrics)
         except Exception:
             return {}
+
+
+def _install(local: Path, cache: Path) -> None:
+    """Rename a complete download ``local`` to ``cache``; if another download got there first, keep its copy.
+
+    A version's artifacts never change, so any complete copy is the copy. An incomplete directory at ``cache`` (left
+    by an older rayml that could be interrupted mid-copy) is moved aside and replaced.
+
+    Raises:
+        OSError: the rename failed and no complete copy is at ``cache``.
+    """
+    for _ in range(3):
+        try:
+            os.replace(local, cache)  # atomic; fails when cache is a non-empty directory (another download won)
+            return
+        except OSError:
+            if ModelDir.is_complete(cache):
+                return
+            if not cache.exists():
+                continue  # the winner's rename is not visible yet, or a stale copy was just moved aside: try again
+            stale = cache.with_name(f".stale-{cache.name}-{uuid.uuid4().hex[:8]}")
+            try:
+                os.replace(cache, stale)
+            except OSError:
+                continue  # someone else moved it aside first
+            shutil.rmtree(stale, ignore_errors=True)
+    if not ModelDir.is_complete(cache):
+        os.replace(local, cache)  # last try: let its error say why

@@ -11,18 +11,27 @@ A change is applied in stages, each one a redeploy of the whole application in w
 3. versions that are gone are removed; Serve drains their in-flight requests before stopping them.
 
 Both the serve commands (:mod:`rayml.serve._deploy`) and the rollout controller (:mod:`rayml.serve._rollout_runtime`)
-change the application through :func:`apply_spec`.
+change the application through :func:`apply_spec` or :func:`update_spec`, so no change undoes another:
+
+- every writer holds the application's spec lock (:mod:`rayml.serve._speclock`) while it reads, checks and deploys;
+- the spec carries a ``revision``; a change is made against the revision it read (compare-and-swap): if the running
+  spec is at another revision when the change is committed, or moves between two stages, the writer gets a
+  :class:`~rayml.errors.SpecConflictError` and changes nothing more. Each deployed stage takes the next revision.
+  ``rayml serve up`` refuses then (rerun it); :func:`update_spec` (rollout steps, ``rayml rollback``) reads the spec
+  under the lock and re-applies its change to the fresh one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayml.errors import ServeDeployError
+from rayml.errors import ServeDeployError, SpecConflictError, UserError
 from rayml.serve._spec import INGRESS, AppSpec, ModelSpec, VersionSpec
+from rayml.serve._speclock import SpecLock, writer
 
 logger = logging.getLogger("rayml.serve")
 
@@ -204,14 +213,106 @@ def _without_failed(old: AppSpec | None, new: AppSpec) -> AppSpec | None:
     return old.model_copy(update={"models": models})
 
 
-def apply_spec(spec: AppSpec, timeout_s: float, drain_s: float = DRAIN_S) -> list[AppSpec]:
-    """Move the running application to ``spec`` in stages (see the module docstring); returns the stages deployed."""
-    stages = plan_stages(_without_failed(current_spec(spec.app_name), spec), spec)
+def _revision(spec: AppSpec | None) -> int:
+    return spec.revision if spec is not None else 0
+
+
+def _check_revision(app_name: str, expected: int, running: AppSpec | None, what: str) -> None:
+    if _revision(running) != expected:
+        now = "is not deployed any more" if running is None else f"is at revision {_revision(running)}"
+        raise SpecConflictError(
+            f"application {app_name!r} changed while {what}: it {now}, the change was made against revision {expected}",
+            hint="another writer (`rayml serve up`, a rollout step, `rayml rollback`) changed it first; nothing of this "
+            "change that was not deployed yet was applied. See `rayml serve status`, then run the command again",
+        )
+
+
+def _commit(spec: AppSpec, running: AppSpec | None, timeout_s: float, drain_s: float, lock: SpecLock) -> list[AppSpec]:
+    """Deploy ``spec`` over ``running`` in stages, under ``lock``; ``spec.revision`` must be ``running``'s."""
+    _check_revision(spec.app_name, spec.revision, running, "this change was prepared")
+    stages = plan_stages(_without_failed(running, spec), spec)
+    stages = [s.model_copy(update={"revision": spec.revision + i + 1}) for i, s in enumerate(stages)]
     for i, stage in enumerate(stages):
+        if i > 0:  # the lock may have expired (a frozen writer): a change in between must not be overwritten
+            lock.check()
+            _check_revision(spec.app_name, stages[i - 1].revision, _settled_spec(stages[i - 1]), "it was deployed in stages")
         if i == len(stages) - 1 and i > 0 and _keyed(stages[i - 1]) - _keyed(stage):
             time.sleep(drain_s)  # requests already routed to a version that is going away finish first
         _deploy_once(stage, timeout_s)
     return stages
+
+
+def _settled_spec(deployed: AppSpec, wait_s: float = 2.0) -> AppSpec | None:
+    """The running spec, read again for a moment while it still shows the revision before ``deployed`` (Serve's view
+    of a deployment's config may trail its deploy call by a control-loop tick)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        running = current_spec(deployed.app_name)
+        if _revision(running) != deployed.revision - 1 or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.1)
+
+
+def apply_spec(spec: AppSpec, timeout_s: float, drain_s: float = DRAIN_S, action: str = "change") -> list[AppSpec]:
+    """Move the running application to ``spec`` in stages (see the module docstring); returns the stages deployed.
+
+    Compare-and-swap: ``spec.revision`` is the revision of the running spec the change was made from (a spec read
+    with :func:`current_spec` and edited keeps it; a new application's is 0). Waits up to ``timeout_s`` for another
+    writer's change to finish.
+
+    Raises:
+        SpecConflictError: the running spec is at another revision (someone changed it since it was read), or another
+            writer held the application longer than ``timeout_s``.
+        ServeDeployError: a stage did not come up.
+    """
+    with SpecLock(spec.app_name, writer(action), wait_s=timeout_s) as lock:
+        return _commit(spec, current_spec(spec.app_name), timeout_s, drain_s, lock)
+
+
+def update_spec(
+    app_name: str,
+    change: Callable[[AppSpec], AppSpec],
+    timeout_s: float,
+    drain_s: float = DRAIN_S,
+    action: str = "change",
+    attempts: int = 3,
+) -> AppSpec:
+    """Read the running spec, ``change`` it and deploy the result, all under the application's spec lock.
+
+    A writer that only changes its own part (a rollout step: one model's weights) goes through here: its change is
+    re-applied to whatever the spec is when it holds the lock, so it neither undoes nor is undone by another writer.
+    Should the spec still move under it (the lock expired), it re-reads and re-applies, ``attempts`` times in all.
+
+    Args:
+        app_name: the application.
+        change: a pure function of the running spec (may raise a UserError when the change no longer fits it).
+        timeout_s: per stage, and the longest wait for another writer.
+        drain_s: see :func:`apply_spec`.
+        action: what the writer does (for other writers' messages).
+        attempts: tries when the spec moves under the change.
+
+    Returns:
+        The spec deployed (its last stage).
+
+    Raises:
+        UserError: the application is not running, or ``change`` refused.
+        SpecConflictError: the spec kept moving, or another writer held it longer than ``timeout_s``.
+    """
+    for attempt in range(1, attempts + 1):
+        with SpecLock(app_name, writer(action), wait_s=timeout_s) as lock:
+            running = current_spec(app_name)
+            if running is None:
+                raise UserError(
+                    f"application {app_name!r} is not running",
+                    hint="deploy it first: rayml serve up --config FILE (see serve.app_name)",
+                )
+            try:
+                return _commit(change(running), running, timeout_s, drain_s, lock)[-1]
+            except SpecConflictError as e:
+                if attempt == attempts:
+                    raise
+                logger.warning("%s; re-reading the spec and applying the change again (try %d)", e.message, attempt + 1)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def app_state(app_name: str) -> AppState | None:

@@ -12,11 +12,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rayml.config import ConfigLike, Overrides, ServeConfig, ServeJobConfig, resolve_config
-from rayml.errors import ServeDeployError, UserError
+from rayml.errors import RolloutActiveError, ServeDeployError, UserError
 from rayml.serve._apply import AppState, app_state, apply_spec, current_spec, serve_client
 from rayml.serve._cluster import connect, started_local_head, stop_local_head
-from rayml.serve._rollout_runtime import stop_controllers
-from rayml.serve._spec import STATS, keep_placements, resolve_spec
+from rayml.serve._rollout_runtime import end_rollouts, rollout_active, stop_controllers
+from rayml.serve._spec import STATS, AppSpec, keep_placements, keep_route_salt, resolve_spec
 
 if TYPE_CHECKING:
     from rayml.registry import Registry
@@ -37,22 +37,30 @@ def start_serve(cfg: ServeConfig) -> None:
         )
 
 
-def deploy(config: ConfigLike = None, *, overrides: Overrides = None, registry: Registry | None = None) -> AppState:
+def deploy(
+    config: ConfigLike = None, *, overrides: Overrides = None, registry: Registry | None = None, force: bool = False
+) -> AppState:
     """Deploy (or update in place, without dropping a request) the application ``cfg.serve`` describes.
 
     On a laptop a local Ray is started for serving and outlives this process (`undeploy` stops it); with
     ``RAY_ADDRESS`` set, the application goes to that cluster.
 
+    The change is made against the spec running when this starts (compare-and-swap, see :mod:`rayml.serve._apply`):
+    if a rollout step or another command changes the application in between, this refuses rather than undo it.
+
     Args:
         config: the job config: a ServeJobConfig object, a YAML path or a dict shaped like the YAML (None: defaults).
         overrides: applied on top, as ``{"serve.port": 8001}`` or ``["serve.port=8001"]`` (the CLI's ``--set``).
         registry: the registry to use (default: ``registry.tracking_uri`` of the config).
+        force: change models under an active rollout too: their rollouts are ended (recorded as superseded) first.
 
     Returns:
         The application's state once it is running.
 
     Raises:
         UserError: an unknown model or version, or invalid weights.
+        RolloutActiveError: the config changes a model that has a rollout under way (and not ``force``).
+        SpecConflictError: the application changed while this was deploying it (nothing more was changed).
         ServeDeployError: Serve could not start a deployment (the message holds the replica errors).
 
     Example:
@@ -66,14 +74,35 @@ def deploy(config: ConfigLike = None, *, overrides: Overrides = None, registry: 
     spec = resolve_spec(cfg, registry)
     connect(start_local=True, metrics_export_port=cfg.serve.metrics_export_port)
     start_serve(cfg.serve)
-    spec = keep_placements(cfg, current_spec(spec.app_name), spec)
+    running = current_spec(spec.app_name)
+    spec = keep_route_salt(running, keep_placements(cfg, running, spec))  # a redeploy keeps sticky keys in place
+    _check_rollouts(cfg, running, spec, force)
+    # compare-and-swap against what was read above: a change in between (a rollout step) is refused, not undone
+    spec = spec.model_copy(update={"revision": running.revision if running is not None else 0})
     t0 = time.perf_counter()
-    stages = apply_spec(spec, cfg.serve.deploy_timeout_s)
+    stages = apply_spec(spec, cfg.serve.deploy_timeout_s, action="rayml serve up")
     logger.info("application %s deployed in %d stage(s), %.1fs", spec.app_name, len(stages), time.perf_counter() - t0)
     state = app_state(spec.app_name)
     if state is None:  # deleted by someone else in between
         raise ServeDeployError(f"application {spec.app_name!r} disappeared right after it was deployed")
     return state
+
+
+def _check_rollouts(cfg: ServeJobConfig, running: AppSpec | None, spec: AppSpec, force: bool) -> None:
+    """Refuse to change a model whose rollout is under way (``force``: end those rollouts first)."""
+    if running is None:
+        return
+    busy = [name for name, m in sorted(running.models.items()) if spec.models.get(name) != m and rollout_active(cfg, name)]
+    if not busy:
+        return
+    if not force:
+        raise RolloutActiveError(
+            f"a rollout of {', '.join(busy)} is under way in {cfg.serve.app_name!r}, and this config changes "
+            f"{'it' if len(busy) == 1 else 'them'}: deploying it would undo the rollout's traffic split",
+            hint=f"wait for it or end it (rayml rollout promote|rollback --model {busy[0]}), or pass --force to end "
+            "the rollout and serve the config as written",
+        )
+    end_rollouts(cfg, busy, "superseded by `rayml serve up --force`: the model now serves what the config says")
 
 
 def status(cfg: ServeJobConfig) -> AppState | None:

@@ -9,24 +9,43 @@ Placement: a model placed in the ingress (``placement: ingress``, the default fo
 versions loaded into this replica by ``reconfigure`` (:mod:`rayml.serve._inline`) and answered here, one hop from the
 proxy; the others are called through their deployments' handles. Everything else (auth, validation, routing, sticky
 keys, shadow, metrics) is the same code for both.
+
+Hostile or unlucky callers: every mistake a caller can make is a JSON 4xx counted in the ``rayml_*`` request metrics
+(:mod:`rayml.serve._protocol` says which, and bounds what one request of at most ``max_request_bytes`` may cost:
+linear parsing, a nesting bound, a column bound from the served signatures, error messages of bounded size); a body
+must arrive within ``request_read_timeout_s`` (408). A model that fails on valid input is a 500 that names the model
+and version and gives a request id; the failure's text goes to the log under that id, never to the caller. What a
+caller sees of the served models is what its key may call: a 404 lists only those, and the open readiness endpoint
+says no more than how many versions are not ready while API keys are on (and never an exception's text).
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types on the route methods (e.g. Request).
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
-from rayml.serve._http import authorize, error_response, json_response, make_app, read_body
+from rayml.serve._http import (
+    authorize,
+    error_response,
+    json_response,
+    make_app,
+    new_request_id,
+    read_body,
+    server_error_response,
+)
 from rayml.serve._inline import InlineVersions
 from rayml.serve._metrics import GAUGE_REFRESH_S
 from rayml.serve._protocol import (
+    COLUMN_MARGIN,
     HttpError,
     ParsedRequest,
     Tensor,
@@ -74,14 +93,42 @@ class _State:
 
 
 class _Outcome(HttpError):
-    """A finished request that is not a 200: carries the status and the version that was chosen (for the header)."""
+    """A finished request that is not a 200: carries the status, the version that was chosen (for the header) and,
+    for a 500, the request id under which the log has the detail."""
 
-    def __init__(self, status: int, message: str, version: int | None) -> None:
+    def __init__(self, status: int, message: str, version: int | None, request_id: str | None = None) -> None:
         super().__init__(status, message)
         self.version = version
+        self.request_id = request_id
 
     def __reduce__(self) -> tuple:
-        return (_Outcome, (self.status, self.message, self.version))
+        return (_Outcome, (self.status, self.message, self.version, self.request_id))
+
+
+def _outcome_response(o: _Outcome) -> Response:
+    if o.request_id is not None:
+        return server_error_response(o.message, o.request_id, o.version)
+    return error_response(o.status, o.message, o.version)
+
+
+EXTREME_INPUT = 1e18  # an input beyond this that makes a model's output non-finite is the caller's doing (422)
+
+
+def _largest_input(feed: dict[str, Any]) -> float:
+    """The largest magnitude among the numeric inputs of a feed (0 when there are none, NaN ignored)."""
+    largest = 0.0
+    for values in feed.values():
+        if getattr(values, "dtype", None) is not None and values.dtype.kind in "iuf" and values.size:
+            magnitudes = np.abs(values.astype(np.float64))
+            largest = max(largest, float(np.max(magnitudes, initial=0.0, where=~np.isnan(magnitudes))))
+    return largest
+
+
+def _not_loaded(m: _Model, version: int) -> str:
+    return (
+        f"model {m.spec.name} version {version} is not available: it could not be loaded into the ingress "
+        "(`rayml serve status` shows why); retry later or ask the operator"
+    )
 
 
 # Helpers sit above the class: @serve.ingress pickles the app when the class is defined, capturing the
@@ -109,11 +156,29 @@ def _signature(meta: dict[str, Any]) -> _Signature:
     )
 
 
+_VERSION = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also takes '²' and '١٢', which int() refuses or reads
+
+
 def _pinned(m: _Model, version: str) -> int:
-    if not version.isdigit() or m.spec.version(int(version)) is None:
+    if not _VERSION.fullmatch(version) or m.spec.version(int(version)) is None:
         served = ", ".join(str(v) for v in m.route.versions)
-        raise HttpError(404, f"model {m.spec.name!r} has no served version {version!r}; served versions: {served}")
+        shown = version if len(version) <= 20 else f"{version[:17]}..."
+        raise HttpError(404, f"model {m.spec.name!r} has no served version {shown!r}; served versions: {served}")
     return int(version)
+
+
+def _public(why: str | None) -> str:
+    """A version's readiness as callers may see it: our own words, never an exception's text (that is in the log
+    and in `rayml serve status`)."""
+    if why is None:
+        return "ready"
+    if why == _NOT_CHECKED or why.startswith(_NO_ANSWER):
+        return why
+    return "not ready (see `rayml serve status` or the ingress log for why)"
+
+
+_NOT_CHECKED = "not checked yet"
+_NO_ANSWER = "no answer within"
 
 
 def _segment(m: _Model, parsed: ParsedRequest) -> str | None:
@@ -129,7 +194,7 @@ def _segment(m: _Model, parsed: ParsedRequest) -> str | None:
     if segment is None and cols and all(c in parsed.columns for c in cols):
         keys = {segment_key([parsed.columns[c][i] for c in cols]) for i in range(parsed.rows)}
         if len(keys) > 1:
-            shown = ", ".join(sorted(keys)[:5])
+            shown = ", ".join(k[:40] for k in sorted(keys)[:5])
             raise HttpError(422, f"the rows belong to {len(keys)} segments ({shown}); send one segment per request")
         segment = keys.pop() if keys else None
     if not isinstance(segment, str) or not segment:
@@ -173,7 +238,7 @@ class Ingress:
                 for v in m.versions
                 if m.placement == "replicas"
             }
-            models[name] = _Model(spec=m, route=m.route(), handles=handles)
+            models[name] = _Model(spec=m, route=m.route(salt=spec.route_salt), handles=handles)
         old = self._state
         ready = dict(old.ready) if old else {}
         for deployment in self._inline.wanted(spec):
@@ -255,7 +320,7 @@ class Ingress:
             )
         except asyncio.TimeoutError:
             return f"no answer within {timeout:g}s (starting, overloaded or failing; see `rayml serve status`)"
-        except Exception as e:
+        except Exception as e:  # kept for `rayml serve status` and the log; callers see _public()'s words
             return f"{type(e).__name__}: {e}"
         self._signatures[deployment] = _signature(meta)
         return None
@@ -271,15 +336,19 @@ class Ingress:
 
     @api.get("/v2/health/ready")
     async def ready(self) -> Response:
+        """Open to every caller (load balancers probe it), so it says only what anyone may know: with API keys on,
+        how many versions are not ready; without, which ones and in our own words (never an exception's text)."""
         state = self._state
         if state is None:
             return json_response(503, {"ready": False, "error": "the ingress has no routing table yet"})
         waiting = {
-            f"{m.spec.name}:{v}": state.ready.get(m.spec.deployment_of(v), "not checked yet")
+            f"{m.spec.name}:{v}": _public(state.ready.get(m.spec.deployment_of(v), _NOT_CHECKED))
             for m in state.models.values()
             for v in m.route.primary_versions
-            if state.ready.get(m.spec.deployment_of(v), "not checked yet") is not None
+            if state.ready.get(m.spec.deployment_of(v), _NOT_CHECKED) is not None
         }
+        if waiting and state.spec.auth:
+            return json_response(503, {"ready": False, "not_ready_versions": len(waiting)})
         if waiting:
             return json_response(503, {"ready": False, "not_ready": waiting})
         return json_response(200, {"ready": True})
@@ -310,9 +379,9 @@ class Ingress:
     async def model_ready(self, model: str, request: Request) -> Response:
         state, m = self._model(request, model)
         waiting = {
-            str(v): state.ready.get(m.spec.deployment_of(v), "not checked yet")
+            str(v): _public(state.ready.get(m.spec.deployment_of(v), _NOT_CHECKED))
             for v in m.route.primary_versions
-            if state.ready.get(m.spec.deployment_of(v), "not checked yet") is not None
+            if state.ready.get(m.spec.deployment_of(v), _NOT_CHECKED) is not None
         }
         return json_response(
             503 if waiting else 200, {"name": model, "ready": not waiting, **({"not_ready": waiting} if waiting else {})}
@@ -322,7 +391,7 @@ class Ingress:
     async def version_ready(self, model: str, version: str, request: Request) -> Response:
         state, m = self._model(request, model)
         v = _pinned(m, version)
-        why = state.ready.get(m.spec.deployment_of(v), "not checked yet")
+        why = state.ready.get(m.spec.deployment_of(v), _NOT_CHECKED)
         return json_response(200 if why is None else 503, {"name": model, "version": str(v), "ready": why is None}, v)
 
     # --- inference ----------------------------------------------------------------------------------------------
@@ -342,14 +411,28 @@ class Ingress:
         state = self._state
         if state is None:
             raise HttpError(503, "the ingress is starting and has no routing table yet; retry in a moment")
-        authorize(state.spec.auth, request.headers.get("authorization"), None)
+        key = authorize(state.spec.auth, request.headers.get("authorization"), None)
         m = state.models.get(model)
         if m is None:
-            raise HttpError(
-                404, f"model {model!r} is not served here; served models: {', '.join(sorted(state.models)) or '(none)'}"
-            )
+            # list only what this caller's key may call: a key scoped to some models learns nothing of the others
+            scoped = key.models if key is not None else None
+            visible = sorted(set(scoped) & set(state.models) if scoped is not None else state.models)
+            shown = model if len(model) <= 64 else f"{model[:61]}..."
+            listed = "models this API key may call" if scoped is not None else "served models"
+            raise HttpError(404, f"model {shown!r} is not served here; {listed}: {', '.join(visible) or '(none)'}")
         authorize(state.spec.auth, request.headers.get("authorization"), model)
         return state, m
+
+    def _max_columns(self, m: _Model) -> int | None:
+        """Most distinct columns a request to ``m`` may name: every served version's inputs (siblings' columns are
+        ignored, not refused), its segment columns and a margin; None while a version's signature is not known."""
+        count = len(m.spec.segment_columns) + 1 + COLUMN_MARGIN  # + 1: the 'segment' field
+        for v in m.spec.versions:
+            sig = self._signatures.get(m.spec.deployment_of(v.version))
+            if sig is None:
+                return None
+            count += len(sig.inputs)
+        return count
 
     async def _infer(self, request: Request, model: str, pinned: str | None, protocol: str) -> Response:
         t0 = time.perf_counter()
@@ -362,11 +445,10 @@ class Ingress:
             except HttpError:
                 label = model if self._state is not None and model in self._state.models else "<unknown>"
                 raise
-            body = await read_body(request, state.spec.max_request_bytes)
+            body = await read_body(request, state.spec.max_request_bytes, state.spec.request_read_timeout_s)
             payload = parse_json(body)
-            parsed = (
-                parse_v2(payload, state.spec.max_batch_rows) if protocol == "v2" else parse_v1(payload, state.spec.max_batch_rows)
-            )
+            parse = parse_v2 if protocol == "v2" else parse_v1
+            parsed = parse(payload, state.spec.max_batch_rows, self._max_columns(m))
             if pinned is not None:
                 version = _pinned(m, pinned)
             else:
@@ -385,9 +467,14 @@ class Ingress:
             else:
                 response_body = v1_response(result["outputs"], sig.task, sig.class_labels, probabilities)
         except _Outcome as o:
-            return self._finish(label, o.version, route, o.status, t0, error_response(o.status, o.message, o.version))
+            return self._finish(label, o.version, route, o.status, t0, _outcome_response(o))
         except HttpError as e:
             return self._finish(label, version, route, e.status, t0, error_response(e.status, e.message, version))
+        except Exception as e:  # a bug of ours, not the caller's mistake: a counted JSON 500, the detail in the log
+            request_id = new_request_id()
+            logger.error("request to %s failed in the ingress (request id %s)", model, request_id, exc_info=e)
+            response = server_error_response(f"the ingress failed on this request to model {model!r}", request_id, version)
+            return self._finish(label, version, route, 500, t0, response)
         response = json_response(200, response_body, version)
         shadow = m.route.shadow_for(version) if pinned is None else None
         if shadow is not None:
@@ -414,8 +501,7 @@ class Ingress:
         if m.spec.placement == "ingress":
             inline = self._inline.get(m.spec.deployment_of(version))
             if inline is None:
-                why = self._inline.errors.get(m.spec.deployment_of(version), "it is not loaded")
-                raise _Outcome(503, f"model {m.spec.name} version {version} is not available: {why}", version)
+                raise _Outcome(503, _not_loaded(m, version), version)
             response: Any = inline.predict(feed)  # a coroutine: a timeout cancels it where it waits
         else:
             handle = m.handles[version]
@@ -435,14 +521,28 @@ class Ingress:
         except BackPressureError as e:
             raise _Outcome(503, f"model {m.spec.name} version {version} is overloaded; retry with backoff", version) from e
         except Exception as e:  # replica died, deployment gone: the server's fault, never the client's
-            logger.warning("model %s version %s is unavailable: %s", m.spec.name, version, e)
-            raise _Outcome(500, f"model {m.spec.name} version {version} is unavailable: {type(e).__name__}", version) from e
+            request_id = new_request_id()
+            logger.warning("model %s version %s is unavailable (request id %s): %r", m.spec.name, version, request_id, e)
+            raise _Outcome(500, f"model {m.spec.name} version {version} is unavailable", version, request_id) from e
         if not result["ok"]:
             if result["user_error"] and result.get("status") == 404:
                 raise _Outcome(404, f"model {m.spec.name} version {version}: {result['error']}", version)
             if result["user_error"]:
                 raise _Outcome(422, f"the input does not match model {m.spec.name} version {version}: {result['error']}", version)
-            raise _Outcome(500, f"model {m.spec.name} version {version} failed: {result['error']}", version)
+            largest = _largest_input(feed)
+            if largest > EXTREME_INPUT and "non-finite" in str(result["error"]):  # the model's FloatingPointError
+                # float32 arithmetic overflowed on the caller's values: their mistake (a 4xx), not the version's
+                raise _Outcome(
+                    422,
+                    f"model {m.spec.name} version {version} cannot compute a finite prediction for these inputs: values "
+                    f"up to {largest:.3g} (over {EXTREME_INPUT:.0e}) overflow its float32 arithmetic; send values in the "
+                    "range the model was trained on",
+                    version,
+                )
+            # the model's own error text (paths, internals) goes to the log only: the caller gets the id to find it
+            request_id = new_request_id()
+            logger.warning("model %s version %s failed (request id %s): %s", m.spec.name, version, request_id, result["error"])
+            raise _Outcome(500, f"model {m.spec.name} version {version} failed on this request", version, request_id)
         return result, sig, feed
 
     async def _sibling_columns(self, state: _State, m: _Model, version: int) -> frozenset[str]:
@@ -467,13 +567,12 @@ class Ingress:
         deployment = m.spec.deployment_of(version)
         sig = self._signatures.get(deployment)
         if sig is None and m.spec.placement == "ingress":
-            missing = self._inline.errors.get(deployment, "it is not loaded")
-            raise _Outcome(503, f"model {m.spec.name} version {version} is not available: {missing}", version)
+            raise _Outcome(503, _not_loaded(m, version), version)
         if sig is None:
             why = await self._probe(state, deployment, state.spec.request_timeout_s)
             sig = self._signatures.get(deployment)
             if sig is None:
-                raise _Outcome(503, f"model {m.spec.name} version {version} is not ready: {why}", version)
+                raise _Outcome(503, f"model {m.spec.name} version {version} is {_public(why)}; retry later", version)
         return sig
 
     # --- shadow -------------------------------------------------------------------------------------------------

@@ -5,10 +5,15 @@ This module is the decision logic only (no Ray): a :class:`RolloutController` ad
 interfaces (traffic, stats window, registry) and a clock, so unit tests drive it with fakes and a fake clock.
 
 Each step runs for ``interval_s``; then its window of traffic (aggregated over every ingress replica) is checked
-against the thresholds (Flagger/Argo style): candidate error rate, candidate rejections beyond the baseline's, p95
-latency against the baseline (ratio) and/or an absolute bound, and disagreement with the baseline on mirrored
-requests. A passing check advances (or waits for `rayml rollout approve` at a manual step); a failing one retries
-the step, until more than ``failure_budget`` checks have failed: then traffic goes 100% back to the baseline.
+against the thresholds (Flagger/Argo style): the candidate's share of errors (5xx) and of rejections (4xx) against the
+baseline's on the same traffic, p95 latency against the baseline (ratio) and/or an absolute bound, and disagreement
+with the baseline on mirrored requests. A passing check advances (or waits for `rayml rollout approve` at a manual
+step); a failing one retries the step, until more than ``failure_budget`` checks have failed: then traffic goes 100%
+back to the baseline. A window with too little traffic is inconclusive: the step holds and nothing is decided.
+
+Judging the candidate, not the callers: shares are compared with a one-sided test (:func:`~rayml.serve._stats.
+excess_lower_bound`), so inputs that fail every version raise both shares alike and never roll back a good candidate;
+at a 100% step the baseline's counts from the rollout's earlier windows stand in for the idle baseline.
 
 Crash safety: the state is written (atomically) before every side effect, and every side effect is idempotent
 (absolute weights, an alias move), so a controller restarted at any point redoes at most the last side effect and
@@ -29,7 +34,8 @@ from typing import Any, Protocol
 
 from rayml._private import fs
 from rayml.config import RolloutConfig
-from rayml.serve._stats import VersionStats
+from rayml.errors import RaymlError
+from rayml.serve._stats import VersionStats, excess_lower_bound, z_score
 
 logger = logging.getLogger("rayml.serve")
 
@@ -52,7 +58,22 @@ class Traffic(Protocol):
 
 class StatsSource(Protocol):
     def window(self, model: str, since: float, until: float) -> dict[tuple[int, str], VersionStats]:
-        """Per (version, route) totals over [since, until) across every ingress replica."""
+        """Per (version, route) totals over [since, until) across every ingress replica.
+
+        Raises :class:`WindowIncompleteError` when the counts of part of the window are gone (the stats replica
+        restarted after ``since``).
+        """
+
+
+class WindowIncompleteError(RaymlError):
+    """The stats deployment holds counts only from ``complete_since`` on (its replica restarted within the window)."""
+
+    def __init__(self, complete_since: float) -> None:
+        super().__init__(
+            f"the traffic counts before {complete_since:.0f} are gone: the stats replica restarted",
+            hint="nothing to do: the rollout holds its step and judges a full window after the restart",
+        )
+        self.complete_since = complete_since
 
 
 class Promoter(Protocol):
@@ -83,6 +104,9 @@ class RolloutState:
     finished_at: float | None = None
     last_error: str | None = None
     last_check: dict[str, Any] | None = None
+    # the baseline's primary counts summed over the rollout's judged windows: what a 100% step compares with
+    baseline_seen: dict[str, int] = field(default_factory=dict)
+    inconclusive: int = 0  # checks that had too little traffic to decide (they hold the step; not failures)
 
     @property
     def cfg(self) -> RolloutConfig:
@@ -168,28 +192,69 @@ class Check:
     passed: bool
     reasons: list[str]
     snapshot: dict[str, Any]
+    inconclusive: list[str] = field(default_factory=list)  # too little traffic for these criteria: nothing decided
+
+    @property
+    def decided(self) -> bool:
+        """A failure decides even with other criteria inconclusive; a pass needs every criterion judged."""
+        return bool(self.reasons) or not self.inconclusive
+
+
+def _share_excess(
+    what: str, cand: int, n_cand: int, base: int | None, n_base: int, base_name: str, cfg: RolloutConfig
+) -> str | None:
+    """Why the candidate's share ``cand/n_cand`` is worse than the baseline's beyond chance, or None when it is not."""
+    bound = excess_lower_bound(cand, n_cand, base, n_base, z_score(cfg.confidence))
+    if bound <= cfg.max_error_rate_increase:
+        return None
+    base_share = f"{base / n_base:.2%} ({base}/{n_base}, {base_name})" if base is not None and n_base else base_name
+    return (
+        f"candidate {what} {cand / n_cand:.2%} ({cand}/{n_cand}) vs baseline {base_share}: at {cfg.confidence:.0%} "
+        f"confidence at least {bound:.2%} higher (max_error_rate_increase {cfg.max_error_rate_increase:.2%})"
+    )
 
 
 def evaluate(state: RolloutState, stats: dict[tuple[int, str], VersionStats]) -> Check:
-    """Judge one window for ``state``'s phase against its thresholds; every failed criterion is listed."""
+    """Judge one window for ``state``'s phase against its thresholds; every failed criterion is listed.
+
+    Errors (5xx) and rejections (4xx) are compared with the baseline's over the same window (see
+    :class:`~rayml.config.RolloutConfig` ``max_error_rate_increase``); 4xx never count as errors. Criteria without
+    enough traffic are listed in :attr:`Check.inconclusive` instead of failing.
+    """
     cfg = state.cfg
     base = stats.get((state.baseline, "primary"), VersionStats())
     cand = stats.get((state.candidate, "primary"), VersionStats())
     shadow = stats.get((state.candidate, "shadow"), VersionStats())
     reasons: list[str] = []
-    judged = shadow if state.phase == SHADOW_PHASE else cand
-    what = "mirrored requests to the candidate" if state.phase == SHADOW_PHASE else "candidate requests"
-    if judged.requests < cfg.min_requests:
-        reasons.append(f"only {judged.requests} {what} in the window (min_requests {cfg.min_requests})")
-    elif judged.error_rate > cfg.max_error_rate:
-        reasons.append(f"candidate error rate {judged.error_rate:.2%} > max_error_rate {cfg.max_error_rate:.2%}")
-    if state.phase != SHADOW_PHASE and cand.requests >= cfg.min_requests:
-        extra_rejects = cand.rejected_rate - (base.rejected_rate if base.requests else 0.0)
-        if extra_rejects > cfg.max_error_rate:
-            reasons.append(
-                f"candidate rejects {cand.rejected_rate:.2%} of requests (4xx) vs baseline {base.rejected_rate:.2%}: "
-                "it does not accept what the baseline accepts"
+    inconclusive: list[str] = []
+    # the baseline to compare with: this window's answers, else (a 100% step) its answers in the rollout's earlier windows
+    seen = state.baseline_seen
+    if base.requests >= cfg.min_requests:
+        ref, ref_name = base, "this window"
+    elif seen.get("requests", 0) >= cfg.min_requests:
+        ref = VersionStats(requests=seen["requests"], errors=seen.get("errors", 0), rejected=seen.get("rejected", 0))
+        ref_name = "earlier windows"
+    else:
+        ref, ref_name = None, "no baseline answers to compare with"
+    if state.phase == SHADOW_PHASE:
+        if shadow.requests < cfg.min_requests:
+            inconclusive.append(
+                f"only {shadow.requests} mirrored requests to the candidate in the window (min_requests {cfg.min_requests})"
             )
+        else:  # mirrored requests are ones the baseline answered (200): every failure on them is the candidate's
+            why = _share_excess("error rate", shadow.errors, shadow.requests, None, 0, "0% (it answered them)", cfg)
+            reasons += [why] if why else []
+    elif cand.requests < cfg.min_requests:
+        inconclusive.append(f"only {cand.requests} candidate requests in the window (min_requests {cfg.min_requests})")
+    else:
+        for what, c, b in (
+            ("error rate (5xx)", cand.errors, ref.errors if ref else None),
+            # refusing what the baseline accepts is the candidate's failure; a caller's bad input hits both alike
+            ("rejection rate (4xx)", cand.rejected, ref.rejected if ref else None),
+        ):
+            why = _share_excess(what, c, cand.requests, b, ref.requests if ref else 0, ref_name, cfg)
+            reasons += [why] if why else []
+    judged = shadow if state.phase == SHADOW_PHASE else cand
     p95_c, p95_b = judged.p95_ms, base.p95_ms
     if cfg.max_p95_latency_ms is not None and p95_c is not None and p95_c > cfg.max_p95_latency_ms:
         reasons.append(f"candidate p95 {p95_c:.1f} ms > max_p95_latency_ms {cfg.max_p95_latency_ms:g}")
@@ -210,7 +275,7 @@ def evaluate(state: RolloutState, stats: dict[tuple[int, str], VersionStats]) ->
         if shadow.compared_rows >= cfg.min_shadow_comparisons and d is not None and d > cfg.max_disagreement:
             reasons.append(f"disagreement with the baseline {d:.4g} > max_disagreement {cfg.max_disagreement:g}")
         elif state.phase == SHADOW_PHASE and shadow.compared_rows < cfg.min_shadow_comparisons:
-            reasons.append(
+            inconclusive.append(
                 f"only {shadow.compared_rows} mirrored rows compared (min_shadow_comparisons {cfg.min_shadow_comparisons})"
             )
     snapshot = {
@@ -218,7 +283,9 @@ def evaluate(state: RolloutState, stats: dict[tuple[int, str], VersionStats]) ->
         "candidate": {"version": state.candidate, **cand.summary(state.task)},
         "shadow": {"version": state.candidate, **shadow.summary(state.task)},
     }
-    return Check(passed=not reasons, reasons=reasons, snapshot=snapshot)
+    if ref is not None and ref is not base:
+        snapshot["baseline_earlier_windows"] = ref.summary(state.task)
+    return Check(passed=not reasons and not inconclusive, reasons=reasons, snapshot=snapshot, inconclusive=inconclusive)
 
 
 class RolloutController:
@@ -320,8 +387,28 @@ class RolloutController:
         if now < s.window_start + self._duration() + s.settle_s:
             return None
         until = s.window_start + self._duration()
-        check = evaluate(s, self.stats.window(s.model, s.window_start, until))
-        s.last_check = {"passed": check.passed, "reasons": check.reasons, "at": now, **check.snapshot}
+        try:
+            window = self.stats.window(s.model, s.window_start, until)
+        except WindowIncompleteError as e:  # counts lost with a stats restart: never judge what was not seen
+            # settle_s: pushes drained while the replica was down are lost too (one flush interval, plus a second)
+            s.window_start = max(s.window_start, e.complete_since + s.settle_s)
+            self._save()
+            return self._record("window_restarted", reason=e.message)
+        check = evaluate(s, window)
+        s.last_check = {
+            "passed": check.passed,
+            "reasons": check.reasons + check.inconclusive,
+            "at": now,
+            **check.snapshot,
+        }
+        base = window.get((s.baseline, "primary"), VersionStats())
+        for k in ("requests", "errors", "rejected"):
+            s.baseline_seen[k] = s.baseline_seen.get(k, 0) + getattr(base, k)
+        if not check.decided:  # too little traffic: hold the step for another window, decide nothing
+            s.inconclusive += 1
+            s.window_start = until
+            self._save()
+            return self._record("check_inconclusive", reasons=check.inconclusive, snapshot=check.snapshot)
         if not check.passed:
             s.failures += 1
             if s.failures > s.cfg.failure_budget:

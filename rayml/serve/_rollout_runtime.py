@@ -25,10 +25,10 @@ import ray
 
 from rayml._private import constants, faults
 from rayml.config import ServeJobConfig
-from rayml.errors import UserError
-from rayml.serve._apply import apply_spec, current_spec
+from rayml.errors import SpecConflictError, UserError
+from rayml.serve._apply import apply_spec, current_spec, update_spec
 from rayml.serve._cluster import connect
-from rayml.serve._rollout import RolloutController, RolloutState, StateStore
+from rayml.serve._rollout import ROLLED_BACK, RolloutController, RolloutState, StateStore, WindowIncompleteError
 from rayml.serve._spec import STATS, AppSpec, ModelSpec, ShadowSpec, VersionSpec, deployment_name
 from rayml.serve._stats import VersionStats, by_version
 
@@ -52,15 +52,23 @@ class ServeTraffic:
         self.app_name, self.timeout_s = app_name, timeout_s
 
     def apply(self, model: str, weights: dict[int, float], shadow: tuple[int, float] | None, remove: list[int]) -> None:
-        spec = _require_spec(self.app_name)
-        apply_spec(with_traffic(spec, model, weights, shadow, remove), self.timeout_s)
+        # read-modify-write under the application's spec lock: only this model's traffic changes, applied to the spec
+        # as it is now, so a concurrent `serve up` or another model's rollout is neither undone nor undoes this
+        update_spec(
+            self.app_name,
+            lambda spec: with_traffic(spec, model, weights, shadow, remove),
+            self.timeout_s,
+            action=f"rollout step of {model}",
+        )
 
 
 def with_traffic(
     spec: AppSpec, model: str, weights: dict[int, float], shadow: tuple[int, float] | None, remove: list[int]
 ) -> AppSpec:
     """``spec`` with ``model``'s weights and shadow replaced and ``remove``d versions dropped."""
-    m = spec.models[model]
+    m = spec.models.get(model)
+    if m is None:
+        raise UserError(f"model {model!r} is not served by {spec.app_name!r} any more", hint="see rayml serve status")
     versions = [
         v.model_copy(update={"weight": float(weights.get(v.version, 0.0))}) for v in m.versions if v.version not in remove
     ]
@@ -75,11 +83,23 @@ class ServeStats:
     def __init__(self, app_name: str) -> None:
         self.app_name = app_name
 
-    def window(self, model: str, since: float, until: float) -> dict[tuple[int, str], VersionStats]:
+    def totals(self, model: str, since: float, until: float) -> dict[tuple[int, str], VersionStats]:
+        """What the stats deployment holds for the window (partial if its replica restarted after ``since``)."""
         from ray import serve
 
         handle = serve.get_deployment_handle(STATS, self.app_name)
         return by_version(handle.window.remote(model, since, until).result(timeout_s=30))
+
+    def window(self, model: str, since: float, until: float) -> dict[tuple[int, str], VersionStats]:
+        """:meth:`totals`, for a rollout decision: raises :class:`WindowIncompleteError` if part of it is gone."""
+        from ray import serve
+
+        totals = self.totals(model, since, until)
+        # asked after the window: a restart at any point before this answer shows as a later start
+        started_at = serve.get_deployment_handle(STATS, self.app_name).started_at.remote().result(timeout_s=30)
+        if started_at > since:
+            raise WindowIncompleteError(started_at)
+        return totals
 
 
 def traffic_stats(
@@ -115,7 +135,7 @@ def traffic_stats(
     app_name = cfg.serve.app_name
 
     def read() -> dict[tuple[int, str], VersionStats]:
-        return ServeStats(app_name).window(model, since, time.time() + 1 if until is None else until)
+        return ServeStats(app_name).totals(model, since, time.time() + 1 if until is None else until)
 
     try:
         asyncio.get_running_loop()
@@ -217,7 +237,9 @@ def _actor(app_name: str, model: str) -> Any | None:
         return None
 
 
-def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registry: Any = None) -> RolloutState:
+def start_rollout(
+    cfg: ServeJobConfig, model: str, candidate: int | str, registry: Any = None, _retry_left: int = 2
+) -> RolloutState:
     """Deploy ``candidate`` next to the current version (no traffic yet) and start the controller actor.
 
     Resumes instead when a rollout of the same candidate is already under way (e.g. after the cluster restarted).
@@ -236,6 +258,8 @@ def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registr
     Raises:
         UserError: the app or model is not served, the model already splits traffic, the candidate is the version
             already serving or of another kind or task, or another rollout of the model is under way.
+        SpecConflictError: the application kept changing while the candidate was being deployed (each time, the
+            checks above are made again on the new spec).
         ServeNotRunningError: no serving Ray to connect to.
 
     Example:
@@ -278,7 +302,13 @@ def start_rollout(cfg: ServeJobConfig, model: str, candidate: int | str, registr
     except UserError:
         previous = None
     staged = _with_candidate(spec, model, cand, str(loaded.path), keep={baseline, cand, previous})
-    apply_spec(staged, cfg.serve.deploy_timeout_s)  # the candidate is up (no traffic) before the controller starts
+    try:  # compare-and-swap against the spec read above; the candidate is up (no traffic) before the controller starts
+        apply_spec(staged, cfg.serve.deploy_timeout_s, action=f"rayml rollout start --model {model}")
+    except SpecConflictError:
+        if _retry_left <= 0:
+            raise
+        logger.warning("application %s changed while the rollout was being prepared; checking it again", app)
+        return start_rollout(cfg, model, candidate, registry, _retry_left=_retry_left - 1)
     state = RolloutState(
         model=model,
         app_name=app,
@@ -334,6 +364,33 @@ def load_state(cfg: ServeJobConfig, model: str) -> tuple[RolloutState | None, St
 
 def controller_running(cfg: ServeJobConfig, model: str) -> bool:
     return _actor(cfg.serve.app_name, model) is not None
+
+
+def rollout_active(cfg: ServeJobConfig, model: str) -> bool:
+    """Whether a rollout of ``model`` is under way: its state is not final (a finished controller may still be on its
+    way out), or, with no state here, its controller runs."""
+    state, _ = load_state(cfg, model)
+    return not state.done if state is not None else controller_running(cfg, model)
+
+
+def end_rollouts(cfg: ServeJobConfig, models: list[str], reason: str) -> None:
+    """Stop the rollouts of ``models`` without touching traffic: their controllers are killed (and awaited) first,
+    then each state is closed as rolled back with ``reason`` and the audit log records it (event ``superseded``)."""
+    app = cfg.serve.app_name
+    for model in models:
+        actor = _actor(app, model)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+            deadline = time.monotonic() + 30
+            while _actor(app, model) is not None and time.monotonic() < deadline:
+                time.sleep(0.2)  # its last state write must land before ours
+        state, store = load_state(cfg, model)
+        if state is not None and not state.done:
+            state.phase, state.reason, state.finished_at, state.pending = ROLLED_BACK, reason, time.time(), None
+            store.save(state)
+            record = {"ts": time.time(), "event": "superseded", "model": model, "app": app, "reason": reason, "by": _who()}
+            store.audit({**record, "baseline": state.baseline, "candidate": state.candidate, "phase": state.phase})
+            logger.warning("rollout of %s v%s ended: %s", model, state.candidate, reason)
 
 
 @dataclass
@@ -465,30 +522,31 @@ def rollback_to_previous(cfg: ServeJobConfig, model: str, registry: Any = None) 
     if model not in spec.models:
         raise UserError(f"model {model!r} is not served by {app!r}", hint=f"served: {', '.join(sorted(spec.models))}")
     prev = registry.load(f"{model}@{PREVIOUS}")
-    m = spec.models[model]
-    current = max(m.weights, key=lambda v: (m.weights[v], v))
-    versions = [v for v in m.versions if v.version in (current, prev.info.version)]
-    if all(v.version != prev.info.version for v in versions):
-        versions.append(
-            VersionSpec(
-                version=prev.info.version,
-                weight=0.0,
-                deployment=deployment_name(model, prev.info.version, m.kind),
-                local_path=str(prev.path),
+    replaced: list[int] = []
+
+    def to_previous(spec: AppSpec) -> AppSpec:  # applied to the spec as it is once the lock is held
+        m = spec.models.get(model)
+        if m is None:
+            raise UserError(f"model {model!r} is not served by {app!r} any more", hint="see rayml serve status")
+        current = max(m.weights, key=lambda v: (m.weights[v], v))
+        replaced[:] = [current]
+        versions = [v for v in m.versions if v.version in (current, prev.info.version)]
+        if all(v.version != prev.info.version for v in versions):
+            versions.append(
+                VersionSpec(
+                    version=prev.info.version,
+                    weight=0.0,
+                    deployment=deployment_name(model, prev.info.version, m.kind),
+                    local_path=str(prev.path),
+                )
             )
-        )
-    versions = [v.model_copy(update={"weight": 1.0 if v.version == prev.info.version else 0.0}) for v in versions]
-    new = spec.model_copy(
-        update={
-            "models": {
-                **spec.models,
-                model: m.model_copy(update={"versions": sorted(versions, key=lambda v: v.version), "shadow": None}),
-            }
-        }
-    )
-    apply_spec(new, cfg.serve.deploy_timeout_s)
+        versions = [v.model_copy(update={"weight": 1.0 if v.version == prev.info.version else 0.0}) for v in versions]
+        updated = m.model_copy(update={"versions": sorted(versions, key=lambda v: v.version), "shadow": None})
+        return spec.model_copy(update={"models": {**spec.models, model: updated}})
+
+    update_spec(app, to_previous, cfg.serve.deploy_timeout_s, action=f"rayml rollback --model {model}")
     registry.set_alias(model, prev.info.version, PRODUCTION)
-    return prev.info.version, current
+    return prev.info.version, replaced[0]
 
 
 def _who() -> str:

@@ -4,9 +4,12 @@ Pure Python (no Ray): the ingress builds one :class:`ModelRoute` per served mode
 per request, which version answers and whether the request is mirrored to the shadow.
 
 Stickiness: a route key is hashed (with the model name) to a point in [0, 1); versions own consecutive bands of that
-interval, in ascending version order, as wide as their weights. A key keeps its version while the weights hold, and
-when a weight changes only the keys whose point lies in a band that moved change version (raising a canary from 10% to
-25% moves exactly the keys in the 15% band that changed hands, never a key from one old version to another).
+interval, in ascending version order, as wide as their weights. The hash is keyed BLAKE2b under the application's
+secret route salt (``AppSpec.route_salt``): without it nobody can tell which keys fall in which band, so a caller
+cannot pick keys that land on a canary (the newest version owns the top band) before it is even deployed. A key keeps
+its version while the weights hold, and when a weight changes only the keys whose point lies in a band that moved
+change version (raising a canary from 10% to 25% moves exactly the keys in the 15% band that changed hands, never a
+key from one old version to another).
 """
 
 from __future__ import annotations
@@ -38,9 +41,15 @@ def check_weights(model: str, weights: Mapping[int, float]) -> None:
         )
 
 
-def key_point(model: str, key: str) -> float:
-    """The stable point in [0, 1) of a route key (the model name is mixed in, so models split independently)."""
-    digest = hashlib.blake2b(f"{model}\x00{key}".encode(), digest_size=8).digest()
+def key_point(model: str, key: str, salt: bytes = b"") -> float:
+    """The stable point in [0, 1) of a route key (the model name is mixed in, so models split independently).
+
+    Args:
+        model: the model name.
+        key: the caller's route key.
+        salt: the secret key of the hash (up to 64 bytes; empty: unkeyed, predictable by anyone).
+    """
+    digest = hashlib.blake2b(f"{model}\x00{key}".encode(), digest_size=8, key=salt).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 
@@ -62,6 +71,7 @@ class ModelRoute:
         shadow: the mirrored version and share, or None.
         sticky_header: the request header carrying the route key (None: every request is split at random).
         rng: random source for unkeyed requests and shadow sampling (a seeded one in tests).
+        salt: the secret key of route-key hashing (see :func:`key_point`); every ingress replica gets the same one.
     """
 
     model: str
@@ -69,8 +79,14 @@ class ModelRoute:
     shadow: Shadow | None = None
     sticky_header: str | None = None
     rng: random.Random = field(default_factory=random.Random, repr=False)
+    salt: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
+        if len(self.salt) > hashlib.blake2b.MAX_KEY_SIZE:
+            raise ConfigError(
+                f"the route salt of model {self.model!r} has {len(self.salt)} bytes",
+                hint=f"a BLAKE2b key has at most {hashlib.blake2b.MAX_KEY_SIZE} bytes (rayml makes 16)",
+            )
         check_weights(self.model, self.weights)
         if self.shadow is not None and not 0.0 <= self.shadow.percent <= 100.0:
             raise ConfigError(
@@ -100,7 +116,7 @@ class ModelRoute:
 
     def choose(self, key: str | None = None) -> int:
         """The version that answers a request: by the key's point when a key is given, else at random by weight."""
-        point = key_point(self.model, key) if key else self.rng.random()
+        point = key_point(self.model, key, self.salt) if key else self.rng.random()
         for upper, version in self._bands:
             if point < upper:
                 return version

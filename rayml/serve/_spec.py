@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from rayml.config import DriftConfig, IngressConfig, ModelDeploymentConfig, ServeConfig, ServedModelConfig, ServeJobConfig
 from rayml.errors import ConfigError, UserError
@@ -88,14 +88,35 @@ class ModelSpec(_Spec):
         assert spec is not None, f"version {number} is not served for {self.name}"
         return spec.deployment
 
-    def route(self, rng: Any = None) -> ModelRoute:
+    def route(self, rng: Any = None, salt: str | None = None) -> ModelRoute:
+        """The routing table; ``salt`` is the application's hex route salt (:attr:`AppSpec.route_salt`)."""
         shadow = Shadow(self.shadow.version, self.shadow.percent) if self.shadow else None
         kwargs = {"rng": rng} if rng is not None else {}
-        return ModelRoute(self.name, self.weights, shadow=shadow, sticky_header=self.sticky_header, **kwargs)
+        return ModelRoute(
+            self.name,
+            self.weights,
+            shadow=shadow,
+            sticky_header=self.sticky_header,
+            salt=bytes.fromhex(salt) if salt else b"",
+            **kwargs,
+        )
+
+
+KDF_ITERATIONS = 200_000  # PBKDF2-HMAC-SHA256: ~60 ms a guess on one core; the ingress pays it once per distinct key
+SALT_BYTES = 16
 
 
 class AuthKey(_Spec):
-    digest: str = Field(description="sha256 hex digest of the key (the key itself never leaves the deploying process).")
+    """An API key as the ingress knows it: a salted, slow digest (the key itself never leaves the deploying process)."""
+
+    digest: str = Field(description="PBKDF2-HMAC-SHA256 of the key with `salt` and `iterations`, hex.")
+    salt: str | None = Field(
+        default=None,
+        description="Hex salt of the digest (one random salt per application, kept private in $RAYML_HOME/private, so "
+        "the same keys give the same spec on every `serve up`). null: an unsalted digest of an older rayml, which "
+        "matches no key (redeploy with `rayml serve up`).",
+    )
+    iterations: int = Field(default=KDF_ITERATIONS, ge=1, description="PBKDF2 iterations of the digest.")
     name: str = Field(default="", description="Label for logs.")
     models: list[str] | None = Field(default=None, description="Models the key may call; null = all.")
 
@@ -112,22 +133,84 @@ class AppSpec(_Spec):
     max_request_bytes: int
     allow_missing_values: bool
     request_timeout_s: float
+    request_read_timeout_s: float = Field(
+        default=ServeConfig.model_fields["request_read_timeout_s"].default,
+        description="Longest time a request body may take to arrive (serve.request_read_timeout_s).",
+    )
     shadow_queue_size: int
     shadow_timeout_s: float
     stats_flush_interval_s: float
     health_check_interval_s: float
     auth: list[AuthKey] = Field(default_factory=list)
+    route_salt: str | None = Field(
+        default=None,
+        pattern=r"^([0-9a-f]{2}){16,64}$",
+        description="Secret hex key of sticky route-key hashing (keyed BLAKE2b), random when the application is first "
+        "deployed and kept by every later `serve up` and rollout, so a key keeps its version across restarts while "
+        "callers cannot compute which keys land on a canary. `rayml serve build` writes a new one into each manifest "
+        "(keep the manifest private; a new salt re-deals every key). null: an application deployed by an older rayml "
+        "(unkeyed, predictable hashing until the next `serve up`).",
+    )
     drift_window_s: float = Field(
         default=ServeConfig.model_fields["drift_window_s"].default, description="Online drift window (serve.drift_window_s)."
     )
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Online drift thresholds (serve.drift).")
+    revision: int = Field(
+        default=0,
+        description="Compare-and-swap counter: a change is made against the revision it read and deploys the next "
+        "ones (see rayml.serve._apply); 0 for an application not deployed by rayml yet.",
+    )
 
     def to_user_config(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
 
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+def key_digest(key: SecretStr | str, salt: str, iterations: int = KDF_ITERATIONS) -> str:
+    """The digest an :class:`AuthKey` stores: PBKDF2-HMAC-SHA256 of ``key`` with the hex ``salt``, hex."""
+    secret = key.get_secret_value() if isinstance(key, SecretStr) else key
+    return hashlib.pbkdf2_hmac("sha256", secret.encode(), bytes.fromhex(salt), iterations).hex()
+
+
+def auth_key(key: SecretStr | str, salt: str, name: str = "", models: list[str] | None = None) -> AuthKey:
+    """An :class:`AuthKey` for ``key`` (the digest is slow to compute on purpose)."""
+    return AuthKey(digest=key_digest(key, salt), salt=salt, iterations=KDF_ITERATIONS, name=name, models=models)
+
+
+def app_salt(app_name: str) -> str:
+    """The salt of an application's key digests: random once, then kept in ``$RAYML_HOME/private`` (0600).
+
+    Stable, so that `serve up` with the same keys deploys the same spec (a new salt would reconfigure the ingress,
+    and restart every replica of a `serve build` manifest).
+    """
+    import secrets
+
+    from rayml._private import private_fs
+
+    path = private_fs.private_state_dir() / f"serve-salt-{app_name}"
+    salt = private_fs.create_private_file_once(path, secrets.token_hex(SALT_BYTES), "the key salt file").strip()
+    try:
+        if len(bytes.fromhex(salt)) >= SALT_BYTES:
+            return salt
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"the key salt file {path} does not hold a hex salt of {SALT_BYTES}+ bytes",
+        hint=f"remove it (`rm {path}`); the next `rayml serve up` makes a new one",
+    )
+
+
+def new_route_salt() -> str:
+    """A fresh random :attr:`AppSpec.route_salt`."""
+    import secrets
+
+    return secrets.token_hex(SALT_BYTES)
+
+
+def keep_route_salt(running: AppSpec | None, spec: AppSpec) -> AppSpec:
+    """``spec`` with the running application's route salt, if it has one: redeploying must not re-deal sticky keys."""
+    if running is None or running.route_salt is None:
+        return spec
+    return spec.model_copy(update={"route_salt": running.route_salt})
 
 
 def deployment_name(model: str, version: int, kind: str = "model") -> str:
@@ -342,8 +425,12 @@ def _auth_keys(s: ServeConfig) -> list[AuthKey]:
     """Digests of the configured keys and of ``RAYML_SERVE_API_KEYS``' (the keys never leave this process)."""
     from rayml._private import constants
 
-    keys = [AuthKey(digest=key_digest(k.key), name=k.name or f"config-{i}", models=k.models) for i, k in enumerate(s.api_keys)]
-    keys += [AuthKey(digest=key_digest(k), name=f"env-{i}", models=m) for i, (k, m) in enumerate(constants.serve_api_keys())]
+    env_keys = constants.serve_api_keys()
+    if not s.api_keys and not env_keys:
+        return []
+    salt = app_salt(s.app_name)
+    keys = [auth_key(k.key, salt, k.name or f"config-{i}", k.models) for i, k in enumerate(s.api_keys)]
+    keys += [auth_key(k, salt, f"env-{i}", m) for i, (k, m) in enumerate(env_keys)]
     return keys
 
 
@@ -358,11 +445,13 @@ def _app_spec(s: ServeConfig, tracking_uri: str, models: dict[str, ModelSpec]) -
         max_request_bytes=s.max_request_bytes,
         allow_missing_values=s.allow_missing_values,
         request_timeout_s=s.request_timeout_s,
+        request_read_timeout_s=s.request_read_timeout_s,
         shadow_queue_size=s.shadow_queue_size,
         shadow_timeout_s=s.shadow_timeout_s,
         stats_flush_interval_s=s.stats_flush_interval_s,
         health_check_interval_s=s.health_check_interval_s,
         auth=_auth_keys(s),
+        route_salt=new_route_salt(),
         drift_window_s=s.drift_window_s,
         drift=s.drift,
     )

@@ -5,13 +5,20 @@ route) and pushes the deltas to the app's single ``RaymlStats`` deployment every
 rollout controller asks that deployment for a time window and gets totals across all replicas. Latency is kept as a
 fixed log-spaced histogram, so windows merge exactly and p95 is read from the merged counts.
 
-Pure Python; the Serve deployment that holds a :class:`StatsStore` lives in ``rayml.serve._deployments``.
+Pure Python; the Serve deployment that holds a :class:`StatsStore` lives in :mod:`rayml.serve.app`. The store is in
+memory: when its replica restarts, the counts of earlier buckets are gone, so it tells its start time
+(:attr:`StatsStore.started_at`) and readers never take a window that began before it as complete.
+
+Comparing error shares: :func:`wilson_interval` and :func:`excess_lower_bound` (Newcombe's hybrid score interval for a
+difference of two proportions) let the rollout controller ask "is the candidate's share of failures higher than the
+baseline's by more than a margin, beyond chance?" rather than compare one share with a fixed limit.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -188,6 +195,7 @@ class StatsStore:
         self.retention_s = retention_s
         self._clock = clock
         self._buckets: dict[int, dict[Key, VersionStats]] = {}
+        self.started_at = clock()  # counts of buckets before this are lost (a restarted replica starts empty)
 
     def push(self, rows: list[tuple[int, str, int, str, dict[str, Any]]]) -> None:
         for bucket, model, version, route, stats in rows:
@@ -221,3 +229,38 @@ def by_version(window: dict[str, dict[str, Any]]) -> dict[tuple[int, str], Versi
         version, _, route = k.partition("/")
         out[(int(version), route)] = VersionStats(**v)
     return out
+
+
+def z_score(confidence: float) -> float:
+    """The one-sided standard normal quantile of ``confidence`` (0.95 -> 1.645)."""
+    return statistics.NormalDist().inv_cdf(confidence)
+
+
+def wilson_interval(successes: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (sound at 0 and n successes, unlike p +/- z*se).
+
+    ``n == 0`` gives ``(0, 1)``: no observation says nothing.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def excess_lower_bound(a: int, n_a: int, b: int | None, n_b: int, z: float) -> float:
+    """Lower confidence bound of ``a/n_a - b/n_b`` (Newcombe 1998, method 10: hybrid Wilson score interval).
+
+    One-sided at the level of ``z``: the true excess of the first share over the second is at least this with that
+    confidence. ``b=None`` compares with a second share known to be exactly 0 (e.g. mirrored requests, which the other
+    version answered without error).
+    """
+    p_a = a / n_a if n_a else 0.0
+    lo_a, _ = wilson_interval(a, n_a, z)
+    if b is None:
+        return lo_a
+    p_b = b / n_b if n_b else 0.0
+    _, hi_b = wilson_interval(b, n_b, z)
+    return p_a - p_b - math.sqrt((p_a - lo_a) ** 2 + (hi_b - p_b) ** 2)

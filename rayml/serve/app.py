@@ -58,6 +58,10 @@ class RaymlStats:
     def window(self, model: str, since: float, until: float | None = None) -> dict[str, dict[str, Any]]:
         return self.store.window(model, since, until)
 
+    def started_at(self) -> float:
+        """When this replica's counts begin (a rollout never judges a window that began before)."""
+        return self.store.started_at
+
     def push_drift(self, replica: str, model: str, version: int, references: dict[str, Any], rows: list[Row]) -> int:
         """Merge one model replica's drift counts, count data-quality problems and refresh the version's gauges."""
         with self._lock:

@@ -10,7 +10,8 @@ import pytest
 
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYML_", "MLFLOW_", "RAY_ADDRESS"))}
+    # RAY_AUTH_*: a test in this process may have joined a serving Ray (which points os.environ at its token)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYML_", "MLFLOW_", "RAY_ADDRESS", "RAY_AUTH_"))}
     env.update(
         {
             "RAYML_HOME": str(tmp_path / "home"),

@@ -85,7 +85,7 @@ def _new_cluster(workers: int) -> LocalCluster:
 def _down(c: LocalCluster) -> None:
     down = c.sh("down", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    left = subprocess.run(["pgrep", "-f", f"{c.dir}/session_"], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", f"{c.dir}/ray/session_"], capture_output=True, text=True).stdout.split()
     shutil.rmtree(c.dir, ignore_errors=True)
     assert not left, f"processes of the local cluster left running: {left}"
 

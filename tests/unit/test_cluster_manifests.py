@@ -123,10 +123,25 @@ def test_rayservice_serve_config_is_the_rayml_serve_build_output(registry, monke
 
     manifest = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
     shipped = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert _route_salts(built) == [app_spec["route_salt"]] * 2  # a fresh secret per build (sticky-key hashing) ...
+    assert _route_salts(shipped) == [_route_salts(shipped)[0]] * 2
+    app_spec["route_salt"] = _route_salts(shipped)[0]  # ... so it is the one value not compared
     assert shipped == built, "regenerate it: python clusters/kuberay/render_rayservice.py --example"
-    assert yaml.safe_load(render.serve_config(render.CLUSTER_TRACKING_URI, registry)) == built
+    again = yaml.safe_load(render.serve_config(render.CLUSTER_TRACKING_URI, registry))
+    assert _route_salts(again)[0] != _route_salts(shipped)[0]
+    again["applications"][0]["args"]["spec"]["route_salt"] = app_spec["route_salt"]
+    again["applications"][0]["deployments"][0]["user_config"]["route_salt"] = app_spec["route_salt"]
+    assert again == built
     env = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "MLFLOW_TRACKING_URI", "value": render.CLUSTER_TRACKING_URI} in env
+
+
+def _route_salts(serve_config: dict) -> list[str]:
+    """The route salt of the build's spec and of the ingress' user_config (one dict, one salt, in a build)."""
+    app = serve_config["applications"][0]
+    salts = [app["args"]["spec"]["route_salt"], app["deployments"][0]["user_config"]["route_salt"]]
+    assert all(len(bytes.fromhex(s)) == 16 for s in salts), salts
+    return salts
 
 
 # --- where the CRDs come from: $RAYML_KUBERAY_CRDS, then ../shared/kuberay-crds, then the download cache ------------

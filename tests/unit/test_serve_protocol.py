@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -26,7 +25,7 @@ from rayml.serve._protocol import (
     validate,
     wants_probabilities,
 )
-from rayml.serve._spec import AppSpec, AuthKey, ShadowSpec, check_spec
+from rayml.serve._spec import AppSpec, ShadowSpec, auth_key, check_spec
 from tests.unit.serve_specs import app_spec
 
 INPUTS = [Tensor("price", "FP32", [-1]), Tensor("promo", "BYTES", [-1])]
@@ -233,10 +232,8 @@ def test_a_probabilities_flag_that_is_not_a_boolean_is_400(flag) -> None:
 
 
 def test_auth_401_403_and_constant_time_digest_match() -> None:
-    keys = [
-        AuthKey(digest=hashlib.sha256(b"all-models-key-0001").hexdigest(), name="all"),
-        AuthKey(digest=hashlib.sha256(b"only-model-a-key-01").hexdigest(), name="a", models=["a"]),
-    ]
+    salt = "00" * 16
+    keys = [auth_key("all-models-key-0001", salt, "all"), auth_key("only-model-a-key-01", salt, "a", models=["a"])]
     assert authorize([], None, "a") is None  # no keys configured: auth is off
     assert status_of(authorize, keys, None, "a")[0] == 401
     assert status_of(authorize, keys, "Basic xyz", "a")[0] == 401
@@ -299,3 +296,182 @@ def test_serve_config_validation_lists_every_problem() -> None:
         load_config(ServeJobConfig, None, ["serve.models={'bad name': {versions: [{version: 1}]}}"])
     ok = load_config(ServeJobConfig, None, ["serve.models={m: {versions: [{version: '2'}, {version: canary, weight: 0}]}}"])
     assert [v.version for v in ok.serve.models["m"].versions] == [2, "canary"]
+
+
+# --- hostile input: never anything but a 4xx, at a bounded cost -----------------------------------------------------
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["price", "promo", "x", "inputs"]), inner),
+    max_leaves=12,
+)
+_V2_INPUT = st.fixed_dictionaries(
+    {"name": st.sampled_from(["price", "promo", "z"]), "shape": _JSON | st.lists(st.integers(-1, 3), max_size=3)},
+    optional={"datatype": st.sampled_from(["FP32", "BYTES", "INT64", "x"]) | _JSON, "data": _JSON},
+)
+
+
+def _outcome(payload, protocol: str, inputs=INPUTS) -> str:
+    """What the ingress would answer: 'ok', or the status of the HttpError; any other exception fails the test."""
+    try:
+        request = (parse_v2 if protocol == "v2" else parse_v1)(payload, 5, 10)
+        validate(request, inputs, allow_missing=False)
+        wants_probabilities(request)
+    except HttpError as e:
+        assert 400 <= e.status < 500 and len(e.message) < 2048, (e.status, len(e.message))
+        return str(e.status)
+    return "ok"
+
+
+@given(
+    st.one_of(
+        _JSON,
+        st.fixed_dictionaries({"instances": st.lists(st.dictionaries(st.sampled_from(["price", "promo", "q"]), _JSON))}),
+        st.fixed_dictionaries({"inputs": st.lists(_V2_INPUT, max_size=3)}, optional={"id": _JSON, "parameters": _JSON}),
+    ),
+    st.sampled_from(["v1", "v2"]),
+    st.sampled_from([INPUTS, [Tensor("price", "INT64", [-1]), Tensor("promo", "FP64", [-1])]]),
+)
+def test_any_json_payload_is_parsed_or_refused_with_a_4xx(payload, protocol: str, inputs: list[Tensor]) -> None:
+    _outcome(payload, protocol, inputs)
+
+
+@given(st.binary(max_size=64) | _JSON.map(lambda x: json.dumps(x).encode()))
+def test_any_body_is_json_or_a_400(body: bytes) -> None:
+    try:
+        parse_json(body)
+    except HttpError as e:
+        assert e.status == 400
+
+
+@given(_JSON, st.integers(0, 40))
+def test_json_depth_is_exact_beyond_the_bound_and_ignores_brackets_in_strings(value, extra: int) -> None:
+    from rayml.serve._protocol import json_depth
+
+    def depth(x) -> int:
+        children = list(x.values()) if isinstance(x, dict) else x if isinstance(x, list) else None
+        return 0 if children is None else 1 + max(map(depth, children), default=0)
+
+    nested = value
+    for i in range(extra):
+        nested = [nested, '][}{\\"'] if i % 2 else {"k[": nested}
+    body = json.dumps(nested).encode()
+    got = json_depth(body, limit=8)
+    assert got == depth(nested) if got > 8 else depth(nested) <= 8
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested 100000 levels deep"),
+        (b'{"a": ' * 33 + b"1" + b"}" * 33, "nested 33 levels deep"),
+        (b"[" + b"9" * 5000 + b"]", "number too long to read"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_bodies_no_parser_should_recurse_into_are_400(body: bytes, fragment: str) -> None:
+    code, message = status_of(parse_json, body)
+    assert code == 400 and fragment in message, message
+
+
+@pytest.mark.parametrize(
+    "payload, protocol, status, fragment",
+    [
+        ({"instances": [{"price": 10**400, "promo": "a"}]}, "v1", 422, "too large for FP32"),
+        ({"instances": [{"price": 1e39, "promo": "a"}]}, "v1", 422, "too large for FP32"),
+        ({"instances": [{"price": -3.5e38, "promo": "a"}]}, "v1", 422, "too large for FP32"),
+        ({"instances": [{"price": [1, [2, 3]], "promo": "a"}]}, "v1", 422, "takes numbers; got [1, [2, 3]]"),
+        ({"instances": [{"price": [1, 2], "promo": "a"}, {"price": [3, 4], "promo": "b"}]}, "v1", 422, "takes numbers"),
+        ({"instances": [[1, 2], [3]]}, "v1", 400, "are not objects"),
+        ({"instances": [{"price": 1, "promo": "a"}, {"price": 2}]}, "v1", 422, "'promo' is missing from instances [1]"),
+        (v2([1.0, [2.0, 3.0]], ["a", "b"]), "v2", 400, "ragged"),
+        (v2([[1.0], [2.0, 3.0]], ["a", "b"]), "v2", 400, "ragged"),
+        (v2([[[1.0]], [[2.0]]], ["a", "b"]), "v2", 400, "nested deeper than its shape"),
+        ({"inputs": [{"name": "price", "shape": [True], "datatype": "FP32", "data": [1]}]}, "v2", 400, "'shape'"),
+        ({"inputs": [{"name": "price", "shape": [10**30], "datatype": "FP32", "data": []}]}, "v2", 413, "limit of 5"),
+        ({"instances": [{"price": "x" * 100_000, "promo": "a"}]}, "v1", 422, "got 'xxxxxxxx"),
+    ],
+)
+def test_each_hostile_value_class_is_its_4xx(payload: dict, protocol: str, status: int, fragment: str) -> None:
+    code, message = status_of(lambda: validate((parse_v2 if protocol == "v2" else parse_v1)(payload, 5), INPUTS, False))
+    assert (code, fragment in message) == (status, True), message
+    assert len(message) < 1024  # a 100 kB value is quoted as 40 characters
+
+
+def test_int64_inputs_refuse_what_int64_cannot_hold() -> None:
+    inputs = [Tensor("n", "INT64", [-1])]
+    assert validate(parse_v1({"instances": [{"n": 2**62}]}, 5), inputs, False)["n"].tolist() == [2**62]
+    for big in (2**63, -(2**64), 1e30):
+        code, message = status_of(validate, parse_v1({"instances": [{"n": big}]}, 5), inputs, False)
+        assert code == 422 and "too large for INT64" in message, message
+
+
+def test_v1_distinct_columns_beyond_the_models_are_refused_before_any_column_is_built() -> None:
+    payload = {"instances": [{f"k{i}": 1} for i in range(3)]}
+    code, message = status_of(parse_v1, payload, 5, 2)
+    assert code == 422 and "3 distinct columns, more than the 2" in message
+    many = {"instances": [{f"c{i}": 1 for i in range(50)}, {"c0": 1}]}
+    code, message = status_of(parse_v1, many, 5)
+    assert code == 422 and message.count("is missing from instances") == 5 and "and 44 more column(s)" in message
+
+
+MiB = 1 << 20
+
+
+def _fill(head: bytes, item, tail: bytes, size: int = MiB) -> bytes:
+    """``head`` + as many ``item(i)`` joined by commas as fit in ``size`` bytes + ``tail``."""
+    parts, used = [], len(head) + len(tail)
+    while True:
+        piece = item(len(parts))
+        if used + len(piece) + 1 > size:
+            return head + b",".join(parts) + tail
+        parts.append(piece)
+        used += len(piece) + 1
+
+
+_WORST = {  # the costliest 1 MiB bodies we know for each step of parsing (see rayml/serve/_protocol.py)
+    "v1 one distinct key per row": _fill(b'{"instances":[', lambda i: b'{"k%d":1}' % i, b"]}"),
+    "v1 one row of distinct keys": _fill(b'{"instances":[{', lambda i: b'"k%d":1' % i, b"}]}"),
+    "v1 empty rows": _fill(b'{"instances":[', lambda i: b"{}", b"]}"),
+    "v1 1000 full rows": _fill(b'{"instances":[', lambda i: b'{"price":1e38,"promo":"' + b"x" * 1100 + b'"}', b"]}"),
+    "v2 many inputs": _fill(b'{"inputs":[', lambda i: b'{"name":"c%d","shape":[1],"datatype":"FP32","data":[1]}' % i, b"]}"),
+    "v2 one long input": _fill(b'{"inputs":[{"name":"price","shape":[1000],"datatype":"FP32","data":[', lambda i: b"1", b"]}]}"),
+    "deep nesting": b"[" * MiB,
+    "brackets in strings": _fill(b"[", lambda i: b'"[[[[{{{{"', b"]"),
+    "escaped quotes": b'["' + b'\\"' * (MiB // 2 - 4) + b'"]',
+    "4300-digit integers": _fill(b"[", lambda i: b"9" * 4300, b"]"),
+    "integers beyond float": _fill(b'{"instances":[', lambda i: b'{"price":' + b"9" * 400 + b',"promo":"a"}', b"]}"),
+}
+
+
+@pytest.mark.parametrize("name", list(_WORST))
+def test_a_1_mib_worst_case_body_costs_under_half_a_second_and_64_mib(name: str) -> None:
+    """The documented bound of one request of max_request_bytes (1 MiB): event-loop time (best of 3, so that another
+    process on the machine does not decide it) and peak memory of the whole parse + validate."""
+    import time
+    import tracemalloc
+
+    body = _WORST[name]
+    assert len(body) <= MiB
+
+    def handle() -> str:
+        try:
+            payload = parse_json(body)
+            request = (parse_v2 if b'"inputs"' in body[:20] else parse_v1)(payload, 1000, 2 + 8)
+            validate(request, INPUTS, allow_missing=False)
+        except HttpError as e:
+            return str(e.status)
+        return "ok"
+
+    seconds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        handle()
+        seconds.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    try:
+        handle()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert min(seconds) < 0.5, f"{name}: {min(seconds):.3f}s"
+    assert peak < 64 * MiB, f"{name}: {peak / MiB:.1f} MiB"

@@ -1,7 +1,10 @@
-"""Rollout decisions with fake traffic, stats and registry, and a fake clock: promote, rollback, manual steps, resume."""
+"""Rollout decisions with fake traffic, stats and registry, and a fake clock: promote, rollback, manual steps, resume;
+and that the decision judges the candidate, not its callers (an adversarial trickle of bad inputs, 4xx, thin traffic,
+a stats restart)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,10 @@ from rayml.serve._rollout import (
     RolloutController,
     RolloutState,
     StateStore,
+    WindowIncompleteError,
     evaluate,
 )
-from rayml.serve._stats import VersionStats
+from rayml.serve._stats import VersionStats, excess_lower_bound, wilson_interval
 
 
 class Clock:
@@ -113,7 +117,8 @@ def test_an_erroring_candidate_is_rolled_back_with_the_reason(tmp_path: Path) ->
     run(c, clock, 400)
     assert c.state.phase == ROLLED_BACK and promoter.calls == []
     assert traffic.calls[-1] == ({1: 1.0, 2: 0.0}, None, [2])  # all traffic back, candidate removed
-    assert "error rate 9.00% > max_error_rate 1.00%" in c.state.reason and "2 failed checks" in c.state.reason
+    assert "candidate error rate (5xx) 9.00% (9/100) vs baseline 0.00% (0/100, this window)" in c.state.reason
+    assert "max_error_rate_increase 1.00%" in c.state.reason and "2 failed checks" in c.state.reason
     events = [r["event"] for r in c.store.history()]
     assert events.count("check_failed") == 2 and events[-1] == "rolled_back"  # budget 1: the second failure rolls back
     assert max(w.get(2, 0) for w, _, _ in traffic.calls) == pytest.approx(0.1)  # it never got past the first step
@@ -122,9 +127,8 @@ def test_an_erroring_candidate_is_rolled_back_with_the_reason(tmp_path: Path) ->
 @pytest.mark.parametrize(
     "candidate, shadow, fragment",
     [
-        (vs(requests=5), None, "only 5 candidate requests"),
         (vs(latency_ms=50), None, "x the baseline's"),
-        (vs(rejected=20), None, "does not accept what the baseline accepts"),
+        (vs(rejected=20), None, "candidate rejection rate (4xx) 20.00% (20/100) vs baseline 0.00%"),
         (vs(), vs(compared=100, diff=100 * 100 * 3.0), "disagreement with the baseline 3 > max_disagreement 0.25"),
     ],
 )
@@ -231,3 +235,141 @@ def test_a_multiclass_candidate_is_judged_on_the_share_of_changed_labels() -> No
     assert check.snapshot["shadow"]["disagreement"] == 0.3 and check.snapshot["shadow"]["compared_rows"] == 100
     steady = {**changed, (2, "shadow"): vs(compared=100, diff=5.0)}
     assert evaluate(state, steady).passed
+
+
+# --- judging the candidate, not the callers ----------------------------------------------------------------------------
+class SimulatedTraffic:
+    """Counts for each window as a random split of ``rps`` requests a second would give them, at the weights the rollout
+    applied: every request fails with ``trickle`` (a bad input: it fails on any version), and a candidate request
+    fails with ``own`` more (the candidate's own bug)."""
+
+    def __init__(self, controller_state, seed: int, trickle: float, own: float = 0.0, rps: float = 20.0) -> None:
+        self.state, self.rng, self.trickle, self.own, self.rps = controller_state, random.Random(seed), trickle, own, rps
+        self.windows: list[tuple[float, float]] = []
+
+    def _binomial(self, n: int, p: float) -> int:
+        return sum(self.rng.random() < p for _ in range(n))
+
+    def window(self, model, since, until):
+        self.windows.append((since, until))
+        n = int(self.rps * (until - since))
+        share = self.state().weights()[2]
+        n_cand = self._binomial(n, share)
+        n_base = n - n_cand
+        base = VersionStats(requests=n_base, errors=self._binomial(n_base, self.trickle))
+        cand = VersionStats(requests=n_cand, errors=self._binomial(n_cand, self.trickle + self.own))
+        for s in (base, cand):
+            for _ in range(s.requests):
+                s.observe_latency(0.01)
+        return {(1, "primary"): base, (2, "primary"): cand}
+
+
+def simulate(tmp_path: Path, seed: int, trickle: float, own: float = 0.0) -> RolloutController:
+    config = RolloutConfig(steps=[10, 50, 100], interval_s=60, max_disagreement=None)  # failure_budget 1 (default)
+    state = RolloutState(model="m", app_name="app", baseline=1, candidate=2, config=config.model_dump(mode="json"))
+    holder: list[RolloutController] = []
+    stats = SimulatedTraffic(lambda: holder[0].state, seed, trickle, own)
+    clock = Clock()
+    c = RolloutController(state, StateStore(tmp_path / str(seed), "app", "m"), FakeTraffic(), stats, FakePromoter(), clock)
+    holder.append(c)
+    c.start()
+    run(c, clock, 1200)
+    return c
+
+
+SEEDS = range(20)
+
+
+def test_an_adversarial_trickle_that_fails_every_version_never_rolls_back_a_good_candidate(tmp_path: Path) -> None:
+    trickle = 0.03  # 3x the margin: the old rule (candidate error rate > 1%) rolled back nearly every rollout
+    outcomes = [simulate(tmp_path, seed, trickle) for seed in SEEDS]
+    assert [c.state.phase for c in outcomes] == [PROMOTED] * len(SEEDS), [c.state.reason for c in outcomes]
+    # the candidate really did fail on the trickle, as often as the baseline did
+    checked = [r for c in outcomes for r in c.store.history() if r["event"] == "check_passed"]
+    assert sum(r["snapshot"]["candidate"]["errors"] for r in checked) > 0.02 * sum(
+        r["snapshot"]["candidate"]["requests"] for r in checked
+    )
+
+
+def test_a_truly_bad_candidate_is_rolled_back_under_the_same_trickle(tmp_path: Path) -> None:
+    outcomes = [simulate(tmp_path, seed, trickle=0.03, own=0.05) for seed in SEEDS]
+    assert [c.state.phase for c in outcomes] == [ROLLED_BACK] * len(SEEDS)
+    assert all("candidate error rate (5xx)" in c.state.reason for c in outcomes)
+    # mostly caught before it got all the traffic; the rest at 100%, against the baseline's earlier windows
+    assert sum(c.state.step_index <= 1 for c in outcomes) >= 0.8 * len(SEEDS)
+
+
+def test_a_bad_candidate_at_100_percent_is_compared_with_the_baselines_earlier_windows(tmp_path: Path) -> None:
+    config = RolloutConfig(steps=[50, 100], max_disagreement=None)
+    state = RolloutState(model="m", app_name="a", baseline=1, candidate=2, config=config.model_dump(mode="json"), step_index=1)
+    state.baseline_seen = {"requests": 500, "errors": 15, "rejected": 0}  # 3% at the 50% step
+    same = {(1, "primary"): VersionStats(), (2, "primary"): vs(requests=1000, errors=30)}
+    assert evaluate(state, same).passed  # 3% vs 3%: the trickle, not the candidate
+    worse = {(1, "primary"): VersionStats(), (2, "primary"): vs(requests=1000, errors=100)}
+    check = evaluate(state, worse)
+    assert not check.passed and "vs baseline 3.00% (15/500, earlier windows)" in check.reasons[0]
+    assert check.snapshot["baseline_earlier_windows"]["requests"] == 500
+
+
+def test_without_any_baseline_answers_the_candidates_own_share_is_bounded() -> None:
+    state = RolloutState(model="m", app_name="a", baseline=1, candidate=2, config=RolloutConfig(steps=[100]).model_dump())
+    assert evaluate(state, {(2, "primary"): vs(requests=1000, errors=3)}).passed
+    check = evaluate(state, {(2, "primary"): vs(requests=1000, errors=50)})
+    assert not check.passed and "no baseline answers to compare with" in check.reasons[0]
+
+
+def test_caller_mistakes_4xx_are_never_candidate_errors() -> None:
+    state = RolloutState(
+        model="m", app_name="a", baseline=1, candidate=2, config=RolloutConfig(max_disagreement=None).model_dump()
+    )
+    # a fifth of every version's requests are caller mistakes: nothing is wrong with the candidate
+    check = evaluate(state, {(1, "primary"): vs(requests=900, rejected=180), (2, "primary"): vs(requests=100, rejected=20)})
+    assert check.passed, check.reasons
+    assert check.snapshot["candidate"]["errors"] == 0 and check.snapshot["candidate"]["rejected"] == 20
+
+
+def test_too_little_traffic_holds_the_step_and_decides_nothing(tmp_path: Path) -> None:
+    c, traffic, promoter, clock = make(tmp_path, FakeStats(candidate=vs(requests=5)))
+    run(c, clock, 400)
+    assert c.state.phase == "canary" and c.state.step_index == 0 and c.state.failures == 0 and promoter.calls == []
+    assert c.state.inconclusive >= 5 and "only 5 candidate requests" in c.state.last_check["reasons"][0]
+    events = [r["event"] for r in c.store.history()]
+    assert "check_failed" not in events and events.count("check_inconclusive") == c.state.inconclusive
+    assert [w for w, _, _ in traffic.calls] == [{1: 0.9, 2: 0.1}]  # held at its step
+
+
+class RestartingStats(FakeStats):
+    """The stats replica restarts during the first window: its earlier counts are gone."""
+
+    def __init__(self, restarted_at: float) -> None:
+        super().__init__()
+        self.restarted_at = restarted_at
+
+    def window(self, model, since, until):
+        if since < self.restarted_at:
+            self.windows.append((since, -1.0))
+            raise WindowIncompleteError(self.restarted_at)
+        return super().window(model, since, until)
+
+
+def test_a_window_the_restarted_stats_replica_did_not_see_is_started_again_not_judged(tmp_path: Path) -> None:
+    stats = RestartingStats(restarted_at=10_030.0)  # 30 s into the first step
+    c, _, promoter, clock = make(tmp_path, stats)
+    run(c, clock, 80)  # the first check (at 62 s) finds the window incomplete; the new one is not over yet
+    history = c.store.history()
+    restarted = [r for r in history if r["event"] == "window_restarted"]
+    assert len(restarted) == 1 and "stats replica restarted" in restarted[0]["reason"]
+    assert c.state.step_index == 0 and c.state.failures == 0 and c.state.window_start == 10_030.0 + c.state.settle_s
+    run(c, clock, 600)
+    assert c.state.phase == PROMOTED and promoter.calls == [("m", 2)]
+    judged = [w for w in stats.windows if w[1] > 0]
+    assert judged[0][0] >= 10_030.0  # the first judged window began after the restart
+
+
+def test_the_one_sided_bound_is_sound_at_the_edges() -> None:
+    lo, hi = wilson_interval(0, 20, 1.645)
+    assert lo == 0.0 and 0.1 < hi < 0.15
+    assert wilson_interval(0, 0, 1.645) == (0.0, 1.0)
+    assert excess_lower_bound(0, 100, 0, 100, 1.645) < 0  # nothing observed: no excess
+    assert excess_lower_bound(50, 100, 0, 100, 1.645) > 0.35  # obviously worse
+    assert excess_lower_bound(5, 100, None, 0, 1.645) == pytest.approx(wilson_interval(5, 100, 1.645)[0])

@@ -93,3 +93,56 @@ def test_shadow_is_sampled_by_percent_and_never_mirrors_to_itself() -> None:
 def test_bad_shadow_percent_is_rejected() -> None:
     with pytest.raises(ConfigError, match="shadow.percent"):
         ModelRoute("m", {1: 1.0}, shadow=Shadow(2, 150.0))
+
+
+# --- keyed hashing: callers cannot pick keys that land on the candidate -----------------------------------------------
+SALT = bytes.fromhex("00112233445566778899aabbccddeeff")
+
+
+def test_with_the_same_salt_a_key_keeps_its_version_on_every_replica() -> None:
+    first = ModelRoute("m", {1: 0.9, 2: 0.1}, salt=SALT)
+    again = ModelRoute("m", {1: 0.9, 2: 0.1}, salt=bytes(SALT), rng=random.Random(7))  # another replica / a restart
+    assert all(first.choose(k) == again.choose(k) for k in KEYS)
+    share = sum(first.choose(k) == 2 for k in KEYS) / len(KEYS)
+    assert abs(share - 0.1) < 0.01  # still split by weight
+
+
+def test_without_the_salt_a_caller_cannot_predict_which_keys_land_on_the_candidate() -> None:
+    route = ModelRoute("m", {1: 0.9, 2: 0.1}, salt=SALT)
+    # the caller knows the code (and the model name) and picks the keys whose unkeyed point lies in the candidate's band
+    picked = [k for k in KEYS if key_point("m", k) >= 0.9]
+    assert len(picked) > 1500
+    hit = sum(route.choose(k) == 2 for k in picked) / len(picked)
+    assert abs(hit - 0.1) < 0.03  # no better than any key at random (unkeyed, every one of them would land there)
+    assert all(ModelRoute("m", {1: 0.9, 2: 0.1}).choose(k) == 2 for k in picked)
+    # another application's salt deals the keys independently
+    other = ModelRoute("m", {1: 0.5, 2: 0.5}, salt=bytes(16))
+    mine = ModelRoute("m", {1: 0.5, 2: 0.5}, salt=SALT)
+    disagree = sum(other.choose(k) != mine.choose(k) for k in KEYS[:4000])
+    assert 1600 < disagree < 2400
+
+
+def test_a_salt_longer_than_a_blake2b_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="route salt"):
+        ModelRoute("m", {1: 1.0}, salt=bytes(65))
+
+
+def test_the_app_spec_carries_the_salt_and_a_redeploy_keeps_the_running_one() -> None:
+    from pydantic import ValidationError
+
+    from rayml.serve._spec import keep_route_salt, new_route_salt
+    from tests.unit.serve_specs import app_spec
+
+    spec = app_spec(m={1: 0.9, 2: 0.1})
+    running = spec.model_copy(update={"route_salt": new_route_salt()})
+    fresh = spec.model_copy(update={"route_salt": new_route_salt()})
+    assert running.route_salt != fresh.route_salt and len(bytes.fromhex(fresh.route_salt)) == 16
+    kept = keep_route_salt(running, fresh)
+    assert kept.route_salt == running.route_salt and keep_route_salt(None, fresh) == fresh
+    assert keep_route_salt(spec, fresh) == fresh  # an app deployed before salts existed gets one now
+    # the ingress builds its routes from the spec: every replica (and a restarted one) hashes alike
+    route = kept.models["m"].route(salt=kept.route_salt)
+    expected = ModelRoute("m", {1: 0.9, 2: 0.1}, salt=bytes.fromhex(running.route_salt))
+    assert all(route.choose(k) == expected.choose(k) for k in KEYS[:2000])
+    with pytest.raises(ValidationError):
+        type(spec).model_validate({**spec.model_dump(), "route_salt": "not-hex"})
