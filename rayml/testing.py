@@ -376,3 +376,44 @@ def serve_faults(faults: dict[str, str]) -> Iterator[None]:
         yield
     finally:
         _faults.set_serve_faults(previous)
+
+
+class Traffic:
+    """Continuous HTTP traffic from ``threads`` client threads until :meth:`stop`: each loop calls :meth:`send` with
+    an ``httpx.Client`` on ``url`` and appends the records it returns to :attr:`results` (a subclass says what to
+    send and what to record). For tests that change a served application under load.
+
+    Example:
+        >>> class Predict(Traffic):
+        ...     def send(self, c):
+        ...         return [(time.time(), c.post("/v1/models/m:predict", json={"instances": rows}).status_code)]
+        >>> load = Predict(url); load.start(); ...; load.stop()
+    """
+
+    def __init__(self, url: str, threads: int = 2, pause_s: float = 0.01, timeout_s: float = 60.0) -> None:
+        import threading
+
+        self.url, self.pause_s, self.timeout_s = url, pause_s, timeout_s
+        self.results: list[tuple[Any, ...]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def send(self, client: Any) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as c:
+            while not self._stop.is_set():
+                self.results.extend(self.send(c))
+                self._stop.wait(self.pause_s)

@@ -3,7 +3,8 @@
 The lease is a small JSON file (owner: host, pid, a random id; a heartbeat time) next to the state it guards. The
 owner renews the heartbeat from a background thread every quarter of ``timeout_s``; a lease whose heartbeat is older
 than ``timeout_s`` is stale (its owner died or hangs), and so is one whose owner ran on this host and whose process
-is gone (a killed run is rerun at once); the next writer takes it over, with a warning naming the old owner. Anyone else gets a :class:`~rayml.errors.LeaseHeldError` naming the live owner.
+is gone (a killed run is rerun at once); the next writer takes it over, with a warning naming the old owner.
+Anyone else gets a :class:`~rayml.errors.LeaseHeldError` naming the live owner.
 
 Why a heartbeat and not only an OS lock: run folders and batch outputs may live on shared storage (NFS, s3://) that
 another host writes too, where a process's lock dies with neither the process nor the host. On a local filesystem

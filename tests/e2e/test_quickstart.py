@@ -22,6 +22,9 @@ def test_quickstart_runs_end_to_end(cli_env: dict[str, str], tmp_path: Path) -> 
     assert "predicted" in text and "ONNX inputs: price:FP32" in text
     assert "best config:" in text and "trials (best first" in text  # tuning
     assert "6 segments: 6 trained" in text  # many models
+    assert "6 LightGBM boosters trained" in text and "median store val RMSE" in text  # trees next to the MLPs
+    families = {line.split("│")[1].strip() for line in text.splitlines() if line.count("│") >= 6}
+    assert {"mlp", "lightgbm"} <= families, text[text.index("Many models") :][:3000]
     assert "the same command again: 0 committed, 2 skipped" in text  # batch, exactly once
     assert "REFUSED" in text and "does not beat predicting the training mean" in text  # the gate
     assert "as a 10% canary" in text and "failed 0" in text and "promoted v2" in text  # serving

@@ -12,7 +12,6 @@ printed with ``-s`` and asserted against the targets: at most 1% errors during r
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from rayml.registry import Registry
 from rayml.serve import deploy, start_rollout
 from rayml.serve._rollout_runtime import load_state, stop_controllers
 from rayml.serve._spec import INGRESS, STATS
-from rayml.testing import instances, register_tiny_model
+from rayml.testing import Traffic, instances, register_tiny_model
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -34,33 +33,22 @@ APP = "faults"
 ROWS = instances(2)
 
 
-class Load:
+class Load(Traffic):
     """Continuous traffic to both models from two client threads; records (time, model, status) of every answer (-1: no
     HTTP answer)."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.results, self._stop = url, [], threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+        super().__init__(url, pause_s=0.005, timeout_s=30)
 
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as c:
-            while not self._stop.is_set():
-                for model in (MODEL, AB):
-                    try:
-                        status = c.post(f"/v1/models/{model}:predict", json={"instances": ROWS}).status_code
-                    except httpx.HTTPError:
-                        status = -1
-                    self.results.append((time.time(), model, status))
-                time.sleep(0.005)
+    def send(self, c: httpx.Client) -> list[tuple]:
+        out = []
+        for model in (MODEL, AB):
+            try:
+                status = c.post(f"/v1/models/{model}:predict", json={"instances": ROWS}).status_code
+            except httpx.HTTPError:
+                status = -1
+            out.append((time.time(), model, status))
+        return out
 
     def between(self, t0: float, t1: float = float("inf"), model: str | None = None) -> list[int]:
         return [s for t, m, s in list(self.results) if t0 <= t < t1 and model in (None, m)]

@@ -9,7 +9,6 @@ ONNX model whose last layer is scaled by 100.
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,7 @@ from rayml.registry import Registry
 from rayml.serve import approve, deploy, rollback_to_previous, start_rollout
 from rayml.serve._apply import app_state
 from rayml.serve._rollout_runtime import load_state, stop_controllers
-from rayml.testing import instances, register_tiny_model, serve_faults
+from rayml.testing import Traffic, instances, register_tiny_model, serve_faults
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -94,31 +93,15 @@ def given(env: dict, traffic: dict[int, float], production: int | None = None, p
     assert weights(env) == traffic
 
 
-class Load:
+class Load(Traffic):
     """Continuous traffic from two client threads; records every answer."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.results, self._stop = url, [], threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as c:
-            while not self._stop.is_set():
-                try:
-                    r = c.post(f"/v1/models/{MODEL}:predict", json={"instances": ROWS})
-                    self.results.append((time.time(), r.status_code, r.headers.get("x-rayml-model-version")))
-                except httpx.HTTPError as e:
-                    self.results.append((time.time(), -1, repr(e)))
-                time.sleep(0.01)
+    def send(self, c: httpx.Client) -> list[tuple]:
+        try:
+            r = c.post(f"/v1/models/{MODEL}:predict", json={"instances": ROWS})
+            return [(time.time(), r.status_code, r.headers.get("x-rayml-model-version"))]
+        except httpx.HTTPError as e:
+            return [(time.time(), -1, repr(e))]
 
     def since(self, t: float) -> list[tuple[float, int, str | None]]:
         return [r for r in list(self.results) if r[0] >= t]
