@@ -1,6 +1,6 @@
 """Real Ray jobs on a real multi-node cluster: `clusters/local.sh up`, `ray job submit jobs/train.py`, a node killed.
 
-One cluster for the module (head with 0 CPUs + 3 worker nodes with 1 CPU each, free ports, its own temp dir, token
+One cluster (head with 0 CPUs + 3 worker nodes with 1 CPU each, free ports, its own temp dir, token
 auth on): starting it is the slowest part. Jobs run with the cluster's Python (this venv, shared by every node on this
 machine: nothing is installed per job), MLflow on SQLite and checkpoints in the test's tmp dir (a disk every node sees).
 """
@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,7 +53,6 @@ class LocalCluster:
     env: dict[str, str]  # the environment local.sh and `ray job ...` run with (ports, temp dir, token)
     dashboard: str
     dir: Path
-    killed: list[str] = field(default_factory=list)  # nodes a test killed (the module shares the cluster, in any order)
 
     def sh(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([str(LOCAL_SH), *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -134,29 +133,6 @@ def _submit(c: LocalCluster, runtime_env: Path, *entrypoint: str, wait: bool = T
     return subprocess.run([*args, "--", *entrypoint], env=c.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_train_job_on_a_local_multinode_cluster_registers_the_model(cluster: LocalCluster, tmp_path: Path) -> None:
-    status = cluster.sh("status")
-    # every node up, but for one another test of this module killed (`status` then exits 1)
-    assert status.returncode == int(bool(cluster.killed)), status.stdout
-    assert status.stdout.count(": running") == 4 - len(cluster.killed), status.stdout
-
-    # the user's own torch network (model.factory): its module ships with the job (--working-dir .), so the driver
-    # and the Ray Train workers on other nodes import it
-    runtime_env = _runtime_env(tmp_path)
-    job = ["python", "jobs/train.py", "--config", "jobs/configs/train_factory.yaml", *SMALL[:4], "--set", "train.epochs=2"]
-    out = _submit(cluster, runtime_env, *job)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert "registered sales-resnet version 1" in out.stdout and "succeeded" in out.stdout + out.stderr
-
-    from rayml.registry import Registry
-
-    registry = Registry(f"sqlite:///{tmp_path}/mlflow.db")
-    v = registry.resolve("sales-resnet:1")
-    assert v.tags["rayml.git_commit"] == "e2e"
-    assert registry.load("sales-resnet:1").model_dir.meta["source"]["framework"] == "torch-factory"
-    assert list((tmp_path / "home" / "runs").glob("sales-resnet-*/checkpoint_*"))  # checkpoints on the shared disk
-
-
 def _max_checkpoint_epoch(run_root: Path) -> int:
     epochs = [0]
     for meta in run_root.glob("*/checkpoint_*/rayml_checkpoint.json"):
@@ -179,10 +155,21 @@ def _node_running_a_train_worker(c: LocalCluster) -> tuple[str, int]:
     raise AssertionError("no worker node runs a Ray Train worker")
 
 
-def test_training_job_survives_a_worker_node_killed_mid_run(cluster: LocalCluster, tmp_path: Path) -> None:
-    # slow epochs (2 s) so the node dies between checkpoints, mid-run; 3 Ray Train restarts allowed (train_ddp.yaml)
+def test_a_users_network_trains_as_a_job_on_a_multinode_cluster_and_survives_a_worker_node_killed_mid_run(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """One job covers the cluster's promises (a job costs a minute here): every node up, the user's own torch network
+    (model.factory) shipped with the job (--working-dir .) to the driver and to Ray Train workers on other nodes, DDP on
+    two nodes, a node killed mid-run and the job finishing from the last checkpoint, the model registered with lineage,
+    checkpoints on the disk every node sees."""
+    status = cluster.sh("status")
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.count(": running") == 4, status.stdout
+
+    # slow epochs (2 s) so the node dies between checkpoints, mid-run; 3 Ray Train restarts allowed
     runtime_env = _runtime_env(tmp_path, RAYML_FAULT_INJECT="sleep@seconds=2")
-    job = ["python", "jobs/train.py", "--config", "jobs/configs/train_ddp.yaml", *SMALL]
+    job = ["python", "jobs/train.py", "--config", "jobs/configs/train_factory.yaml", *SMALL[:4]]
+    job += ["--set", "train.num_workers=2", "--set", "train.max_failures=3"]
     job += ["--set", "train.epochs=5", "--set", "train.early_stopping_patience=0"]
     submitted = _submit(cluster, runtime_env, *job, wait=False, timeout=60)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
@@ -200,7 +187,6 @@ def test_training_job_survives_a_worker_node_killed_mid_run(cluster: LocalCluste
         time.sleep(0.3)
     name, pgid = _node_running_a_train_worker(cluster)
     os.killpg(pgid, signal.SIGKILL)  # the whole node: raylet, object store, agents (its workers die with the raylet)
-    cluster.killed.append(name)
     killed_at = _max_checkpoint_epoch(runs)
     assert killed_at < 5
 
@@ -216,13 +202,16 @@ def test_training_job_survives_a_worker_node_killed_mid_run(cluster: LocalCluste
         ["ray", "job", "status", "--address", cluster.dashboard, job_id], env=cluster.env, capture_output=True, text=True
     )
     assert "succeeded" in status.stdout.lower(), (logs.stdout + status.stdout)[-5000:]
-    assert "registered sales-model-ddp version 1" in logs.stdout
+    assert "registered sales-resnet version 1" in logs.stdout
     assert cluster.sh("status").stdout.count(f"{name}: DOWN") == 1
 
     from rayml.registry import Registry
 
     reg = Registry(f"sqlite:///{tmp_path}/mlflow.db")
-    v = reg.resolve("sales-model-ddp:1")
+    v = reg.resolve("sales-resnet:1")
+    assert v.tags["rayml.git_commit"] == "e2e"
+    assert reg.load("sales-resnet:1").model_dir.meta["source"]["framework"] == "torch-factory"
+    assert list(runs.glob("sales-resnet-*/checkpoint_*"))  # checkpoints on the shared disk
     starts = [int(m.value) for m in reg.client.get_metric_history(v.run_id, "resumed_from_epoch")]
     assert 0 in starts and max(starts) >= 1, starts  # the restarted worker group continued from a checkpoint
     steps = {m.step for m in reg.client.get_metric_history(v.run_id, "val_loss")}
