@@ -87,6 +87,9 @@ def test_the_serving_temp_dir_is_refused_when_it_is_not_private(tmp_path: Path, 
     monkeypatch.setenv("RAYML_SERVE_RAY_DIR", str(head))
     with pytest.raises(UnsafePathError, match="serving Ray"):
         _cluster._local_address()
+    # as in a fresh process (an earlier test in this one may have started Ray or set RAY_ADDRESS)
+    monkeypatch.setattr(_cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(UnsafePathError):
         _cluster.connect(start_local=True)  # refused before any Ray is started or joined
     os.chmod(head, 0o700)
