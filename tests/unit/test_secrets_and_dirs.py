@@ -79,6 +79,14 @@ def test_a_file_created_once_keeps_its_first_content(tmp_path: Path) -> None:
     assert _mode(tmp_path / "salt") == 0o600 and sorted(p.name for p in tmp_path.iterdir()) == ["salt"]
 
 
+@pytest.fixture(autouse=True)
+def _as_in_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests run where `rayml serve` runs, in a process that uses no Ray yet. In a suite's process another
+    test's Ray may be up: `connect()` would return at once, and `stop_local_head()` would shut that Ray down (it
+    disconnects this process first), breaking every later test that uses it."""
+    monkeypatch.setattr(_cluster.ray, "is_initialized", lambda: False)
+
+
 def test_the_serving_temp_dir_is_refused_when_it_is_not_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     head = tmp_path / "serve-head"
     (head / _cluster.RAY_SUBDIR).mkdir(parents=True)
@@ -87,9 +95,7 @@ def test_the_serving_temp_dir_is_refused_when_it_is_not_private(tmp_path: Path, 
     monkeypatch.setenv("RAYML_SERVE_RAY_DIR", str(head))
     with pytest.raises(UnsafePathError, match="serving Ray"):
         _cluster._local_address()
-    # as in a fresh process (an earlier test in this one may have started Ray or set RAY_ADDRESS)
-    monkeypatch.setattr(_cluster.ray, "is_initialized", lambda: False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # as in a fresh process (see _as_in_a_fresh_process)
     with pytest.raises(UnsafePathError):
         _cluster.connect(start_local=True)  # refused before any Ray is started or joined
     os.chmod(head, 0o700)
