@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import shutil
@@ -378,7 +379,7 @@ def serve_faults(faults: dict[str, str]) -> Iterator[None]:
         _faults.set_serve_faults(previous)
 
 
-class Traffic:
+class Traffic(abc.ABC):
     """Continuous HTTP traffic from ``threads`` client threads until :meth:`stop`: each loop calls :meth:`send` with
     an ``httpx.Client`` on ``url`` and appends the records it returns to :attr:`results` (a subclass says what to
     send and what to record). For tests that change a served application under load.
@@ -398,8 +399,9 @@ class Traffic:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
+    @abc.abstractmethod
     def send(self, client: Any) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """One round of requests with ``client``; returns the records to keep."""
 
     def start(self) -> None:
         for t in self._threads:

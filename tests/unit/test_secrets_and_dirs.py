@@ -31,6 +31,14 @@ def _mode(path: Path) -> int:
 
 
 # --- private dirs and files -----------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _as_in_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests run where `rayml serve` runs, in a process that uses no Ray yet. In a suite's process another
+    test's Ray may be up: `connect()` would return at once, and `stop_local_head()` would shut that Ray down (it
+    disconnects this process first), breaking every later test that uses it."""
+    monkeypatch.setattr(_cluster.ray, "is_initialized", lambda: False)
+
+
 def test_private_dir_is_created_0700_and_an_own_lax_one_is_tightened(tmp_path: Path) -> None:
     d = private_fs.ensure_private_dir(tmp_path / "new")
     assert _mode(d) == 0o700
@@ -77,14 +85,6 @@ def test_a_file_created_once_keeps_its_first_content(tmp_path: Path) -> None:
     assert private_fs.create_private_file_once(tmp_path / "salt", "first") == "first"
     assert private_fs.create_private_file_once(tmp_path / "salt", "second") == "first"
     assert _mode(tmp_path / "salt") == 0o600 and sorted(p.name for p in tmp_path.iterdir()) == ["salt"]
-
-
-@pytest.fixture(autouse=True)
-def _as_in_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests run where `rayml serve` runs, in a process that uses no Ray yet. In a suite's process another
-    test's Ray may be up: `connect()` would return at once, and `stop_local_head()` would shut that Ray down (it
-    disconnects this process first), breaking every later test that uses it."""
-    monkeypatch.setattr(_cluster.ray, "is_initialized", lambda: False)
 
 
 def test_the_serving_temp_dir_is_refused_when_it_is_not_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
