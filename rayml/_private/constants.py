@@ -76,6 +76,11 @@ def default_storage_path() -> str:
     return str(rayml_home() / "runs")
 
 
+def default_capture_dir() -> str:
+    """Where captured predictions and ground-truth labels go unless a config names a destination."""
+    return str(rayml_home() / "captures")
+
+
 def quiet_mlflow() -> None:
     """MLflow's migration logs and download progress bars are noise in rayml's output (unless the user set them)."""
     import logging

@@ -13,6 +13,7 @@ import typer
 from rayml.cli import (
     batch as batch_cmd,
     data as data_cmd,
+    labels as labels_cmd,
     manymodels as manymodels_cmd,
     models as models_cmd,
     monitor as monitor_cmd,
@@ -36,6 +37,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(labels_cmd.app, name="labels")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(manymodels_cmd.app, name="manymodels")
 app.add_typer(monitor_cmd.app, name="monitor")

@@ -22,6 +22,7 @@ from rayml.config.data import DataConfig, DriftSpec, SyntheticConfig, synthetic_
 from rayml.config.jobs import (
     BatchJobConfig,
     GateJobConfig,
+    LabelsJobConfig,
     ManyModelsJobConfig,
     MonitorJobConfig,
     PipelineJobConfig,
@@ -32,13 +33,14 @@ from rayml.config.jobs import (
 )
 from rayml.config.loader import ConfigLike, Overrides, apply_overrides, dump_config, load_config, resolve_config
 from rayml.config.manymodels import CandidateConfig, ManyModelsConfig
-from rayml.config.monitor import DriftConfig, GateConfig
+from rayml.config.monitor import DriftConfig, GateConfig, QualityConfig
 from rayml.config.pipeline import PipelineConfig
 from rayml.config.registry import RegistryConfig
 from rayml.config.search_space import search_space_problems
 from rayml.config.serve import (
     ApiKeyConfig,
     AutoscalingSettings,
+    CaptureConfig,
     IngressConfig,
     ModelDeploymentConfig,
     RolloutConfig,
@@ -71,6 +73,7 @@ __all__ = [
     # job configs (one per command)
     "BatchJobConfig",
     "GateJobConfig",
+    "LabelsJobConfig",
     "ManyModelsJobConfig",
     "MonitorJobConfig",
     "PipelineJobConfig",
@@ -80,6 +83,7 @@ __all__ = [
     "TuneJobConfig",
     # sections
     "ApiKeyConfig",
+    "CaptureConfig",
     "AshaConfig",
     "AutoscalingSettings",
     "BatchConfig",
@@ -97,6 +101,7 @@ __all__ = [
     "model_type_problems",
     "ModelDeploymentConfig",
     "PipelineConfig",
+    "QualityConfig",
     "RegistryConfig",
     "RolloutConfig",
     "SearchDimension",

@@ -16,7 +16,7 @@ from rayml.config.batch import BatchConfig
 from rayml.config.data import SYNTHETIC_TARGET, DataConfig
 from rayml.config.loader import load_config
 from rayml.config.manymodels import ManyModelsConfig
-from rayml.config.monitor import DriftConfig, GateConfig
+from rayml.config.monitor import DriftConfig, GateConfig, QualityConfig
 from rayml.config.pipeline import PipelineConfig
 from rayml.config.registry import RegistryConfig
 from rayml.config.search_space import search_space_problems
@@ -135,10 +135,22 @@ class TuneJobConfig(TrainJobConfig):
 
 
 class MonitorJobConfig(_Section):
-    """`rayml monitor drift`."""
+    """`rayml monitor drift` and `rayml monitor quality`."""
 
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift thresholds.")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="Live quality: where captures and labels are, and its thresholds."
+    )
+
+
+class LabelsJobConfig(_Section):
+    """`rayml labels upload`: the registry (the model's task and classes) and where labels are stored."""
+
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="quality.destination: where the captures are and the labels go."
+    )
 
 
 class GateJobConfig(_Section):

@@ -1,4 +1,5 @@
-"""The ``drift:`` and ``gate:`` sections: drift thresholds (monitoring, batch, serving) and the validation gate."""
+"""The ``drift:``, ``gate:`` and ``quality:`` sections: drift thresholds (monitoring, batch, serving), the validation
+gate, and live quality on ground-truth labels."""
 
 from __future__ import annotations
 
@@ -52,3 +53,36 @@ class GateConfig(_Section):
     min_segment_rows: int = Field(default=30, ge=1, description="Slices with fewer validation rows are not judged.")
     permutation_repeats: int = Field(default=2, ge=1, le=20, description="Shuffles per feature for permutation importance.")
     seed: int = Field(default=0, description="Seed of the permutation shuffles.")
+
+
+class QualityConfig(_Section):
+    """Live model quality: captured predictions joined to ground-truth labels (`rayml monitor quality`)."""
+
+    destination: str | None = Field(
+        default=None,
+        description="Where the captures and labels are (serve.models.<m>.capture.destination: a local folder or a "
+        "pyarrow URI); null = $RAYML_HOME/captures.",
+    )
+    max_gap: float = Field(
+        default=0.1,
+        ge=0.0,
+        description="Largest allowed relative degradation of the live primary metric (RMSE, AUC, macro F1) from the "
+        "version's offline validation value: 0.1 = 10% worse. A version is `gap` only when even the favourable end "
+        "of its confidence interval is beyond it.",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="Level of the two-sided confidence intervals of the live metrics."
+    )
+    min_labels: int = Field(
+        default=30, ge=1, description="Labelled predictions a version needs to be judged (fewer: `insufficient_labels`)."
+    )
+    bootstrap_samples: int = Field(
+        default=200, ge=20, le=10_000, description="Bootstrap resamples behind each confidence interval."
+    )
+    bootstrap_max_rows: int = Field(
+        default=20_000,
+        ge=100,
+        description="Rows per bootstrap resample; a version with more labelled rows is resampled at this size and the "
+        "spread rescaled by sqrt(size / rows) (an m-out-of-n bootstrap), so the cost does not grow with the data.",
+    )
+    seed: int = Field(default=0, description="Seed of the bootstrap resamples (the same data gives the same intervals).")

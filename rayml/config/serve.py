@@ -104,6 +104,35 @@ class ShadowSettings(_Section):
     _valid_version = field_validator("version")(_version_ref)
 
 
+class CaptureConfig(_Section):
+    """Payload capture of one served model: sampled requests and their answers, written off the response path."""
+
+    percent: float = Field(
+        default=100.0,
+        ge=0.0,
+        le=100.0,
+        description="Percent of requests captured (sampled per request; a request's primary and shadow answers are "
+        "captured together). Only captured predictions can be joined to labels.",
+    )
+    destination: str | None = Field(
+        default=None,
+        description="Local folder or pyarrow URI (s3://, gs://) for the Parquet files, partitioned by model / version / "
+        "hour, and for the labels posted to the model; null = $RAYML_HOME/captures.",
+    )
+    exclude_columns: list[str] = Field(
+        default_factory=list,
+        description="Input columns never written (personal or sensitive data); the predictions are still captured.",
+    )
+    queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Captured requests waiting to be written, per ingress replica; beyond it new ones are dropped and "
+        "counted (rayml_capture_dropped_total), never delaying or failing a request.",
+    )
+    flush_interval_s: float = Field(default=10.0, gt=0.0, description="Longest time a captured row waits to be written.")
+    max_rows_per_file: int = Field(default=100_000, ge=1, description="A file is written once it has this many rows.")
+
+
 class ServedModelConfig(_Section):
     """How one registered model is served: its versions and weights, shadow, stickiness and replicas."""
 
@@ -125,6 +154,11 @@ class ServedModelConfig(_Section):
         default_factory=ModelDeploymentConfig,
         description="Replicas, batching and resources of each version (placement `replicas`; `ingress` uses only "
         "intra_op_threads).",
+    )
+    capture: CaptureConfig | None = Field(
+        default=None,
+        description="Capture requests and answers (every version: primary, pinned and shadow) for the live-quality "
+        "join with ground-truth labels (`POST /v2/models/{name}/labels`, `rayml labels upload`); null = no capture.",
     )
 
     @field_validator("versions")
@@ -201,12 +235,45 @@ class ServeConfig(_Section):
     drift: DriftConfig = Field(
         default_factory=DriftConfig, description="Online drift thresholds (status per feature and version) and min_rows."
     )
+    follow_aliases: bool = Field(
+        default=False,
+        description="Follow the registry: a served alias (`version: production`) that moves is redeployed by itself "
+        "(blue/green, no `serve up`), and moving `rollout_alias` to a version whose gate tag is `passed` starts a "
+        "rollout of it (refused otherwise, with the reason in the model's rollout audit log). Runs as a detached Ray "
+        "actor next to the application; `rayml serve down` stops it.",
+    )
+    rollout_alias: str | None = Field(
+        default="canary",
+        description="With follow_aliases: moving this alias to a version starts its rollout (rollout: settings); the "
+        "pipeline's register stage moves `canary`, so a pipeline run then rolls out without any serving command; "
+        "null = aliases never start rollouts.",
+    )
+    alias_poll_interval_s: float = Field(default=10.0, gt=0.0, description="How often the aliases are checked.")
+    live_quality_window_s: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="Live quality (rayml_live_quality) is computed over the labelled predictions made in this trailing "
+        "window; the rollout quality gate reads the same counts.",
+    )
+    live_join_max_predictions: int = Field(
+        default=200_000,
+        ge=1,
+        description="Captured predictions the serving app keeps waiting for their labels (oldest forgotten first); a "
+        "label that arrives later is still stored and joined by `rayml monitor quality`, only not live.",
+    )
     metrics_export_port: int | None = Field(
         default=None,
         ge=1,
         le=65535,
         description="Prometheus export port of a local Ray started by `rayml serve up`; null = Ray's choice.",
     )
+
+    @field_validator("rollout_alias")
+    @classmethod
+    def _valid_alias(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_name(v)
+        return v
 
     @field_validator("route_prefix")
     @classmethod
@@ -278,6 +345,20 @@ class RolloutConfig(_Section):
     )
     min_shadow_comparisons: int = Field(
         default=20, ge=1, description="Mirrored rows a disagreement check needs (fewer: not judged at a canary step)."
+    )
+    max_quality_regression: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Quality gate on ground-truth labels (needs serve.models.<m>.capture and labels posted to the "
+        "app): how much worse the candidate's live quality may be than the baseline's on the labelled predictions "
+        "made since the rollout began (the candidate's mirrored answers count). Classification: error-rate points "
+        "(0.02 = two points less accurate); regression: relative MAE (0.05 = 5% larger mean absolute error). A check "
+        "fails only when the excess is beyond this with `confidence` (a one-sided bound: Newcombe/Wilson for error "
+        "rates, Welch's normal bound for MAE). Fewer than min_labels labelled predictions of either version: "
+        "inconclusive (the step holds). null = not checked.",
+    )
+    min_labels: int = Field(
+        default=30, ge=1, description="Labelled predictions of each version the quality gate needs before it judges."
     )
     poll_interval_s: float = Field(default=1.0, gt=0.0, description="How often the controller wakes up.")
     state_dir: str | None = Field(
