@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import hashlib
 import logging
 import os
 import shutil
@@ -88,7 +89,10 @@ def single_process(files: list[Path], model_dir: Path, out: Path) -> float:
         result = df[["store_id", "date", "sales", "high_sales"]].copy()
         result["prediction"] = pred
         result["model_name"], result["model_version"], result["segment_model"] = NAME, 1, served
-        result["batch_run_id"], result["error"] = "single", None
+        key = hashlib.sha256(str(f).encode()).hexdigest()[:16]
+        result["batch_run_id"] = "single"
+        result["inference_id"] = np.char.add(f"b-{key}-", np.arange(len(df)).astype(str))
+        result["error"] = None
         result.to_parquet(out / f.name, index=False)
     return time.perf_counter() - t0
 

@@ -6,6 +6,8 @@ Layout of an output directory (local path or any pyarrow URI)::
     _rayml_batch/manifest.json       the run: pinned model version, batch_run_id, output columns
     _rayml_batch/ledger/<id>.json    one entry per committed input: path, size, mtime -> output file, rows
     _rayml_batch/staging/<attempt>/  outputs being written by the current attempt
+    _rayml_batch/capture/<id>.json   with ``batch.capture_destination``: where a committed input's predictions were
+                                     captured (written after its capture file, so a missing record means "capture again")
 
 Commit protocol for one input file: write the whole output under ``staging/``, move it to its final name (a rename
 on a local or POSIX filesystem: readers see the old file or the complete new one, never a part), then write the
@@ -47,6 +49,7 @@ LEDGER_DIR = "ledger"
 STAGING_DIR = "staging"
 DRIFT_DIR = "drift"  # per input file: its rows' counts in the model's reference bins (written before the commit)
 DRIFT_FILE = "drift.json"  # the run's drift summary over every committed file
+CAPTURE_RECORDS_DIR = "capture"  # per input file: the capture file written for its committed output
 LEASE_FILE = "_rayml_lease.json"  # beside the control directory: --overwrite deletes that, not the lease
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -208,6 +211,34 @@ class OutputDir:
     def drift_summary_path(self) -> str:
         return self.path(CONTROL_DIR, DRIFT_FILE)
 
+    # --- capture records ---------------------------------------------------------------------------------------------
+    def _capture_record_path(self, f: InputFile) -> str:
+        return self.path(CONTROL_DIR, CAPTURE_RECORDS_DIR, f"{f.input_id}.json")
+
+    def capture_record(self, f: InputFile) -> dict[str, Any] | None:
+        """Where ``f``'s committed predictions were captured (see ``rayml.batch._capture``); None when they were not."""
+        try:
+            return fs.read_json(self._capture_record_path(f))
+        except (ValueError, OSError):  # torn: capture again
+            return None
+
+    def write_capture_record(self, f: InputFile, record: dict[str, Any]) -> None:
+        fs.write_json(self._capture_record_path(f), record, durable=True)
+
+    def capture_records(self) -> list[dict[str, Any]]:
+        """Every capture record of this output (unreadable ones skipped)."""
+        selector = pafs.FileSelector(self.path(CONTROL_DIR, CAPTURE_RECORDS_DIR), allow_not_found=True)
+        out = []
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File or not info.path.endswith(".json"):
+                continue
+            try:
+                with self.fs.open_input_stream(info.path) as stream:
+                    out.append(json.loads(stream.read().decode()))
+            except (ValueError, OSError):
+                continue
+        return out
+
     # --- writing and committing ------------------------------------------------------------------------------------
     def open_staging(self, attempt: str, f: InputFile):
         """An output stream for ``f``'s staged output (the directory is created)."""
@@ -258,9 +289,15 @@ class OutputDir:
     def reset(self, inputs: list[InputFile]) -> int:
         """``--overwrite``: delete the control directory and every output this tool wrote (nothing else).
 
+        The capture files of this output's predictions go too (they capture the outputs being deleted; the rerun
+        captures its own).
+
         Returns:
-            The number of output files deleted.
+            The number of output files deleted (capture files not counted).
         """
+        for record in self.capture_records():
+            if record.get("path"):
+                delete_capture_file(str(record["path"]))
         names = {e.output for e in self.ledger().values()} | {f.output_name for f in inputs}
         deleted = 0
         for name in sorted(names):
@@ -272,6 +309,13 @@ class OutputDir:
         if self.fs.get_file_info(control).type == pafs.FileType.Directory:
             self.fs.delete_dir(control)
         return deleted
+
+
+def delete_capture_file(path: str) -> None:
+    """Delete a capture file this tool wrote (local path or URI); a file already gone is fine."""
+    filesystem, p = fs.filesystem(path)
+    if filesystem.get_file_info(p).type == pafs.FileType.File:
+        filesystem.delete_file(p)
 
 
 def new_attempt_id() -> str:

@@ -5,6 +5,10 @@ and runs a Ray Data ``map_batches`` over the rest with a pool of :class:`FileSco
 biggest files first). Each actor loads the model set once, keeps per-segment ONNX sessions in an LRU cache, and
 reads, scores, stages and commits its files itself, so no rows pass through the driver. The driver only streams
 back one small result row per file, for the progress bar and the summary.
+
+With ``batch.capture_destination`` set, each actor also captures its committed files' predictions for the quality
+join (:mod:`rayml.batch._capture`); the driver then captures the files committed by earlier invocations that have
+no capture yet (after a capture failure, or when capture was turned on later).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayml._private import constants, fs
+from rayml.batch._capture import BatchCapture, capture_committed
 from rayml.batch._ledger import InputFile, OutputDir, list_inputs, new_attempt_id
 from rayml.batch._score import FileScorer, ScoreSpec
 from rayml.config import BatchConfig, BatchJobConfig, ConfigLike, Overrides, dump_config, resolve_config
@@ -32,7 +37,11 @@ MANIFEST_VERSION = 1
 
 @dataclass
 class FileResult:
-    """What happened to one input file. ``status``: committed | skipped (committed earlier) | failed."""
+    """What happened to one input file. ``status``: committed | skipped (committed earlier) | failed.
+
+    ``captured``: rows of its predictions captured (``batch.capture_destination``), -1 when none were (no capture
+    configured, a skipped or failed file, or the capture failed: then ``capture_error`` says why).
+    """
 
     path: str
     status: str
@@ -41,6 +50,8 @@ class FileResult:
     error: str = ""
     hint: str = ""
     seconds: float = 0.0
+    captured: int = -1
+    capture_error: str = ""
 
 
 @dataclass
@@ -61,6 +72,10 @@ class BatchSummary:
     wall_s: float = 0.0
     actors: int = 0
     drift: dict | None = None  # {"status", "drifted_features", "rows", "files", "path"}; None when not counted
+    capture: str | None = None  # batch.capture_destination (None: predictions not captured)
+    captured: int = 0  # files whose predictions this invocation captured (earlier-committed files included)
+    captured_rows: int = 0
+    capture_failed: dict[str, str] = field(default_factory=dict)  # input path -> error (its output is committed)
 
     @property
     def ok(self) -> bool:
@@ -153,7 +168,9 @@ def run_batch(
             or failed) as results arrive.
 
     Returns:
-        The :class:`BatchSummary`; ``ok`` is False when any file failed (the others are committed).
+        The :class:`BatchSummary`; ``ok`` is False when any file failed (the others are committed). A failed
+        capture (``capture_failed``) does not make it False: the outputs are committed, and the same command run
+        again captures them.
 
     Raises:
         ConfigError, DataError, ModelNotFoundError: nothing to score, or a bad model ref or input path.
@@ -215,9 +232,26 @@ def _run_leased(
         loaded.info.ref,
         loaded.kind,
     )
+    capture = (
+        BatchCapture.of(b.capture_destination, loaded.model_dir, loaded.info.name, loaded.info.version, b.prediction_column)
+        if b.capture_destination
+        else None
+    )
+    summary.capture = capture.destination if capture else None
     if todo:
-        spec = _score_spec(loaded, manifest, registry, out, in_fs, fmt, summary.attempt, b, owner)
+        spec = _score_spec(loaded, manifest, registry, out, in_fs, fmt, summary.attempt, b, owner, capture)
         _score_pending(todo, spec, b, summary, out, report)
+    if capture is not None and done:
+        files, rows, failed = capture_committed(capture, out, done, out.ledger())
+        summary.captured += files
+        summary.captured_rows += rows
+        summary.capture_failed.update(failed)
+    if summary.capture_failed:
+        logger.warning(
+            "the predictions of %d committed file(s) could not be captured to %s: run the same command again to capture them",
+            len(summary.capture_failed),
+            summary.capture,
+        )
     if b.drift:
         summary.drift = _write_drift_summary(out, inputs, loaded.model_dir.reference_stats(), cfg, summary)
     return summary
@@ -320,6 +354,7 @@ def _score_spec(
     attempt: str,
     b: BatchConfig,
     lease_owner: str | None = None,
+    capture: BatchCapture | None = None,
 ) -> ScoreSpec:
     return ScoreSpec(
         model_name=loaded.info.name,
@@ -339,6 +374,7 @@ def _score_spec(
         drift=b.drift,
         faults=constants.fault_injection(),
         lease_owner=lease_owner,
+        capture=capture,
     )
 
 
@@ -351,6 +387,11 @@ def _score_pending(
             if r.status == "committed":
                 summary.committed += 1
                 summary.rows += r.rows
+                if r.capture_error:
+                    summary.capture_failed[r.path] = r.capture_error
+                elif r.captured >= 0:
+                    summary.captured += 1
+                    summary.captured_rows += r.captured
             else:
                 summary.failed[r.path] = r.error
             report(r)
@@ -433,6 +474,8 @@ def _score_on_ray(todo: list[InputFile], spec: ScoreSpec, b: BatchConfig, summar
                 error=row["error"] or "",
                 hint=row["hint"] or "",
                 seconds=float(row["seconds"]),
+                captured=int(row["captured"]),
+                capture_error=row["capture_error"] or "",
             )
     except RaymlError:
         raise

@@ -12,8 +12,14 @@ its staged output deleted; the actor goes on with the next file.
 Output columns: the key columns (segment and id columns, as read), the prediction column (``batch.prediction_column``:
 the predicted value, the probability of class 1 for a binary model, the predicted label for a multiclass model:
 string, or int64 when the class labels are integers), for a multiclass model one float32 column per class named
-``proba_<label>`` (in class-label order), then :data:`LINEAGE_COLUMNS`. Rows a model set could not score (a segment
-without a model and no fallback) have a NaN prediction (a null label) and NaN probabilities, and say why in ``error``.
+``proba_<label>`` (in class-label order), then :data:`LINEAGE_COLUMNS`: ``model_name``, ``model_version``,
+``segment_model`` (the segment model that answered, ``__fallback__``, or null for a single model), ``batch_run_id``,
+``inference_id`` (``b-<16 hex>-<row in the input file>``: the same on every rerun, see :mod:`rayml.batch._capture`;
+ground-truth labels name it) and ``error``. Rows a model set could not score (a segment without a model and no
+fallback) have a NaN prediction (a null label) and NaN probabilities, and say why in ``error``.
+
+With ``batch.capture_destination``, the actor also captures each committed file's predictions for the quality join
+(:class:`~rayml.batch._capture.BatchCapture`), after the commit; a capture failure is reported, never a file failure.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayml._private import faults as _faults
-from rayml.batch._ledger import InputFile, OutputDir
+from rayml.batch._capture import INFERENCE_ID, BatchCapture, file_key, inference_ids
+from rayml.batch._ledger import InputFile, LedgerEntry, OutputDir
 from rayml.data.schema import UNKNOWN
 from rayml.errors import DataError, DataValidationError, ModelError, RaymlError
 from rayml.models import ModelDir, segment_groups
@@ -41,7 +48,7 @@ from rayml.monitor import DriftCounter
 
 logger = logging.getLogger("rayml.batch")
 
-LINEAGE_COLUMNS = ("model_name", "model_version", "segment_model", "batch_run_id", "error")
+LINEAGE_COLUMNS = ("model_name", "model_version", "segment_model", "batch_run_id", INFERENCE_ID, "error")
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,11 @@ class ScoreSpec:
     drift: bool = True  # count rows into the model's reference bins (see rayml.batch._run: the run's drift summary)
     lease_owner: str | None = None  # the run's lease on the output folder: a commit checks it still holds it
     faults: str | None = None
+    capture: BatchCapture | None = None  # batch.capture_destination: capture each committed file's predictions
+
+    @property
+    def model_ref(self) -> str:
+        return f"{self.model_name}:{self.model_version}"
 
 
 def output_columns(prediction_column: str, probabilities: Sequence[str] = ()) -> tuple[str, ...]:
@@ -131,7 +143,7 @@ class FileScorer:
         t0 = time.perf_counter()
         try:
             rows = self._score_to_staging(f)
-            self.out.commit(self.spec.attempt, f, rows, owner=self.spec.lease_owner)
+            entry = self.out.commit(self.spec.attempt, f, rows, owner=self.spec.lease_owner)
         except Exception as e:  # one bad file must not stop the others: report it, drop its staged output
             self._drop_staged(f)
             message = e.message if isinstance(e, RaymlError) else f"{type(e).__name__}: {e}"
@@ -145,7 +157,10 @@ class FileScorer:
                 "error": message,
                 "hint": hint or "",
                 "seconds": time.perf_counter() - t0,
+                "captured": -1,
+                "capture_error": "",
             }
+        captured, capture_error = self._capture(f, entry)
         _faults.end_of_epoch(self.faults)  # test-only: `sleep@seconds=S` pauses after each committed file
         return {
             "path": f.path,
@@ -155,7 +170,20 @@ class FileScorer:
             "error": "",
             "hint": "",
             "seconds": time.perf_counter() - t0,
+            "captured": captured,
+            "capture_error": capture_error,
         }
+
+    def _capture(self, f: InputFile, entry: LedgerEntry) -> tuple[int, str]:
+        """(rows captured, "") or (-1, why not): the output is committed either way (-1, "": no capture configured)."""
+        if self.spec.capture is None:
+            return -1, ""
+        try:
+            return self.spec.capture.write(self.out, f, entry), ""
+        except Exception as e:  # the batch output is committed: a capture failure is reported, never a file failure
+            message = f"{type(e).__name__}: {e}"
+            logger.warning("input %s is committed, but capturing its predictions failed: %s", f.path, message)
+            return -1, message
 
     def _drop_staged(self, f: InputFile) -> None:
         with contextlib.suppress(OSError):  # nothing was staged
@@ -213,16 +241,17 @@ class FileScorer:
         rows = 0
         writer = None
         counter = DriftCounter(self.reference) if self.reference else None
+        key = file_key(self.out.uri, f.path, self.spec.model_ref)
         with self.out.open_staging(self.spec.attempt, f) as stream:
             try:
                 for chunk in chunks:
-                    table = self._score_chunk(chunk, keys, counter)
+                    table = self._score_chunk(chunk, keys, inference_ids(key, rows, chunk.num_rows), counter)
                     if writer is None:
                         writer = _parquet_writer(stream, table.schema)
                     writer.write_table(table.cast(writer.schema))
                     rows += chunk.num_rows
                 if writer is None:  # an empty input still commits (an empty output says "done, 0 rows")
-                    table = self._score_chunk(empty, keys)
+                    table = self._score_chunk(empty, keys, inference_ids(key, 0, 0))
                     writer = _parquet_writer(stream, table.schema)
                     writer.write_table(table)
             finally:
@@ -232,8 +261,9 @@ class FileScorer:
             self.out.write_drift_counts(f, counter.to_dict())
         return rows
 
-    def _score_chunk(self, chunk: pa.Table, keys: list[str], counter: DriftCounter | None = None) -> pa.Table:
-        """Predict one chunk; the output keeps the key columns as they were read (Arrow, no pandas round trip)."""
+    def _score_chunk(self, chunk: pa.Table, keys: list[str], ids: pa.Array, counter: DriftCounter | None = None) -> pa.Table:
+        """Predict one chunk (``ids``: its rows' inference ids); the output keeps the key columns as they were read
+        (Arrow, no pandas round trip)."""
         n = chunk.num_rows
         # only what the model reads becomes pandas: ids, timestamps and labels pass through untouched
         df = chunk.select(list(dict.fromkeys([*self.segment_columns, *self.inputs]))).to_pandas()
@@ -266,6 +296,7 @@ class FileScorer:
                 "model_version": pa.array(np.full(n, self.spec.model_version, dtype=np.int64)),
                 "segment_model": served_by,
                 "batch_run_id": _constant(self.spec.batch_run_id, n),
+                INFERENCE_ID: ids,
                 "error": error,
             }
         )

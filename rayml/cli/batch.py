@@ -45,6 +45,10 @@ def batch(
     fallback model). One run per OUTPUT at a time: a second one exits 2 naming the first (a crashed run's lease is
     taken over RAYML_LEASE_TIMEOUT_S, default 60 s, after its last heartbeat). Exit code 1 when any input file failed
     (the others are committed).
+
+    Every output row carries an inference_id, the same on every rerun, that ground-truth labels name. With
+    --set batch.capture_destination=DIR the predictions are also captured there for `rayml monitor quality`; a file
+    whose capture failed stays committed (the same command run again captures it).
     """
     from rayml.batch import run_batch
 
@@ -75,6 +79,18 @@ def batch(
             + (f" ({', '.join(d['drifted_features'])})" if d["drifted_features"] else "")
             + f" over {d['rows']:,} rows of {d['files']} file(s); summary: {d['path']}"
         )
+    if summary.capture is not None:
+        console.print(
+            f"Captured {summary.captured_rows:,} predictions of {summary.captured} file(s) to {summary.capture} "
+            "(route batch; labels name their inference_id)"
+        )
+    if summary.capture_failed:
+        for path, error in sorted(summary.capture_failed.items()):
+            logger.info("capture failed for %s: %s", path, error)
+        where = f"all of them in {log}" if log else "all of them in the log above"
+        lines = [f"not captured: {path}: {error}" for path, error in sorted(summary.capture_failed.items())]
+        print_limited(lines, FAILED_SHOWN, where, indent="", style="yellow", out=err_console)
+        err_console.print("[yellow]Hint:[/] their outputs are committed; run the same command again to capture their predictions")
     if summary.failed:
         for path, error in sorted(summary.failed.items()):
             logger.info("failed input file %s: %s", path, error)  # the whole list, in the log file
@@ -88,4 +104,9 @@ def batch(
     console.print(
         f"Next: python -c \"import pandas as pd; print(pd.read_parquet('{summary.output}'))\"   |   "
         f"rayml monitor drift --model {summary.model_ref} --data {input_ or cfg.batch.input}"
+        + (
+            f"   |   rayml monitor quality --model {summary.model_name} --set quality.destination={summary.capture}"
+            if summary.capture is not None
+            else ""
+        )
     )

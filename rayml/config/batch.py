@@ -21,7 +21,7 @@ class BatchConfig(_Section):
     output: str | None = Field(
         default=None,
         description="Output directory or URI: one parquet file per input file, plus `_rayml_batch/` (ledger, staging); "
-        "--output sets it.",
+        "every row carries an `inference_id` (the same on every rerun) that ground-truth labels name; --output sets it.",
     )
     format: Literal["auto", "parquet", "csv"] = Field(default="auto", description="Input format; auto = by extension.")
     batch_size: int = Field(
@@ -48,6 +48,14 @@ class BatchConfig(_Section):
         default=True,
         description="Count every scored row into the model's reference bins and write the run's drift summary "
         "(<output>/_rayml_batch/drift.json); false skips the counting.",
+    )
+    capture_destination: str | None = Field(
+        default=None,
+        description="Capture the predictions for the quality join with ground-truth labels: a local folder or URI where "
+        "each committed output file's rows are written in rayml.feedback's capture layout, with route `batch` "
+        "(captures/model=<m>/version=<v>/hour=<commit hour>/batch-<id>.parquet), so `rayml monitor quality` judges "
+        "batch predictions once labels naming their `inference_id` arrive; null = no capture. A capture failure is "
+        "counted, never a failed file; the same command run again captures what is missing.",
     )
     overwrite: bool = Field(
         default=False,

@@ -1,5 +1,5 @@
 """`rayml manymodels train` then `rayml batch` from the shell; the batch process group is SIGKILLed mid-run and the same
-command, run again, finishes: every input row exactly once in the output."""
+command, run again, finishes: every input row exactly once in the output, with the inference ids it had."""
 
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ def test_batch_killed_mid_run_then_rerun_scores_every_row_exactly_once(cli_env: 
             os.kill(pid, signal.SIGKILL)
     killed_at = _committed(out)
     assert killed_at < FILES
+    entries = [json.loads(p.read_text()) for p in (out / "_rayml_batch" / "ledger").glob("*.json")]
+    before = pd.concat([pd.read_parquet(out / e["output"]) for e in entries])  # committed before the kill
 
     again = subprocess.run(cmd, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -83,6 +85,10 @@ def test_batch_killed_mid_run_then_rerun_scores_every_row_exactly_once(cli_env: 
     assert set(keys) == set(zip(data.store_id, data.date, strict=True)), "missing or extra rows"
     assert set(got.loc[got.store_id.isin(["store_006", "store_007"]), "segment_model"]) == {"__fallback__"}
     assert set(got.model_version) == {1} and got.batch_run_id.nunique() == 1  # one logical run across the restart
+    # every row has its own inference id, and the restart kept the ids of the rows committed before the kill
+    assert got.inference_id.is_unique and got.inference_id.str.fullmatch(r"b-[0-9a-f]{16}-\d+").all()
+    kept = before.merge(got, on=["store_id", "date"], suffixes=("_before", ""))
+    assert len(kept) == len(before) and (kept.inference_id_before == kept.inference_id).all()
     # the drift summary counts every row once too: files committed before the kill keep their counts
     assert "Drift vs training data:" in again.stdout
     summary = json.loads((out / "_rayml_batch" / "drift.json").read_text())

@@ -94,17 +94,46 @@ def test_output_equals_the_reference_row_by_row_and_a_rerun_is_a_no_op(ray_sessi
     assert list(merged["segment_model"]) == served
     assert set(merged.loc[merged.store_id.isin(["store_003", "store_004"]), "segment_model"]) == {"__fallback__"}
     assert set(got.model_name) == {"stores"} and set(got.model_version) == {version} and got.batch_run_id.nunique() == 1
+    ids = got.set_index(["store_id", "date"])["inference_id"]  # what ground-truth labels name
+    assert ids.is_unique and ids.str.fullmatch(r"b-[0-9a-f]{16}-\d+").all()
+    captures = tmp_path / "captures"
+    assert s.capture is None and s.captured == 0 and not captures.exists()  # no capture unless configured
 
-    again = run_batch(CFG, model="stores@production", input=str(tmp_path / "in"), output=str(out), registry=registry)
+    # capture turned on for the rerun: nothing is scored again, and the committed files' predictions are captured
+    capture = {"batch.capture_destination": str(captures)}
+    again = run_batch(
+        CFG, overrides=capture, model="stores@production", input=str(tmp_path / "in"), output=str(out), registry=registry
+    )
     assert (again.committed, again.skipped, again.rows, again.rows_skipped) == (0, 4, 0, len(sales))
     assert again.batch_run_id == s.batch_run_id
     assert len(pd.read_parquet(out)) == len(sales)
+    assert (again.captured, again.captured_rows, again.capture_failed) == (4, len(sales), {})
+
+    def captured() -> pd.DataFrame:
+        files = sorted(captures.glob(f"captures/model=stores/version={version}/hour=*/batch-*.parquet"))
+        assert len(files) == 4, files  # one per input file, never duplicated
+        return pd.concat([pd.read_parquet(f) for f in files])
+
+    cap = captured()
+    assert set(cap.inference_id) == set(ids) and set(cap.route) == {"batch"} and set(cap.version) == {version}
 
     fresh = run_batch(
-        CFG, model="stores@production", input=str(tmp_path / "in"), output=str(out), overwrite=True, registry=registry
+        CFG,
+        overrides=capture,
+        model="stores@production",
+        input=str(tmp_path / "in"),
+        output=str(out),
+        overwrite=True,
+        registry=registry,
     )
     assert (fresh.committed, fresh.skipped) == (4, 0) and fresh.batch_run_id != s.batch_run_id
-    assert len(pd.read_parquet(out)) == len(sales)
+    rescored = pd.read_parquet(out)
+    assert len(rescored) == len(sales)
+    # the same ids as the first attempt: labels posted against it still match
+    pd.testing.assert_series_equal(rescored.set_index(["store_id", "date"])["inference_id"].loc[ids.index], ids)
+    assert (fresh.captured, fresh.captured_rows) == (4, len(sales))  # by the scoring actors this time
+    cap = captured()
+    assert sorted(cap.inference_id) == sorted(ids) and set(cap.segment) == set(sales.store_id)
 
 
 def test_bad_files_fail_alone_and_a_rerun_finishes_after_the_fix(ray_session, registry, tmp_path: Path, sales) -> None:

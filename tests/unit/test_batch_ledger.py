@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -14,10 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayml.batch import CONTROL_DIR, FileScorer, InputFile, OutputDir, ScoreSpec, key_columns, list_inputs
+from rayml.batch._capture import BatchCapture
 from rayml.config import DataConfig, SyntheticConfig
 from rayml.data import generate_sales, infer_schema
 from rayml.errors import DataValidationError
-from rayml.models import OnnxPredictor, build_model, build_spec, export_onnx
+from rayml.feedback import CAPTURE_SCHEMA, class_text
+from rayml.models import ModelDir, OnnxPredictor, build_model, build_spec, export_onnx
 from rayml.registry import FALLBACK, ModelSet, ModelSetWriter
 from rayml.testing import multiclass_frame, sample_frame, write_tiny_model, write_tiny_model_set
 
@@ -121,7 +124,7 @@ def model_set_dir(tmp_path_factory: pytest.TempPathFactory):
     return out, df
 
 
-def _scorer(tmp: Path, path: Path, id_columns=None, fmt: str = "parquet", kind: str = "model_set") -> FileScorer:
+def _scorer(tmp: Path, path: Path, id_columns=None, fmt: str = "parquet", kind: str = "model_set", capture=None) -> FileScorer:
     spec = ScoreSpec(
         model_name="sales-stores",
         model_version=3,
@@ -137,6 +140,7 @@ def _scorer(tmp: Path, path: Path, id_columns=None, fmt: str = "parquet", kind: 
         id_columns=id_columns,
         prediction_column="prediction",
         max_cached_models=8,
+        capture=capture,
     )
     return FileScorer(spec)
 
@@ -158,6 +162,7 @@ def test_scorer_output_matches_each_segment_model_row_by_row(tmp_path: Path, mod
         "model_version",
         "segment_model",
         "batch_run_id",
+        "inference_id",
         "error",
     ]
     assert (got["store_id"].to_numpy() == src["store_id"].to_numpy()).all()  # input order kept
@@ -291,3 +296,75 @@ def test_arrow_feed_is_what_the_predictor_makes_of_the_same_rows(tmp_path: Path)
     # other types (integer categories, text where a number belongs) go through the predictor's own conversion
     assert _arrow_feed(pa.table({categories[0]: [1, 2]}), {categories[0]: "BYTES"}) is None
     assert _arrow_feed(pa.table({numbers[0]: ["1.5", "x"]}), {numbers[0]: "FP32"}) is None
+
+
+# --- inference ids and capture -----------------------------------------------------------------------------------------
+def test_scorer_captures_each_committed_file_under_one_name_and_a_rescore_replaces_it(tmp_path: Path, model_set_dir) -> None:
+    sets, df = model_set_dir
+    f = tmp_path / "in.parquet"
+    df.to_parquet(f)
+    inp = list_inputs(pafs.LocalFileSystem(), [str(f)])[0]
+    dest = tmp_path / "captures"
+    capture = BatchCapture.of(str(dest), ModelDir.read(sets[False]), "sales-stores", 3, "prediction")
+    scorer = _scorer(tmp_path, sets[False], id_columns=[], capture=capture)
+    r = scorer.score_file(inp)
+    got = pd.read_parquet(tmp_path / "out" / inp.output_name)
+    ids = got["inference_id"]
+    assert ids.is_unique and ids.str.fullmatch(r"b-[0-9a-f]{16}-\d+").all() and ids.iloc[0].endswith("-0")
+    known = got.store_id.isin(["store_000", "store_001"])  # the others have no model: not predictions, not captured
+    assert r["status"] == "committed" and r["captured"] == known.sum() and r["capture_error"] == ""
+    (path,) = dest.glob("captures/model=sales-stores/version=3/hour=*/batch-*.parquet")
+    cap = pq.read_table(path)
+    assert cap.schema == CAPTURE_SCHEMA
+    cap = cap.to_pandas()
+    assert list(cap["inference_id"]) == list(ids[known]) and list(cap["segment"]) == list(got.store_id[known])
+    assert set(cap["route"]) == {"batch"} and set(cap["row"]) == {0} and cap["inputs"].isna().all()
+    np.testing.assert_allclose(cap["prediction"], got.loc[known, "prediction"], rtol=1e-6)
+    assert cap["predicted_label"].isna().all() and cap["probabilities"].isna().all()  # regression
+
+    # scored again (a rerun of an uncommitted file, or --overwrite): the same ids, the capture replaced, not added
+    again = _scorer(tmp_path, sets[False], id_columns=[], capture=capture)
+    assert again.score_file(inp)["captured"] == known.sum()
+    assert list(pd.read_parquet(tmp_path / "out" / inp.output_name)["inference_id"]) == list(ids)
+    assert len(list(dest.glob("captures/**/*.parquet"))) == 1
+    record = OutputDir(str(tmp_path / "out")).capture_record(inp)
+    assert record is not None and Path(record["path"]).is_file()
+
+    # a destination that cannot be written: the file still commits, and the failure is reported
+    (tmp_path / "not-a-dir").write_text("x")
+    broken = BatchCapture.of(str(tmp_path / "not-a-dir"), ModelDir.read(sets[False]), "sales-stores", 3, "prediction")
+    r = _scorer(tmp_path / "b", sets[False], id_columns=[], capture=broken).score_file(inp)
+    assert r["status"] == "committed" and r["captured"] == -1 and r["capture_error"]
+    assert OutputDir(str(tmp_path / "b" / "out")).ledger()[inp.path].rows == len(df)
+
+
+def test_capture_rows_of_classifiers() -> None:
+    ts = dt.datetime(2024, 5, 1, 13, 30, tzinfo=dt.timezone.utc)
+    binary = BatchCapture("d", "m", 2, "binary", ("no", "yes"), (), "prediction", ())
+    out = pa.table(
+        {
+            "inference_id": ["a", "b", "c"],
+            "prediction": pa.array([0.2, 0.7, float("nan")], pa.float32()),
+            "error": [None, None, "segment 'x' has no model"],
+        }
+    )
+    rows = binary.rows(out, ts).to_pylist()
+    assert [(r["inference_id"], r["predicted_label"]) for r in rows] == [("a", "no"), ("b", "yes")]
+    assert rows[1]["prediction"] == pytest.approx(0.7) and rows[0]["ts"] == ts and rows[0]["segment"] is None
+    multi = BatchCapture("d", "m", 2, "multiclass", (0, 1, 2), ("store_id",), "label", ("proba_0", "proba_1", "proba_2"))
+    out = pa.table(
+        {
+            "inference_id": ["a", "b"],
+            "store_id": ["s1", "s2"],
+            "label": pa.array([2, 0], pa.int64()),
+            "proba_0": pa.array([0.1, 0.8], pa.float32()),
+            "proba_1": pa.array([0.2, 0.1], pa.float32()),
+            "proba_2": pa.array([0.7, 0.1], pa.float32()),
+            "error": pa.nulls(2, pa.string()),
+        }
+    )
+    rows = multi.rows(out, ts).to_pylist()
+    assert [r["predicted_label"] for r in rows] == [class_text(2), class_text(0)] == ["2", "0"]
+    assert [r["segment"] for r in rows] == ["s1", "s2"] and rows[0]["prediction"] is None
+    np.testing.assert_allclose(rows[0]["probabilities"], [0.1, 0.2, 0.7], rtol=1e-6)
+    assert multi.rows(out.slice(0, 0), ts).num_rows == 0
