@@ -90,7 +90,9 @@ def start(
 ) -> None:
     """Roll out a candidate version: optional shadow phase, then canary steps, each checked before the next.
 
-    Each step runs --interval-s seconds; its traffic (all ingress replicas) is checked against rollout.* thresholds.
+    Each step runs --interval-s seconds; its traffic (all ingress replicas) is checked against rollout.* thresholds
+    (errors, rejections, latency, shadow disagreement and, with rollout.max_quality_regression, live quality on the
+    ground-truth labels posted to the app since the rollout began).
     All steps pass: the candidate is promoted (alias production, old one -> previous). Too many failed checks
     (rollout.failure_budget): automatic rollback to 100% baseline, reason recorded. The controller is a detached
     Ray actor: it keeps going if this command stops (Ctrl-C) and resumes after a crash.

@@ -49,6 +49,27 @@ def print_state(state, verbose: bool = False) -> None:
     console.print(f"URL: {state.url}")
 
 
+def print_live_quality(cfg: ServeJobConfig) -> None:
+    """Live quality per served version, from the labels posted to the app; nothing when no prediction is labelled."""
+    from rayml.serve import live_quality
+
+    rows = []
+    for name, mc in sorted(cfg.serve.models.items()):
+        if mc.capture is None:
+            continue
+        try:
+            versions = live_quality(cfg, name)
+        except Exception as e:  # extra information: status still shows health when it cannot be read
+            console.print(f"[yellow]Live quality: not available ({type(e).__name__}: {e})[/]")
+            return
+        for version, q in versions.items():
+            metrics = ", ".join(f"{k}={q[k]:.4g}" for k in ("mae", "rmse", "accuracy", "logloss") if k in q)
+            rows.append([name, version, q["labelled"], metrics, q.get("mean_label_delay_s", "-")])
+    if rows:
+        title = f"Live quality (labelled predictions of the last {cfg.serve.live_quality_window_s:g}s)"
+        console.print(table(title, ["model", "version", "labelled", "metrics", "mean label delay s"], rows))
+
+
 def print_drift(cfg: ServeJobConfig, model: str | None = None) -> None:
     """Online drift per served version (all replicas, the window the gauges show); nothing when no rows were counted."""
     from rayml.serve import drift_status
@@ -138,6 +159,7 @@ def status(config: ConfigOpt = None, set_: SetOpt = None, verbose: VerboseOpt = 
         raise typer.Exit(1)
     print_state(state, verbose)
     print_drift(cfg)
+    print_live_quality(cfg)
     if not state.healthy:
         console.print(f"[yellow]Not healthy.[/] Fix the errors above, then: rayml serve up {_flags(config, set_)}")
         raise typer.Exit(1)

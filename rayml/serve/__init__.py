@@ -17,6 +17,7 @@ Example:
     True
     >>> start_rollout(cfg, "sales-model", 3)       # canary steps, metric-gated promote or rollback
     >>> drift_status(cfg)["sales-model"]           # online drift per served version
+    >>> live_quality(cfg, "sales-model")           # per version, on the labels posted to the app
     >>> undeploy(cfg)
 
 ``rayml.serve.app:build_app`` is the import path for ``serve deploy`` and KubeRay (see :func:`build_serve_config`).
@@ -26,7 +27,7 @@ Test helpers, including fault injection into model replicas, are in :mod:`rayml.
 from rayml.errors import ServeDeployError, ServeNotRunningError
 from rayml.serve._apply import AppState
 from rayml.serve._cluster import connect
-from rayml.serve._deploy import deploy, down as undeploy, drift_status, status as serve_status
+from rayml.serve._deploy import deploy, down as undeploy, drift_status, live_quality, status as serve_status
 from rayml.serve._rollout import RolloutState
 from rayml.serve._rollout_runtime import (
     RolloutStatus,
@@ -50,6 +51,7 @@ __all__ = [
     "connect",
     "deploy",
     "drift_status",
+    "live_quality",
     "override",
     "rollback_to_previous",
     "rollout_status",

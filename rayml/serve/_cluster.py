@@ -27,7 +27,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 
@@ -36,6 +38,7 @@ from rayml._private.net import free_port
 from rayml.errors import RaymlError, ServeNotRunningError
 
 logger = logging.getLogger("rayml.serve")
+_T = TypeVar("_T")
 
 ADDRESS_FILE = "ray_current_cluster"
 # Ray's own --temp-dir, one level down: Ray makes its temp dir world-writable (0777), so it cannot be the private dir
@@ -305,3 +308,17 @@ def stop_local_head(timeout_s: float = STOP_TIMEOUT_S) -> int:
         (head_dir / STARTED_MARKER).unlink(missing_ok=True)
         _address_file().unlink(missing_ok=True)
     return len(signalled)
+
+
+def outside_event_loop(fn: Callable[[], _T]) -> _T:
+    """``fn()``, from a thread when the caller runs inside an event loop (a Jupyter cell): Serve refuses blocking
+    handle calls (``.result()``) there."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from rayml.config import ConfigLike, Overrides, ServeConfig, ServeJobConfig, resolve_config
 from rayml.errors import RolloutActiveError, ServeDeployError, UserError
 from rayml.serve._apply import AppState, app_state, apply_spec, current_spec, serve_client
-from rayml.serve._cluster import connect, started_local_head, stop_local_head
+from rayml.serve._cluster import connect, outside_event_loop, started_local_head, stop_local_head
+from rayml.serve._follow import ensure_follower, stop_follower
 from rayml.serve._rollout_runtime import end_rollouts, rollout_active, stop_controllers
 from rayml.serve._spec import STATS, AppSpec, keep_placements, keep_route_salt, resolve_spec
 
@@ -38,7 +39,12 @@ def start_serve(cfg: ServeConfig) -> None:
 
 
 def deploy(
-    config: ConfigLike = None, *, overrides: Overrides = None, registry: Registry | None = None, force: bool = False
+    config: ConfigLike = None,
+    *,
+    overrides: Overrides = None,
+    registry: Registry | None = None,
+    force: bool = False,
+    _follower: bool = True,
 ) -> AppState:
     """Deploy (or update in place, without dropping a request) the application ``cfg.serve`` describes.
 
@@ -53,6 +59,7 @@ def deploy(
         overrides: applied on top, as ``{"serve.port": 8001}`` or ``["serve.port=8001"]`` (the CLI's ``--set``).
         registry: the registry to use (default: ``registry.tracking_uri`` of the config).
         force: change models under an active rollout too: their rollouts are ended (recorded as superseded) first.
+        _follower: (re)start the alias follower per ``serve.follow_aliases``; False when the follower itself redeploys.
 
     Returns:
         The application's state once it is running.
@@ -82,6 +89,9 @@ def deploy(
     t0 = time.perf_counter()
     stages = apply_spec(spec, cfg.serve.deploy_timeout_s, action="rayml serve up")
     logger.info("application %s deployed in %d stage(s), %.1fs", spec.app_name, len(stages), time.perf_counter() - t0)
+    if _follower:  # the follower reads the registry this deploy used (which may not be the config's)
+        used = cfg.registry.model_copy(update={"tracking_uri": registry.tracking_uri})
+        ensure_follower(cfg.model_copy(update={"registry": used}))
     state = app_state(spec.app_name)
     if state is None:  # deleted by someone else in between
         raise ServeDeployError(f"application {spec.app_name!r} disappeared right after it was deployed")
@@ -134,6 +144,7 @@ def down(cfg: ServeJobConfig, keep_ray: bool = False) -> tuple[bool, bool]:
     connect(start_local=False)
     existed = app_state(app_name) is not None
     stop_controllers(app_name)
+    stop_follower(app_name)
     if existed:
         serve.delete(app_name)
     stopped = False
@@ -173,4 +184,27 @@ def drift_status(cfg: ServeJobConfig, model: str | None = None) -> dict[str, dic
     connect(start_local=False)
     if app_state(cfg.serve.app_name) is None:
         return {}
-    return serve.get_deployment_handle(STATS, cfg.serve.app_name).drift_report.remote(model).result(timeout_s=30)
+    handle = serve.get_deployment_handle(STATS, cfg.serve.app_name)
+    return outside_event_loop(lambda: handle.drift_report.remote(model).result(timeout_s=30))
+
+
+def live_quality(cfg: ServeJobConfig, model: str) -> dict[int, dict[str, Any]]:
+    """A served model's live quality per version: its labelled predictions of the last ``serve.live_quality_window_s``
+    (every route) joined to the labels posted to the app, as ``{version: {task, labelled, mae, rmse | accuracy,
+    error_rate, logloss, mean_label_delay_s}}``; versions with no labelled prediction are absent.
+
+    Raises:
+        ServeNotRunningError: no serving Ray to connect to.
+
+    Example:
+        >>> from rayml.serve import live_quality
+        >>> live_quality(cfg, "sales-model")[2]["mae"]
+        11.8
+    """
+    from ray import serve
+
+    connect(start_local=False)
+    if app_state(cfg.serve.app_name) is None:
+        return {}
+    handle = serve.get_deployment_handle(STATS, cfg.serve.app_name)
+    return outside_event_loop(lambda: handle.live_quality.remote(model).result(timeout_s=30))

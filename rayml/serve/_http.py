@@ -23,6 +23,7 @@ from rayml.serve._protocol import HttpError
 from rayml.serve._spec import AuthKey, key_digest
 
 VERSION_HEADER = "x-rayml-model-version"
+INFERENCE_ID_HEADER = "x-rayml-inference-id"  # the caller's id of a prediction, or one generated; labels name it
 logger = logging.getLogger("rayml.serve")
 
 

@@ -22,6 +22,7 @@ says no more than how many versions are not ready while API keys are on (and nev
 # No `from __future__ import annotations`: FastAPI must see real types on the route methods (e.g. Request).
 import asyncio
 import logging
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,19 @@ from fastapi.responses import Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
+from rayml.feedback import (
+    Captured,
+    CaptureWriter,
+    check_inference_id,
+    class_text,
+    inputs_for_capture,
+    new_inference_id,
+    predictions_of,
+    validate_labels,
+    write_labels,
+)
 from rayml.serve._http import (
+    INFERENCE_ID_HEADER,
     authorize,
     error_response,
     json_response,
@@ -43,7 +56,7 @@ from rayml.serve._http import (
     server_error_response,
 )
 from rayml.serve._inline import InlineVersions
-from rayml.serve._metrics import GAUGE_REFRESH_S
+from rayml.serve._metrics import GAUGE_REFRESH_S, offline_quality
 from rayml.serve._protocol import (
     COLUMN_MARGIN,
     HttpError,
@@ -223,6 +236,7 @@ class Ingress:
         self._recorder = StatsRecorder()
         self._metrics = IngressMetrics()
         self._shadow: ShadowDispatcher | None = None
+        self._capture: CaptureWriter | None = None
         self._tasks: list[asyncio.Task] = []
         self._app_name = serve.get_replica_context().app_name
         self._last_shadow_log = 0.0
@@ -254,6 +268,11 @@ class Ingress:
             )
         else:
             self._shadow.max_in_flight, self._shadow.timeout_s = spec.shadow_queue_size, spec.shadow_timeout_s
+        queue_sizes = [m.capture.queue_size for m in spec.models.values() if m.capture is not None]
+        if queue_sizes and self._capture is None:
+            self._capture = CaptureWriter(max(queue_sizes), self._capture_dropped, self._capture_written)
+        elif queue_sizes and self._capture is not None:
+            self._capture.queue_size = max(queue_sizes)
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [
@@ -280,6 +299,10 @@ class Ingress:
         for name, m in state.models.items():
             for v in m.spec.versions:
                 self._metrics.weight.set(v.weight, tags={"model": name, "version": str(v.version)})
+                if m.spec.capture is not None:
+                    for metric, value in offline_quality(v.offline_metrics).items():
+                        tags = {"model": name, "version": str(v.version), "metric": metric}
+                        self._metrics.offline_quality.set(value, tags=tags)
             if m.spec.shadow is not None:
                 shadow = m.spec.shadow
                 self._metrics.shadow_percent.set(shadow.percent, tags={"model": name, "version": str(shadow.version)})
@@ -300,6 +323,16 @@ class Ingress:
                     await stats.push.remote(rows)
                 except Exception as e:  # rollout decisions lose a second of counts; serving goes on
                     logger.warning("could not push stats to %s: %s", STATS, e)
+            await self._push_predictions(stats)
+
+    async def _push_predictions(self, stats: Any) -> None:
+        """Hand the captured answers since the last push to the stats deployment (the live join with labels)."""
+        predictions = self._recorder.drain_predictions()
+        if predictions:
+            try:
+                await stats.push_predictions.remote(predictions)
+            except Exception as e:  # their labels will join offline (`rayml monitor quality`), not live
+                logger.warning("could not push %d captured answers to %s: %s", len(predictions), STATS, e)
 
     async def _check_health_forever(self) -> None:
         while True:
@@ -407,6 +440,74 @@ class Ingress:
     async def predict_v1(self, model: str, request: Request) -> Response:
         return await self._infer(request, model, None, "v1")
 
+    # --- ground truth ---------------------------------------------------------------------------------------------
+    @api.post("/v2/models/{model}/labels")
+    async def labels(self, model: str, request: Request) -> Response:
+        """Ground-truth labels of captured predictions: ``[{"inference_id": ..., "label": ..., "row": 0}, ...]``.
+
+        All or nothing: one invalid entry refuses the body (422, every problem named) and nothing is stored. Valid
+        labels are stored next to the model's captures (for ``rayml monitor quality``) and joined live to the
+        captured answers the app still holds (live quality gauges, the rollout quality gate). Posting the same labels
+        again changes nothing (the first label of a prediction is the one used).
+        """
+        try:
+            state, m = self._model(request, model)
+            capture = m.spec.capture
+            if capture is None:
+                raise HttpError(
+                    409,
+                    f"model {model!r} does not capture its predictions, so labels have nothing to join: set "
+                    f"serve.models.{model}.capture (e.g. capture: {{percent: 100}}) and run `rayml serve up`",
+                )
+            body = await read_body(request, state.spec.max_request_bytes, state.spec.request_read_timeout_s)
+            payload = parse_json(body)
+            if isinstance(payload, dict) and set(payload) == {"labels"}:
+                payload = payload["labels"]
+            version = max(m.route.weights, key=lambda v: (m.route.weights[v], v))
+            sig = await self._signature(state, m, version)
+            batch = validate_labels(payload, model, m.spec.task, sig.class_labels, "http")
+            if batch.problem_count:
+                self._metrics.labels.inc(batch.problem_count, tags={"model": model, "outcome": "invalid"})
+                total = len(payload) if isinstance(payload, list) else 1
+                raise HttpError(
+                    422,
+                    f"{batch.problem_count} of {total} labels are invalid and none was stored: "
+                    + "; ".join(batch.problems)
+                    + ('; send [{"inference_id": "<the x-rayml-inference-id of the answer>", "label": <the true value>, '
+                    '"row": <row in that request, default 0>}, ...]'),
+                )
+            if batch.accepted == 0:
+                raise HttpError(422, 'no labels in the body: send [{"inference_id": ..., "label": ...}, ...]')
+            try:
+                await asyncio.to_thread(write_labels, capture.destination, model, batch.table)
+            except Exception as e:  # the destination is down: the caller retries (nothing was joined yet)
+                request_id = new_request_id()
+                logger.warning("could not store labels of %s (request id %s): %s", model, request_id, e)
+                return server_error_response(f"could not store the labels of model {model!r}; retry", request_id, None)
+            counts = await self._join_labels(m, sig, batch)
+        except HttpError as e:
+            return error_response(e.status, e.message)
+        return json_response(200, {"model_name": model, "accepted": batch.accepted, "stored": True, **counts})
+
+    async def _join_labels(self, m: _Model, sig: _Signature, batch: Any) -> dict[str, Any]:
+        """Join stored labels to the answers the stats deployment holds; counts by outcome (empty if it is away)."""
+        stats = serve.get_deployment_handle(STATS, self._app_name)
+        await self._push_predictions(stats)  # this replica's answers of the last second, so their labels join now
+        t = batch.table
+        entries = list(zip(t["inference_id"].to_pylist(), t["row"].to_pylist(), t["label"].to_pylist(), strict=True))
+        positive = class_text(sig.class_labels[1]) if m.spec.task == "binary" and len(sig.class_labels) > 1 else None
+        if m.spec.task == "binary" and positive is None:
+            positive = "1"
+        try:
+            counts = await stats.label.remote(m.spec.name, m.spec.task, positive, entries)
+        except Exception as e:  # stored all the same: `rayml monitor quality` joins them
+            logger.warning("could not join labels of %s live: %s", m.spec.name, e)
+            return {"live_join": "unavailable"}
+        for outcome, n in counts.items():
+            if n:
+                self._metrics.labels.inc(n, tags={"model": m.spec.name, "outcome": outcome})
+        return dict(counts)
+
     def _model(self, request: Request, model: str) -> tuple[_State, _Model]:
         state = self._state
         if state is None:
@@ -439,12 +540,21 @@ class Ingress:
         route = PINNED if pinned is not None else PRIMARY
         version: int | None = None
         label = model
+        given = request.headers.get(INFERENCE_ID_HEADER)
+        inference_id = given if given is not None and check_inference_id(given) is None else None
         try:
             try:
                 state, m = self._model(request, model)
             except HttpError:
                 label = model if self._state is not None and model in self._state.models else "<unknown>"
                 raise
+            if given is not None and inference_id is None:
+                raise HttpError(
+                    400,
+                    f"header {INFERENCE_ID_HEADER}: {check_inference_id(given)}; send such an id, or leave the header out "
+                    "and one is generated (returned in the same header)",
+                )
+            inference_id = inference_id or new_inference_id()
             body = await read_body(request, state.spec.max_request_bytes, state.spec.request_read_timeout_s)
             payload = parse_json(body)
             parse = parse_v2 if protocol == "v2" else parse_v1
@@ -467,24 +577,82 @@ class Ingress:
             else:
                 response_body = v1_response(result["outputs"], sig.task, sig.class_labels, probabilities)
         except _Outcome as o:
-            return self._finish(label, o.version, route, o.status, t0, _outcome_response(o))
+            return self._finish(label, o.version, route, o.status, t0, _outcome_response(o), inference_id)
         except HttpError as e:
-            return self._finish(label, version, route, e.status, t0, error_response(e.status, e.message, version))
+            response = error_response(e.status, e.message, version)
+            return self._finish(label, version, route, e.status, t0, response, inference_id)
         except Exception as e:  # a bug of ours, not the caller's mistake: a counted JSON 500, the detail in the log
             request_id = new_request_id()
             logger.error("request to %s failed in the ingress (request id %s)", model, request_id, exc_info=e)
             response = server_error_response(f"the ingress failed on this request to model {model!r}", request_id, version)
-            return self._finish(label, version, route, 500, t0, response)
+            return self._finish(label, version, route, 500, t0, response, inference_id)
         response = json_response(200, response_body, version)
+        capture = m.spec.capture
+        captured = capture is not None and (capture.percent >= 100.0 or random.random() * 100.0 < capture.percent)
+        if captured:
+            self._capture_answer(m, version, route, inference_id, result["outputs"], sig, feed, segment)
         shadow = m.route.shadow_for(version) if pinned is None else None
         if shadow is not None:
             # fire-and-forget, after the primary answer exists: its latency and failures never reach this caller
             primary = result["outputs"][0]
             assert self._shadow is not None, "reconfigure() sets it with the routing table"
-            self._shadow.submit((model, shadow), lambda: self._mirror(state, m, shadow, parsed, segment, primary))
-        return self._finish(model, version, route, 200, t0, response)
+            shadow_id = inference_id if captured else None
+            self._shadow.submit((model, shadow), lambda: self._mirror(state, m, shadow, parsed, segment, primary, shadow_id))
+        return self._finish(model, version, route, 200, t0, response, inference_id)
 
-    def _finish(self, model: str, version: int | None, route: str, status: int, t0: float, response: Response) -> Response:
+    def _capture_answer(
+        self,
+        m: _Model,
+        version: int,
+        route: str,
+        inference_id: str,
+        outputs: list[Any],
+        sig: _Signature,
+        feed: Any,
+        segment: str | None,
+    ) -> None:
+        """Queue one answer for the capture files and remember it for the live join (both off the response path)."""
+        c = m.spec.capture
+        if c is None or self._capture is None:
+            return
+        predictions = predictions_of(sig.task, sig.class_labels, outputs)
+        item = Captured(
+            destination=c.destination,
+            model=m.spec.name,
+            version=version,
+            route=route,
+            inference_id=inference_id,
+            ts=time.time(),
+            task=sig.task,
+            class_labels=sig.class_labels,
+            outputs=outputs,
+            inputs=inputs_for_capture(feed, frozenset(c.exclude_columns)),
+            segment=segment,
+            max_rows_per_file=c.max_rows_per_file,
+            flush_interval_s=c.flush_interval_s,
+            predictions=predictions,
+        )
+        if self._capture.submit(item):
+            self._recorder.prediction(m.spec.name, inference_id, version, route, predictions[0], predictions[1])
+
+    def _capture_dropped(self, model: str, rows: int) -> None:
+        self._metrics.capture_dropped.inc(rows, tags={"model": model})
+
+    def _capture_written(self, model: str, version: int, route: str, rows: int) -> None:
+        self._metrics.capture_rows.inc(rows, tags={"model": model, "version": str(version), "route": route})
+
+    def _finish(
+        self,
+        model: str,
+        version: int | None,
+        route: str,
+        status: int,
+        t0: float,
+        response: Response,
+        inference_id: str | None = None,
+    ) -> Response:
+        if inference_id is not None:
+            response.headers[INFERENCE_ID_HEADER] = inference_id
         latency = time.perf_counter() - t0
         if version is not None and model != "<unknown>":
             self._recorder.request(model, version, route, status, latency)
@@ -577,14 +745,23 @@ class Ingress:
 
     # --- shadow -------------------------------------------------------------------------------------------------
     async def _mirror(
-        self, state: _State, m: _Model, version: int, parsed: ParsedRequest, segment: str | None, primary: Any
+        self,
+        state: _State,
+        m: _Model,
+        version: int,
+        parsed: ParsedRequest,
+        segment: str | None,
+        primary: Any,
+        inference_id: str | None = None,
     ) -> None:
         t0 = time.perf_counter()
         try:
-            result, _, _ = await self._call(state, m, version, parsed, segment)
+            result, sig, feed = await self._call(state, m, version, parsed, segment)
         except (_Outcome, HttpError) as e:
             raise RuntimeError(e.message) from e
         latency = time.perf_counter() - t0
+        if inference_id is not None:  # the primary answer was captured: the shadow's answer to it is judged too
+            self._capture_answer(m, version, SHADOW, inference_id, result["outputs"], sig, feed, segment)
         d = disagreement(primary, result["outputs"][0], m.spec.task)  # multiclass: the labels
         self._recorder.shadow(
             m.spec.name,

@@ -69,6 +69,30 @@ class IngressMetrics:
             tag_keys=_tag_keys("model", "version"),
         )
 
+        self.capture_rows = metrics.Counter(
+            "rayml_capture_rows_total",
+            description="Rows of requests and answers written by payload capture (serve.models.<m>.capture).",
+            tag_keys=_tag_keys("model", "version", "route"),
+        )
+        self.capture_dropped = metrics.Counter(
+            "rayml_capture_dropped_total",
+            description="Captured rows dropped (the capture queue was full, or writing failed); never a failed request.",
+            tag_keys=_tag_keys("model"),
+        )
+        self.labels = metrics.Counter(
+            "rayml_labels_total",
+            description="Ground-truth labels posted to the app: outcome joined (to a captured prediction held live), "
+            "unknown (no such prediction held live; stored for `rayml monitor quality`), duplicate, conflict (a "
+            "different label for an already labelled prediction: ignored), invalid (refused).",
+            tag_keys=_tag_keys("model", "outcome"),
+        )
+        self.offline_quality = metrics.Gauge(
+            "rayml_offline_quality",
+            description="A served version's validation metric as registered (mae, rmse, accuracy, error_rate, logloss), "
+            "next to rayml_live_quality.",
+            tag_keys=_tag_keys("model", "version", "metric"),
+        )
+
         # requests answered since the last flush_counts(), per (model, version, route, code): one counter update per
         # label set and second instead of one per request (recording a Ray metric costs tens of microseconds)
         self._counts: dict[tuple[str, str, str, str], int] = {}
@@ -176,3 +200,39 @@ class DriftMetrics:
         if values["prediction_status"] is not None:
             self.prediction_status.set(values["prediction_status"], tags=base)
         self.window_rows.set(values["rows"], tags=base)
+
+
+class QualityMetrics:
+    """Live quality gauges, set by the stats deployment from the labelled predictions of the live-quality window."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.live = metrics.Gauge(
+            "rayml_live_quality",
+            description="A version's quality on its labelled predictions of the last serve.live_quality_window_s "
+            "(every route): mae, rmse (regression); accuracy, error_rate, logloss (binary; logloss needs probabilities).",
+            tag_keys=_tag_keys("model", "version", "metric"),
+        )
+        self.labelled = metrics.Gauge(
+            "rayml_live_labelled_rows",
+            description="Labelled predictions behind rayml_live_quality.",
+            tag_keys=_tag_keys("model", "version"),
+        )
+
+    def publish(self, model: str, version: int, labelled: int, values: dict[str, float]) -> None:
+        base = {"model": model, "version": str(version)}
+        self.labelled.set(labelled, tags=base)
+        for metric, v in values.items():
+            self.live.set(v, tags={**base, "metric": metric})
+
+
+OFFLINE_METRICS = {"val_mae": "mae", "val_rmse": "rmse", "val_accuracy": "accuracy", "val_logloss": "logloss"}
+
+
+def offline_quality(metrics: dict[str, float]) -> dict[str, float]:
+    """A version's registered validation metrics under the names of rayml_live_quality."""
+    out = {name: metrics[k] for k, name in OFFLINE_METRICS.items() if k in metrics}
+    if "accuracy" in out:
+        out["error_rate"] = 1.0 - out["accuracy"]
+    return out

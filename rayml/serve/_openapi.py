@@ -5,7 +5,8 @@ module builds the same description in code instead, for whoever may see it: the 
 requests from it (``schemathesis.openapi.from_dict(openapi_document(spec, inputs))``), and an operator can hand it
 to client generators. Routes: ``GET /v2/health/live``, ``GET /v2/health/ready``, and per served model
 ``GET /v2/models/{name}``, ``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``,
-``POST /v2/models/{name}/versions/{version}/infer`` and ``POST /v1/models/{name}:predict``, with JSON schemas of the
+``POST /v2/models/{name}/versions/{version}/infer``, ``POST /v1/models/{name}:predict`` and
+``POST /v2/models/{name}/labels``, with JSON schemas of the
 request bodies (the model's columns when its inputs are given) and of the answers, errors included.
 """
 
@@ -28,6 +29,20 @@ _ERROR = {
     },
 }
 _SCALAR: dict[str, Any] = {"type": ["number", "string", "boolean", "null"]}
+_LABELS_BODY: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["inference_id", "label"],
+        "properties": {
+            "inference_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+            "label": {"type": ["number", "string", "boolean"]},
+            "row": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+    },
+}
 
 
 def openapi_document(spec: AppSpec, inputs: Mapping[str, Sequence[Tensor]] | None = None) -> dict[str, Any]:
@@ -73,6 +88,14 @@ def openapi_document(spec: AppSpec, inputs: Mapping[str, Sequence[Tensor]] | Non
         }
         paths[f"/v1/models/{name}:predict"] = {
             "post": _operation(f"predict {name}", "KServe v1.", body=_v1_body(columns, spec.max_batch_rows))
+        }
+        paths[f"/v2/models/{name}/labels"] = {
+            "post": _operation(
+                f"labels {name}",
+                "Ground-truth labels of captured predictions (409 when the model does not capture; 422, nothing "
+                "stored, when any entry is invalid).",
+                body=_LABELS_BODY,
+            )
         }
     document: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from rayml._private import fs
 from rayml.config import RolloutConfig
 from rayml.errors import RaymlError
+from rayml.feedback import LabelStats, quality_excess
 from rayml.serve._stats import VersionStats, excess_lower_bound, z_score
 
 logger = logging.getLogger("rayml.serve")
@@ -214,12 +215,57 @@ def _share_excess(
     )
 
 
-def evaluate(state: RolloutState, stats: dict[tuple[int, str], VersionStats]) -> Check:
+def quality_check(
+    state: RolloutState, since_start: dict[tuple[int, str], VersionStats]
+) -> tuple[str | None, str | None, dict[str, Any]]:
+    """The quality gate (``rollout.max_quality_regression``) on the labelled predictions since the rollout began.
+
+    The candidate's answers on every route but pinned ones count (its mirrored answers too: a shadow phase is judged
+    on real labels); the baseline's primary answers are its reference. Returns ``(failure, inconclusive, snapshot)``.
+    """
+    cfg = state.cfg
+    cand, base = LabelStats(), LabelStats()
+    for (version, route), s in since_start.items():
+        if version == state.candidate and route != "pinned":
+            cand.merge(s.label_stats)
+        elif version == state.baseline and route == "primary":
+            base.merge(s.label_stats)
+    snapshot: dict[str, Any] = {"candidate": cand.summary(state.task), "baseline": base.summary(state.task)}
+    if cfg.max_quality_regression is None:
+        return None, None, snapshot
+    if cand.labelled < cfg.min_labels or base.labelled < cfg.min_labels:
+        return (
+            None,
+            f"only {cand.labelled} labelled candidate and {base.labelled} labelled baseline predictions since the "
+            f"rollout began (min_labels {cfg.min_labels}): live quality not judged yet",
+            snapshot,
+        )
+    bound, scale, what = quality_excess(cand, base, state.task, cfg.confidence)
+    allowed = cfg.max_quality_regression * scale
+    snapshot["excess_lower_bound"] = round(bound, 6)
+    if bound <= allowed:
+        return None, None, snapshot
+    unit = "of the baseline's MAE" if state.task == "regression" else "error-rate points"
+    return (
+        f"live quality: {what}: at {cfg.confidence:.0%} confidence the candidate is at least {bound:.4g} worse "
+        f"(max_quality_regression {cfg.max_quality_regression:g} {unit} = {allowed:.4g})",
+        None,
+        snapshot,
+    )
+
+
+def evaluate(
+    state: RolloutState,
+    stats: dict[tuple[int, str], VersionStats],
+    since_start: dict[tuple[int, str], VersionStats] | None = None,
+) -> Check:
     """Judge one window for ``state``'s phase against its thresholds; every failed criterion is listed.
 
     Errors (5xx) and rejections (4xx) are compared with the baseline's over the same window (see
-    :class:`~rayml.config.RolloutConfig` ``max_error_rate_increase``); 4xx never count as errors. Criteria without
-    enough traffic are listed in :attr:`Check.inconclusive` instead of failing.
+    :class:`~rayml.config.RolloutConfig` ``max_error_rate_increase``); 4xx never count as errors. Live quality (when
+    ``max_quality_regression`` is set) is judged on ``since_start``: the counts since the rollout began, because
+    labels are sparse and late. Criteria without enough traffic (or labels) are listed in :attr:`Check.inconclusive`
+    instead of failing.
     """
     cfg = state.cfg
     base = stats.get((state.baseline, "primary"), VersionStats())
@@ -283,6 +329,11 @@ def evaluate(state: RolloutState, stats: dict[tuple[int, str], VersionStats]) ->
         "candidate": {"version": state.candidate, **cand.summary(state.task)},
         "shadow": {"version": state.candidate, **shadow.summary(state.task)},
     }
+    if since_start is not None:
+        failure, wait, quality = quality_check(state, since_start)
+        reasons += [failure] if failure else []
+        inconclusive += [wait] if wait else []
+        snapshot["live_quality_since_start"] = quality
     if ref is not None and ref is not base:
         snapshot["baseline_earlier_windows"] = ref.summary(state.task)
     return Check(passed=not reasons and not inconclusive, reasons=reasons, snapshot=snapshot, inconclusive=inconclusive)
@@ -394,7 +445,7 @@ class RolloutController:
             s.window_start = max(s.window_start, e.complete_since + s.settle_s)
             self._save()
             return self._record("window_restarted", reason=e.message)
-        check = evaluate(s, window)
+        check = evaluate(s, window, self._since_start(until) if s.cfg.max_quality_regression is not None else None)
         s.last_check = {
             "passed": check.passed,
             "reasons": check.reasons + check.inconclusive,
@@ -429,6 +480,14 @@ class RolloutController:
             self._save()
             return self._record("check_passed_waiting", snapshot=check.snapshot)
         return self._advance(check)
+
+    def _since_start(self, until: float) -> dict[tuple[int, str], VersionStats]:
+        """Counts since the rollout began (the quality gate's); from the stats replica's restart on if it restarted."""
+        s = self.state
+        try:
+            return self.stats.window(s.model, s.started_at, until)
+        except WindowIncompleteError as e:  # labels of the lost part are stored; live, only what is left is judged
+            return self.stats.window(s.model, e.complete_since + s.settle_s, until)
 
     def _approved(self) -> bool:
         s = self.state

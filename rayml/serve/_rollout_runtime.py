@@ -27,7 +27,7 @@ from rayml._private import constants, faults
 from rayml.config import ServeJobConfig
 from rayml.errors import SpecConflictError, UserError
 from rayml.serve._apply import apply_spec, current_spec, update_spec
-from rayml.serve._cluster import connect
+from rayml.serve._cluster import connect, outside_event_loop
 from rayml.serve._rollout import ROLLED_BACK, RolloutController, RolloutState, StateStore, WindowIncompleteError
 from rayml.serve._spec import STATS, AppSpec, ModelSpec, ShadowSpec, VersionSpec, deployment_name
 from rayml.serve._stats import VersionStats, by_version
@@ -128,22 +128,11 @@ def traffic_stats(
         >>> stats[(2, "shadow")].disagreement("regression")
         0.043
     """
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
     connect(start_local=False)
     app_name = cfg.serve.app_name
-
-    def read() -> dict[tuple[int, str], VersionStats]:
-        return ServeStats(app_name).totals(model, since, time.time() + 1 if until is None else until)
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return read()
-    # a caller inside an event loop (a Jupyter cell): Serve refuses blocking handle calls there, so block in a thread
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(read).result()
+    return outside_event_loop(
+        lambda: ServeStats(app_name).totals(model, since, time.time() + 1 if until is None else until)
+    )
 
 
 class RegistryPromoter:

@@ -15,7 +15,15 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from rayml.config import DriftConfig, IngressConfig, ModelDeploymentConfig, ServeConfig, ServedModelConfig, ServeJobConfig
+from rayml.config import (
+    CaptureConfig,
+    DriftConfig,
+    IngressConfig,
+    ModelDeploymentConfig,
+    ServeConfig,
+    ServedModelConfig,
+    ServeJobConfig,
+)
 from rayml.errors import ConfigError, UserError
 from rayml.models import KIND_MODEL_SET, ModelDir
 from rayml.serve._router import ModelRoute, Shadow, check_weights
@@ -38,6 +46,11 @@ class VersionSpec(_Spec):
     weight: float = Field(description="Share of the model's traffic.")
     deployment: str = Field(description="Serve deployment that runs it.")
     local_path: str | None = Field(default=None, description="Model dir already on this machine (skips the download).")
+    offline_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="The version's validation metrics as registered (val_rmse, val_accuracy, ...): exported next to "
+        "its live quality (rayml_offline_quality).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -52,6 +65,17 @@ class VersionSpec(_Spec):
 class ShadowSpec(_Spec):
     version: int = Field(description="Mirrored version.")
     percent: float = Field(description="Percent of requests mirrored.")
+
+
+class CaptureSpec(_Spec):
+    """Payload capture of one model (serve.models.<m>.capture, with the destination made absolute)."""
+
+    percent: float = Field(description="Percent of requests captured.")
+    destination: str = Field(description="Local folder (absolute) or URI of captures and labels.")
+    exclude_columns: list[str] = Field(default_factory=list, description="Input columns never written.")
+    queue_size: int = Field(description="Captured requests waiting to be written, per ingress replica.")
+    flush_interval_s: float = Field(description="Longest wait before captured rows are written.")
+    max_rows_per_file: int = Field(description="Rows that make a file be written at once.")
 
 
 class ModelSpec(_Spec):
@@ -74,6 +98,7 @@ class ModelSpec(_Spec):
         description="Where every version of the model runs: in the ingress replicas, or in one deployment per version "
         "(`auto` in the config is resolved to one of them when the application is deployed).",
     )
+    capture: CaptureSpec | None = Field(default=None, description="Payload capture; null = none.")
 
     @property
     def weights(self) -> dict[int, float]:
@@ -155,6 +180,14 @@ class AppSpec(_Spec):
         default=ServeConfig.model_fields["drift_window_s"].default, description="Online drift window (serve.drift_window_s)."
     )
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Online drift thresholds (serve.drift).")
+    live_quality_window_s: float = Field(
+        default=ServeConfig.model_fields["live_quality_window_s"].default,
+        description="Trailing window of the live-quality gauges (serve.live_quality_window_s).",
+    )
+    live_join_max_predictions: int = Field(
+        default=ServeConfig.model_fields["live_join_max_predictions"].default,
+        description="Captured predictions kept waiting for labels (serve.live_join_max_predictions).",
+    )
     revision: int = Field(
         default=0,
         description="Compare-and-swap counter: a change is made against the revision it read and deploys the next "
@@ -343,6 +376,7 @@ def _model_spec(
             weight=w,
             deployment=deployment_name(name, v, kind),
             local_path=str(dirs[v].path) if local else None,
+            offline_metrics=_offline_metrics(dirs[v]),
         )
         for v, w in sorted(found.weights.items())
     ]
@@ -358,6 +392,36 @@ def _model_spec(
         segment_columns=segment_columns if kind == KIND_MODEL_SET else [],
         deployment=mc.deployment,
         placement=placement,
+        capture=_capture_spec(mc.capture),
+    )
+
+
+def _offline_metrics(model_dir: ModelDir) -> dict[str, float]:
+    """A version's registered validation metrics (``val_*``, finite numbers only)."""
+    import math
+
+    metrics = model_dir.meta.get("metrics") or {}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if k.startswith("val_") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def _capture_spec(c: CaptureConfig | None) -> CaptureSpec | None:
+    if c is None or c.percent <= 0:
+        return None
+    from rayml._private import constants
+    from rayml.feedback import local_destination
+
+    destination = c.destination if c.destination is not None else str(constants.default_capture_dir())
+    return CaptureSpec(
+        percent=c.percent,
+        destination=local_destination(destination),
+        exclude_columns=list(c.exclude_columns),
+        queue_size=c.queue_size,
+        flush_interval_s=c.flush_interval_s,
+        max_rows_per_file=c.max_rows_per_file,
     )
 
 
@@ -454,4 +518,6 @@ def _app_spec(s: ServeConfig, tracking_uri: str, models: dict[str, ModelSpec]) -
         route_salt=new_route_salt(),
         drift_window_s=s.drift_window_s,
         drift=s.drift,
+        live_quality_window_s=s.live_quality_window_s,
+        live_join_max_predictions=s.live_join_max_predictions,
     )

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import bisect
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from rayml._private.stats import excess_lower_bound, wilson_interval, z_score
+from rayml.feedback import LABEL_FIELDS, LabelStats, LiveJoin
+
+__all__ = ["excess_lower_bound", "wilson_interval", "z_score"]  # re-exported: the rollout logic imports them from here
 
 # 0.5 ms .. ~70 s in steps of 10%: p95 is read to within 10% of its true value.
 LATENCY_EDGES_S: list[float] = [0.0005 * 1.1**i for i in range(125)]
@@ -51,6 +55,14 @@ class VersionStats:
     compared_rows: int = 0
     diff_sum: float = 0.0
     primary_abs_sum: float = 0.0
+    # live quality: the version's predictions made in the window whose labels have arrived (see rayml.feedback)
+    labelled: int = 0
+    abs_err_sum: float = 0.0
+    sq_err_sum: float = 0.0
+    wrong: int = 0
+    logloss_sum: float = 0.0
+    logloss_rows: int = 0
+    delay_sum_s: float = 0.0
 
     def merge(self, other: VersionStats | dict[str, Any]) -> VersionStats:
         o = other if isinstance(other, VersionStats) else VersionStats(**other)
@@ -62,7 +74,16 @@ class VersionStats:
         self.compared_rows += o.compared_rows
         self.diff_sum += o.diff_sum
         self.primary_abs_sum += o.primary_abs_sum
+        self.add_labels(o.label_stats)
         return self
+
+    @property
+    def label_stats(self) -> LabelStats:
+        return LabelStats(**{k: getattr(self, k) for k in LABEL_FIELDS})
+
+    def add_labels(self, s: LabelStats) -> None:
+        for k in LABEL_FIELDS:
+            setattr(self, k, getattr(self, k) + getattr(s, k))
 
     def observe_latency(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(LATENCY_EDGES_S, seconds)] += 1
@@ -116,6 +137,7 @@ class VersionStats:
             "p95_ms": _round(self.p95_ms),
             "compared_rows": self.compared_rows,
             "disagreement": _round(self.disagreement(task), 6),
+            **({"live_quality": self.label_stats.summary(task)} if self.labelled else {}),
         }
 
 
@@ -133,9 +155,12 @@ class StatsRecorder:
         clock: wall-clock seconds (buckets from different replicas line up by wall time).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, max_predictions: int = 20_000) -> None:
         self._clock = clock
         self._pending: dict[tuple[int, Key], VersionStats] = {}
+        self._predictions: list[tuple[Any, ...]] = []
+        self.max_predictions = max_predictions  # per flush: bounds what one push carries (the rest are not joined live)
+        self.predictions_dropped = 0
 
     def _slot(self, model: str, version: int, route: str) -> VersionStats:
         bucket = int(self._clock() // BUCKET_S)
@@ -182,6 +207,19 @@ class StatsRecorder:
         pending, self._pending = self._pending, {}
         return [(b, m, v, r, s.to_dict()) for (b, (m, v, r)), s in pending.items()]
 
+    def prediction(
+        self, model: str, inference_id: str, version: int, route: str, values: list[Any], labels: list[Any]
+    ) -> None:
+        """A captured answer, for the live join with labels (:class:`~rayml.feedback.LiveJoin`)."""
+        if len(self._predictions) >= self.max_predictions:
+            self.predictions_dropped += 1
+            return
+        self._predictions.append((model, inference_id, version, route, self._clock(), values, labels))
+
+    def drain_predictions(self) -> list[tuple[Any, ...]]:
+        taken, self._predictions = self._predictions, []
+        return taken
+
 
 class StatsStore:
     """Stats-deployment side: one-second buckets from every replica, kept for ``retention_s``.
@@ -196,6 +234,20 @@ class StatsStore:
         self._clock = clock
         self._buckets: dict[int, dict[Key, VersionStats]] = {}
         self.started_at = clock()  # counts of buckets before this are lost (a restarted replica starts empty)
+        self.live = LiveJoin()
+
+    def push_predictions(self, rows: list[tuple[Any, ...]]) -> None:
+        """Remember captured answers ``(model, inference_id, version, route, ts, values, labels)`` for their labels."""
+        for model, inference_id, version, route, ts, values, labels in rows:
+            self.live.add(model, inference_id, int(version), route, float(ts), values, labels)
+
+    def label(self, model: str, task: str, positive: str | None, entries: list[tuple[str, int, str]]) -> dict[str, int]:
+        """Join labels to remembered answers; each joined answer's quality goes to the bucket of its prediction time."""
+        counts, contributions = self.live.label(model, task, positive, entries, self._clock())
+        for version, route, ts, stats in contributions:
+            per_key = self._buckets.setdefault(int(ts // BUCKET_S), {})
+            per_key.setdefault((model, version, route), VersionStats()).add_labels(stats)
+        return counts
 
     def push(self, rows: list[tuple[int, str, int, str, dict[str, Any]]]) -> None:
         for bucket, model, version, route, stats in rows:
@@ -229,38 +281,3 @@ def by_version(window: dict[str, dict[str, Any]]) -> dict[tuple[int, str], Versi
         version, _, route = k.partition("/")
         out[(int(version), route)] = VersionStats(**v)
     return out
-
-
-def z_score(confidence: float) -> float:
-    """The one-sided standard normal quantile of ``confidence`` (0.95 -> 1.645)."""
-    return statistics.NormalDist().inv_cdf(confidence)
-
-
-def wilson_interval(successes: int, n: int, z: float) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``successes / n`` (sound at 0 and n successes, unlike p +/- z*se).
-
-    ``n == 0`` gives ``(0, 1)``: no observation says nothing.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def excess_lower_bound(a: int, n_a: int, b: int | None, n_b: int, z: float) -> float:
-    """Lower confidence bound of ``a/n_a - b/n_b`` (Newcombe 1998, method 10: hybrid Wilson score interval).
-
-    One-sided at the level of ``z``: the true excess of the first share over the second is at least this with that
-    confidence. ``b=None`` compares with a second share known to be exactly 0 (e.g. mirrored requests, which the other
-    version answered without error).
-    """
-    p_a = a / n_a if n_a else 0.0
-    lo_a, _ = wilson_interval(a, n_a, z)
-    if b is None:
-        return lo_a
-    p_b = b / n_b if n_b else 0.0
-    _, hi_b = wilson_interval(b, n_b, z)
-    return p_a - p_b - math.sqrt((p_a - lo_a) ** 2 + (hi_b - p_b) ** 2)

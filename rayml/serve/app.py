@@ -22,12 +22,13 @@ from ray.serve import Application
 
 from rayml._private import faults
 from rayml.config import ServeJobConfig
+from rayml.feedback import LabelStats
 from rayml.serve._drift import DriftStore, Row, gauge_values, quality_deltas
 from rayml.serve._ingress import Ingress
 from rayml.serve._metrics import GAUGE_REFRESH_S
 from rayml.serve._model import ModelServer
 from rayml.serve._spec import INGRESS, STATS, AppSpec, ModelSpec, VersionSpec, check_spec, code_version
-from rayml.serve._stats import StatsStore
+from rayml.serve._stats import StatsStore, VersionStats
 
 logger = logging.getLogger("rayml.serve")
 
@@ -42,21 +43,66 @@ class RaymlStats:
         drift: thresholds and ``min_rows`` as a :class:`~rayml.config.DriftConfig` dict.
     """
 
-    def __init__(self, drift_window_s: float = 300.0, drift: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        drift_window_s: float = 300.0,
+        drift: dict[str, Any] | None = None,
+        live_quality_window_s: float = 3600.0,
+        live_join_max_predictions: int = 200_000,
+    ) -> None:
         from rayml.config import DriftConfig
-        from rayml.serve._metrics import DriftMetrics
+        from rayml.serve._metrics import DriftMetrics, QualityMetrics
 
-        self.store = StatsStore()
+        # labels may come an hour after their predictions: keep the buckets of the whole live-quality window
+        self.store = StatsStore(retention_s=max(3600.0, live_quality_window_s))
+        self.store.live.max_predictions = live_join_max_predictions
+        self.live_quality_window_s = live_quality_window_s
+        self._tasks: dict[str, str] = {}  # model -> task, of models that received labels
+        self._quality_metrics = QualityMetrics()
         self.drift = DriftStore(drift_window_s, DriftConfig.model_validate(drift or {}))
         self._drift_metrics = DriftMetrics()
-        self._lock = threading.Lock()  # the drift store is read by the gauge refresher thread too
+        self._lock = threading.Lock()  # the drift and stats stores are read by the gauge refresher thread too
         threading.Thread(target=self._refresh_gauges_forever, name="rayml-drift-gauges", daemon=True).start()
 
     def push(self, rows: list[tuple[int, str, int, str, dict[str, Any]]]) -> None:
-        self.store.push(rows)
+        with self._lock:
+            self.store.push(rows)
+
+    def push_predictions(self, rows: list[tuple[Any, ...]]) -> None:
+        """Captured answers from an ingress replica, held for the live join with their labels."""
+        with self._lock:
+            self.store.push_predictions(rows)
+
+    def label(self, model: str, task: str, positive: str | None, entries: list[tuple[str, int, str]]) -> dict[str, int]:
+        """Join labels to held answers (their quality counts in the buckets of the predictions' time)."""
+        with self._lock:
+            self._tasks[model] = task
+            counts = self.store.label(model, task, positive, entries)
+        self._publish_quality(model)
+        return counts
+
+    def live_quality(self, model: str, since: float | None = None) -> dict[int, dict[str, Any]]:
+        """Per version: labelled predictions and live metrics since ``since`` (default: the live-quality window)."""
+        since = time.time() - self.live_quality_window_s if since is None else since
+        with self._lock:
+            window = self.store.window(model, since, None)
+            task = self._tasks.get(model, "regression")
+        per_version: dict[int, LabelStats] = {}
+        for key, stats in window.items():
+            version = int(key.partition("/")[0])
+            s = VersionStats(**stats).label_stats
+            if s.labelled:
+                per_version.setdefault(version, LabelStats()).merge(s)
+        return {v: {"task": task, **s.summary(task)} for v, s in sorted(per_version.items())}
+
+    def _publish_quality(self, model: str) -> None:
+        for version, q in self.live_quality(model).items():
+            metrics = {k: v for k, v in q.items() if k in ("mae", "rmse", "accuracy", "error_rate", "logloss")}
+            self._quality_metrics.publish(model, version, q["labelled"], metrics)
 
     def window(self, model: str, since: float, until: float | None = None) -> dict[str, dict[str, Any]]:
-        return self.store.window(model, since, until)
+        with self._lock:
+            return self.store.window(model, since, until)
 
     def started_at(self) -> float:
         """When this replica's counts begin (a rollout never judges a window that began before)."""
@@ -93,8 +139,10 @@ class RaymlStats:
                 for model, versions in self.drift_report().items():
                     for version, report in versions.items():
                         self._drift_metrics.publish(model, version, gauge_values(report))
+                for model in list(self._tasks):
+                    self._publish_quality(model)
             except Exception as e:  # never let the refresher die: the next tick tries again
-                logger.warning("could not refresh the drift gauges: %s", e)
+                logger.warning("could not refresh the drift and quality gauges: %s", e)
 
 
 def _hash(*parts: Any) -> str:
@@ -172,7 +220,12 @@ def build_application(spec: AppSpec) -> Application:
     bound = {
         v.deployment: model_deployment(spec, m, v) for m in spec.models.values() if m.placement == "replicas" for v in m.versions
     }
-    drift = {"drift_window_s": spec.drift_window_s, "drift": spec.drift.model_dump()}
+    drift = {
+        "drift_window_s": spec.drift_window_s,
+        "drift": spec.drift.model_dump(),
+        "live_quality_window_s": spec.live_quality_window_s,
+        "live_join_max_predictions": spec.live_join_max_predictions,
+    }
     # @serve.deployment made both Deployments; mypy keeps a class decorator's input type (python/mypy#3135)
     stats = _pin_version(RaymlStats.options(name=STATS), _hash(code_version(), "stats", drift)).bind(**drift)  # type: ignore[attr-defined]
     ingress = Ingress.options(  # type: ignore[attr-defined]

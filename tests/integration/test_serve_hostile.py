@@ -45,12 +45,13 @@ def app(serve_http: dict, tmp_path_factory: pytest.TempPathFactory, _registry_te
     registry = Registry(f"sqlite:///{db}")
     register_tiny_model(registry, MODEL, seed=0)
     register_tiny_model(registry, BROKEN, seed=1)
+    captures = tmp_path_factory.mktemp("hostile-captures")  # capture on: generated labels reach a real label store
     cfg = load_config(
         ServeJobConfig,
         None,
         [
             f"serve.port={serve_http['port']}",
-            f"serve.models={{{MODEL}: {{versions: [{{version: 1, weight: 1.0}}]}}, "
+            f"serve.models={{{MODEL}: {{versions: [{{version: 1, weight: 1.0}}], capture: {{destination: {captures}}}}}, "
             f"{BROKEN}: {{versions: [{{version: 1, weight: 1.0}}]}}}}",
             *LIGHT_SERVE,
             "serve.request_read_timeout_s=2",
@@ -301,3 +302,14 @@ def test_readiness_never_shows_an_exception_text() -> None:
     assert body == {"ready": False, "not_ready": {"m:1": "not ready (see `rayml serve status` or the ingress log for why)"}}
     state.spec = spec.model_copy(update={"auth": [object()]})  # API keys on
     assert json.loads(asyncio.run(ready(ingress)).body) == {"ready": False, "not_ready_versions": 1}
+
+
+def test_labels_take_the_keys_of_inference_and_a_model_without_capture_says_how_to_turn_it_on(app: dict) -> None:
+    url, body = app["url"], [{"inference_id": "x1", "label": 1.0}]
+    assert httpx.post(f"{url}/v2/models/{MODEL}/labels", json=body, timeout=30).status_code == 401
+    scoped = {"authorization": f"Bearer {SCOPED_KEY}"}
+    assert httpx.post(f"{url}/v2/models/{BROKEN}/labels", json=body, headers=scoped, timeout=30).status_code == 403
+    ok = httpx.post(f"{url}/v2/models/{MODEL}/labels", json=body, headers=scoped, timeout=30)
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1 and ok.json()["unknown"] == 1, ok.text
+    off = httpx.post(f"{url}/v2/models/{BROKEN}/labels", json=body, headers=AUTH, timeout=30)
+    assert off.status_code == 409 and f"serve.models.{BROKEN}.capture" in _json_error(off)

@@ -51,4 +51,10 @@ def test_parse() -> None:
 def test_a_spec_deployed_before_the_hook_moved_still_reads_back() -> None:
     # running applications and rendered manifests of earlier releases carry `fault: null` in every version
     version = VersionSpec.model_validate({"version": 1, "weight": 1.0, "deployment": "model-m-v1", "fault": None})
-    assert version.model_dump() == {"version": 1, "weight": 1.0, "deployment": "model-m-v1", "local_path": None}
+    assert version.model_dump() == {
+        "version": 1,
+        "weight": 1.0,
+        "deployment": "model-m-v1",
+        "local_path": None,
+        "offline_metrics": {},
+    }
