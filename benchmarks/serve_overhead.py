@@ -12,13 +12,18 @@ with ``rayml.register_model``) is served four ways, side by side, and loaded by 
 - ``ray one-hop``: what a user writes first in Ray Serve: one deployment that parses the v2 body and runs ONNX
   Runtime itself (``_serving.OneHopOnnx``);
 - ``mlflow models serve``: the version's MLflow model served by MLflow (uvicorn, one process, ``--env-manager local``)
-  with its own request format (``dataframe_split``) for the same rows.
+  with its own request format (``dataframe_split``) for the same rows;
+- ``rayml capture 100%``: a single-model rayml application serving the same file with payload capture of every
+  request to a local folder, against its twin without capture (each its own ingress process), at concurrency 8 with
+  1-row requests and three times the rounds (what capture costs the serving path; the default 10 s flush interval).
 
 At concurrency 1 and 16, with 1-row and 100-row requests: p50, p99 and req/s of each. Then:
 
     RESULT serve_overhead p50_ratio_vs_ray_one_hop=<rayml p50 / one-hop p50, concurrency 1, 1 row> target<=1.3
     RESULT serve_overhead throughput_ratio_vs_ray_one_hop=<rayml / one-hop req/s, concurrency 16, 1 row> target>=0.9
     RESULT serve_overhead throughput_ratio_vs_mlflow=<rayml / mlflow req/s, concurrency 16, 1 row> target>=1.0
+    RESULT serve_overhead capture_p50_ratio=<capture 100% p50 / capture off p50, concurrency 8, 1 row> target<=1.05
+    RESULT serve_overhead capture_throughput_ratio=<capture 100% / capture off req/s, concurrency 8, 1 row> target>=0.95
 
 Usage: python benchmarks/serve_overhead.py [--seconds 4] [--rounds 2]
 """
@@ -37,6 +42,7 @@ from _serving import OneHopOnnx, compare, free_port, result
 from ray import serve
 
 P50_TARGET, THROUGHPUT_TARGET, MLFLOW_TARGET = 1.3, 0.9, 1.0
+CAPTURE_P50_TARGET, CAPTURE_THROUGHPUT_TARGET = 1.05, 0.95
 
 
 def _start_mlflow(model_uri: str, tracking_uri: str, port: int, home: str) -> subprocess.Popen:
@@ -92,6 +98,7 @@ def main() -> None:
         for _ in range(3):  # the same file as three versions of another name, for the canary + shadow app
             rayml.register_model(model, name="cancer-canary", sample=df, target="target", registry=registry)
         rayml.register_model(model, name="cancer-replicas", sample=df, target="target", registry=registry)
+        rayml.register_model(model, name="cancer-capture", sample=df, target="target", registry=registry)
         onnx_file = str(registry.load(info.ref).model_dir.model_file)
 
         port, mlflow_port = free_port(), free_port()
@@ -111,6 +118,20 @@ def main() -> None:
             ],
         )
         deploy(cfg, registry=registry)
+        # capture: two single-model applications that differ only in capture (each its own ingress process)
+        for app, capture in (("plain", ""), ("capture", f", capture: {{percent: 100, destination: {home}/captures}}")):
+            twin = load_config(
+                ServeJobConfig,
+                None,
+                [
+                    f"serve.port={port}",
+                    f"serve.app_name={app}",
+                    f"serve.route_prefix=/{app}",
+                    f"serve.models={{cancer-capture: {{versions: [{{version: 1}}]{capture}}}}}",
+                    "serve.ingress.num_cpus=0.25",
+                ],
+            )
+            deploy(twin, registry=registry)
         serve.run(OneHopOnnx.options(name="one-hop").bind(onnx_file), name="one-hop", route_prefix="/one-hop")
         mlflow_server = _start_mlflow(f"models:/cancer/{info.version}", registry.tracking_uri, mlflow_port, home)
 
@@ -130,6 +151,12 @@ def main() -> None:
             for concurrency in (1, 16):
                 label = f"[{rows} row(s), concurrency {concurrency}] "
                 figures[rows, concurrency] = compare(sides, concurrency, args.seconds, args.rounds, label=label)
+            if rows == 1:  # the capture pair: more rounds, its difference is small next to the noise of 2 cores
+                capture_sides = {
+                    "rayml (capture off)": (f"{base}/plain/v2/models/cancer-capture/infer", v2),
+                    "rayml capture 100%": (f"{base}/capture/v2/models/cancer-capture/infer", v2),
+                }
+                figures[rows, 8] = compare(capture_sides, 8, args.seconds, 3 * args.rounds, label="[1 row(s), concurrency 8] ")
 
         print(f"\n{'server':22s} {'rows':>4s} {'conc':>4s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s}")
         for (rows, concurrency), got in figures.items():
@@ -143,6 +170,13 @@ def main() -> None:
         result("serve_overhead", "throughput_ratio_vs_ray_one_hop", tput, ">=", THROUGHPUT_TARGET)
         vs_mlflow = c16["rayml"]["rps"] / c16["mlflow models serve"]["rps"]
         result("serve_overhead", "throughput_ratio_vs_mlflow", vs_mlflow, ">=", MLFLOW_TARGET)
+        c8 = figures[1, 8]
+        captured = sum(1 for _ in Path(home, "captures").rglob("*.parquet"))
+        print(f"capture: {captured} Parquet files written under {home}/captures")
+        cap_p50 = c8["rayml capture 100%"]["p50_ms"] / c8["rayml (capture off)"]["p50_ms"]
+        result("serve_overhead", "capture_p50_ratio", cap_p50, "<=", CAPTURE_P50_TARGET)
+        cap_tput = c8["rayml capture 100%"]["rps"] / c8["rayml (capture off)"]["rps"]
+        result("serve_overhead", "capture_throughput_ratio", cap_tput, ">=", CAPTURE_THROUGHPUT_TARGET)
     finally:
         if mlflow_server is not None:
             mlflow_server.terminate()

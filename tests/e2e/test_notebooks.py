@@ -27,6 +27,7 @@ NOTEBOOKS = [
     "03_serving_canary_shadow.ipynb",
     "04_monitoring_drift.ipynb",
     "05_bring_your_own_model.ipynb",
+    "06_closed_loop.ipynb",
 ]
 CELL_TIMEOUT_S = 240  # one cell; a whole notebook takes ~30 s on a quiet laptop
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -17,10 +17,11 @@ EXPECTED = [
     "03_serving_canary_shadow.ipynb",
     "04_monitoring_drift.ipynb",
     "05_bring_your_own_model.ipynb",
+    "06_closed_loop.ipynb",
 ]
 
 
-def test_the_five_notebooks_exist() -> None:
+def test_the_six_notebooks_exist() -> None:
     assert sorted(p.name for p in NOTEBOOKS_DIR.glob("*.ipynb")) == EXPECTED
 
 
