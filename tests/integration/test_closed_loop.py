@@ -1,6 +1,8 @@
 """The closed loop on real Serve: every answer has an inference id, captured answers reach Parquet (excluded columns
 never do), labels posted over HTTP are validated, stored and joined live, and a rollout whose candidate is fast and
-healthy but wrong is rolled back on live quality while a good one is promoted."""
+healthy but wrong is rolled back on live quality while a good one is promoted. The application follows the registry's
+aliases throughout (serve.follow_aliases, as a user who wants alias-driven deployment runs it): a moved `production`
+is served with no `serve up`, and the follower leaves a model under rollout to its rollout."""
 
 from __future__ import annotations
 
@@ -37,8 +39,12 @@ def loop(serve_http: dict, tmp_path_factory: pytest.TempPathFactory, _registry_t
     register_tiny_model(registry, MODEL, seed=0)  # v1: the baseline
     register_tiny_model(registry, MODEL, seed=0)  # v2: a good candidate (the same answers)
     register_tiny_model(registry, MODEL, seed=0, output_scale=1.5)  # v3: fast, healthy and wrong
+    registry.set_alias(MODEL, 1, "production")
     captures = tmp_path_factory.mktemp("captures")
     overrides = [
+        "serve.follow_aliases=true",
+        "serve.alias_poll_interval_s=0.5",
+        f"rollout.state_dir={tmp_path_factory.mktemp('rollouts')}",  # the follower reads the same rollout states
         f"serve.port={serve_http['port']}",
         *LIGHT_SERVE,
         f"serve.models.{MODEL}.deployment.num_cpus=0.1",
@@ -53,9 +59,8 @@ def loop(serve_http: dict, tmp_path_factory: pytest.TempPathFactory, _registry_t
         "rollout.min_labels=20",
     ]
     capture = f"{{destination: {captures}, exclude_columns: [promo], flush_interval_s: 0.5}}"
-    cfg = load_config(
-        ServeJobConfig, None, [*overrides, f"serve.models={{{MODEL}: {{versions: [{{version: 1}}], capture: {capture}}}}}"]
-    )
+    served = f"serve.models={{{MODEL}: {{versions: [{{version: production}}], capture: {capture}}}}}"
+    cfg = load_config(ServeJobConfig, None, [*overrides, served])
     deploy(cfg, registry=registry)
     url = serve_http["url"]
     # the truth: v1's answers with 5% noise, so the baseline is good but not perfect
@@ -164,8 +169,12 @@ def _rollout(loop: dict, candidate: int, timeout_s: float = 120) -> tuple[Any, l
     raise AssertionError(f"rollout did not finish: {load_state(loop['cfg'], MODEL)[0]}")
 
 
-def test_a_healthy_but_wrong_candidate_is_rolled_back_on_live_quality_and_a_good_one_promoted(loop: dict, tmp_path: Path) -> None:
-    loop["cfg"].rollout.state_dir = str(tmp_path / "rollouts")
+def _production(loop: dict) -> int:
+    return int(loop["registry"].resolve(f"{MODEL}@production").version)
+
+
+def test_a_healthy_but_wrong_candidate_is_rolled_back_on_live_quality_and_a_good_one_promoted(loop: dict) -> None:
+    good = 2 if _production(loop) == 1 else 1  # v1 and v2 answer alike: the other one is a good candidate
     load = LabelledLoad(loop["url"], loop["truth"])
     load.start()
     try:
@@ -176,57 +185,42 @@ def test_a_healthy_but_wrong_candidate_is_rolled_back_on_live_quality_and_a_good
         quality = failed["snapshot"]["live_quality_since_start"]
         assert quality["candidate"]["mae"] > quality["baseline"]["mae"] and quality["candidate"]["labelled"] >= 20
         assert not any("error rate" in reason for reason in failed["reasons"])  # it was healthy: only quality failed
-        good, _ = _rollout(loop, 2)
-        assert good.phase == "promoted", good
-        assert good.last_check["live_quality_since_start"]["candidate"]["labelled"] >= 20
+        promoted, _ = _rollout(loop, good)
+        assert promoted.phase == "promoted", promoted
+        assert promoted.last_check["live_quality_since_start"]["candidate"]["labelled"] >= 20
+        assert _production(loop) == good  # the rollout moved the alias; the follower left its traffic alone
     finally:
         load.stop()
     statuses = [s for _, s, _ in load.results]
     assert statuses.count(200) == len(statuses), set(statuses)  # no caller saw a failure through all of it
 
 
-def test_a_served_alias_that_moves_is_followed_without_serve_up(loop: dict, tmp_path: Path) -> None:
-    """serve.follow_aliases: `version: production` follows the alias (blue/green); moving `canary` to a version
-    without a passed gate is refused in the audit log."""
-    from rayml.serve import undeploy
+def test_a_served_alias_that_moves_is_followed_without_serve_up(loop: dict) -> None:
+    """`version: production` follows the alias (blue/green); moving `canary` to a version without a passed gate is
+    refused in the audit log."""
     from rayml.serve._rollout_runtime import state_dir
 
     registry: Registry = loop["registry"]
-    registry.set_alias(MODEL, 1, "production")
-    cfg = load_config(
-        ServeJobConfig,
-        None,
-        [
-            f"serve.port={loop['cfg'].serve.port}",
-            *LIGHT_SERVE,
-            "serve.app_name=follow",
-            "serve.route_prefix=/follow",
-            f"serve.models={{{MODEL}: {{versions: [{{version: production}}]}}}}",
-            "serve.follow_aliases=true",
-            "serve.alias_poll_interval_s=0.5",
-            f"rollout.state_dir={tmp_path / 'rollouts'}",
-        ],
-    )
-    deploy(cfg, registry=registry)
-    url = f"{loop['url']}/follow/v1/models/{MODEL}:predict"
+    now = _production(loop)
+    moved = 2 if now == 1 else 1
+    url = f"{loop['url']}/v1/models/{MODEL}:predict"
+    assert httpx.post(url, json={"instances": ROWS[:1]}, timeout=30).headers["x-rayml-model-version"] == str(now)
+    registry.set_alias(MODEL, moved, "production")  # `rayml models alias loop-model N production`, nothing else
+    deadline = time.monotonic() + 90
+    seen = str(now)
+    while time.monotonic() < deadline and seen != str(moved):
+        r = httpx.post(url, json={"instances": ROWS[:1]}, timeout=30)
+        assert r.status_code == 200, r.text  # blue/green: no caller sees the switch
+        seen = r.headers["x-rayml-model-version"]
+        time.sleep(0.2)
+    assert seen == str(moved), "the served alias was not followed"
     try:
-        assert httpx.post(url, json={"instances": ROWS[:1]}, timeout=30).headers["x-rayml-model-version"] == "1"
-        registry.set_alias(MODEL, 2, "production")  # `rayml models alias loop-model 2 production`, nothing else
-        deadline = time.monotonic() + 90
-        seen = "1"
-        while time.monotonic() < deadline and seen != "2":
-            r = httpx.post(url, json={"instances": ROWS[:1]}, timeout=30)
-            assert r.status_code == 200, r.text  # blue/green: no caller sees the switch
-            seen = r.headers["x-rayml-model-version"]
-            time.sleep(0.2)
-        assert seen == "2", "the served alias was not followed"
         registry.set_alias(MODEL, 3, "canary")  # v3 has no gate verdict: refused, and said why
-        audit = state_dir(cfg) / "follow" / f"{MODEL}.audit.jsonl"
+        audit = state_dir(loop["cfg"]) / loop["cfg"].serve.app_name / f"{MODEL}.audit.jsonl"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "alias_rollout_refused" not in (audit.read_text() if audit.exists() else ""):
             time.sleep(0.2)
         assert "alias_rollout_refused" in audit.read_text() and "alias_followed" in audit.read_text()
-        assert httpx.post(url, json={"instances": ROWS[:1]}, timeout=30).headers["x-rayml-model-version"] == "2"
+        assert httpx.post(url, json={"instances": ROWS[:1]}, timeout=30).headers["x-rayml-model-version"] == str(moved)
     finally:
         registry.delete_alias(MODEL, "canary")
-        undeploy(cfg, keep_ray=True)
