@@ -17,7 +17,7 @@ from rayml.errors import TrainingError
 from rayml.registry import ModelVersionInfo, Registry
 from rayml.train import PreparedData, export_model_dir, lineage_tags, spec_for
 from rayml.tune._mlflow import SEARCH_TAG
-from rayml.tune._report import CURVES_FILE, RESULTS_FILE, TrialSummary, learning_curves_png, results_csv
+from rayml.tune._report import CURVES_FILE, RESULTS_FILE, TrialSummary, learning_curves_png, results_csv, trial_id_of
 
 logger = logging.getLogger("rayml.tune")
 
@@ -94,7 +94,13 @@ def _best_checkpoint(cfg: TuneJobConfig, grid: Any, best: TrialSummary) -> Any:
     """The best trial's checkpoint at its best epoch: a Tune checkpoint (single worker) or its trainer run's (Ray Train)."""
     import ray.train
 
-    result = next(r for r in grid if r.path.rstrip("/").endswith(f"trial_{best.trial_id}"))
+    # the same id the summaries were made with: after a resumed search a result's folder need not carry it
+    result = next((r for r in grid if trial_id_of(r) == best.trial_id), None)
+    if result is None:
+        raise TrainingError(
+            f"the best trial {best.trial_id} is not among the search's results",
+            hint="rerun the same command with --resume; if it persists, start the search anew (a new tune.name)",
+        )
     checkpoint = None
     if result.best_checkpoints:
         checkpoint = result.get_best_checkpoint(cfg.tune.metric, cfg.resolved_mode)

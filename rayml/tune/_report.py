@@ -60,12 +60,17 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def trial_id_of(result: Any) -> str:
+    """A Tune result's trial id: the one it reported, else its folder's name (``trial_<id>``)."""
+    return str((result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_"))
+
+
 def summarize(results: Any, cfg: TuneJobConfig, run_ids: dict[str, str]) -> list[TrialSummary]:
     """Summaries of every trial in a Tune ``ResultGrid``, best first (failed and metric-less trials last)."""
     metric, mode = cfg.tune.metric, cfg.resolved_mode
     out = []
     for r in results:
-        trial_id = str((r.metrics or {}).get("trial_id") or r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_"))
+        trial_id = trial_id_of(r)
         params = decode(cfg, r.config or {})
         df = r.metrics_dataframe
         curve: list[tuple[int, float]] = []
