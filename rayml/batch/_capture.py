@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from rayml._private import fs
 from rayml.batch._ledger import InputFile, LedgerEntry, OutputDir, delete_capture_file
-from rayml.feedback import CAPTURE_SCHEMA, capture_dir, class_text, hour_partition
+from rayml.feedback import CAPTURE_SCHEMA, binary_classes, capture_dir, hour_partition
 from rayml.models import ModelDir, segment_groups
 
 logger = logging.getLogger("rayml.batch")
@@ -190,7 +190,7 @@ class BatchCapture:
             return values.cast(pa.float64()), pa.nulls(n, pa.string()), pa.nulls(n, pa.list_(pa.float64()))
         if self.task == "binary":
             p = values.cast(pa.float64())
-            neg, pos = (class_text(c) for c in (list(self.class_labels) or [0, 1])[:2])
+            neg, pos = binary_classes(self.class_labels)
             label = pc.if_else(pc.greater_equal(p, 0.5), pa.scalar(pos, pa.string()), pa.scalar(neg, pa.string()))
             return p, label, pa.nulls(n, pa.list_(pa.float64()))
         # multiclass: the label column is string or int64; class_text of an integer is its decimal text, as here

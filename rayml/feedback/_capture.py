@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayml.feedback._store import CAPTURE_SCHEMA, capture_dir, class_text, hour_partition, write_table
+from rayml.feedback._store import (
+    CAPTURE_SCHEMA,
+    binary_classes,
+    capture_dir,
+    class_text,
+    hour_partition,
+    write_table,
+)
 
 logger = logging.getLogger("rayml.feedback")
 
@@ -59,7 +66,7 @@ def predictions_of(
         return first.reshape(n, -1)[:, 0].astype(np.float64).tolist(), [None] * n, [None] * n
     if task == "binary":
         p = first.reshape(n, -1)[:, -1].astype(np.float64)
-        neg, pos = (class_text(c) for c in (class_labels or [0, 1])[:2])
+        neg, pos = binary_classes(class_labels)
         return p.tolist(), [pos if x >= 0.5 else neg for x in p.tolist()], [None] * n
     labels = [class_text(x) for x in first.reshape(n).tolist()]
     probs = np.asarray(outputs[1], dtype=np.float64).tolist() if len(outputs) > 1 else [None] * n

@@ -183,6 +183,13 @@ def class_text(value: Any) -> str | None:
     return None
 
 
+def binary_classes(class_labels: Sequence[Any]) -> tuple[str, str]:
+    """A binary model's (negative, positive) classes as text: its first two classes, or 0 and 1 when it records none.
+    The positive class is the one whose probability the model outputs."""
+    neg, pos = (class_text(c) for c in (list(class_labels) or [0, 1])[:2])
+    return neg or "0", pos or "1"
+
+
 def validate_labels(
     entries: Any, model: str, task: str, class_labels: Sequence[Any], source: str, received_at: dt.datetime | None = None
 ) -> LabelBatch:

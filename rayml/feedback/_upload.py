@@ -164,8 +164,7 @@ def upload_labels(
     table = batch.table
     firsts = first_labels(table)
     keys = ["inference_id", "row"]
-    # select again: read_labels answers every column when nothing is stored yet
-    stored = read_labels(destination, model, columns=[*keys, "label"]).select([*keys, "label"]).rename_columns([*keys, "_kept"])
+    stored = read_labels(destination, model, columns=[*keys, "label"]).rename_columns([*keys, "_kept"])
     # which entries repeat a label: earlier in this file, or already stored (the stored one wins)
     kept = firsts.select([*keys, "label"]).rename_columns([*keys, "_first"])
     with_first = table.join(kept, keys, join_type="left outer").join(stored, keys, join_type="left outer")

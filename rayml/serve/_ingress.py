@@ -37,8 +37,8 @@ from ray.serve.exceptions import BackPressureError
 from rayml.feedback import (
     Captured,
     CaptureWriter,
+    binary_classes,
     check_inference_id,
-    class_text,
     inputs_for_capture,
     new_inference_id,
     predictions_of,
@@ -96,6 +96,7 @@ class _Model:
     spec: ModelSpec
     route: ModelRoute
     handles: dict[int, Any]
+    excluded: frozenset[str] = frozenset()  # capture.exclude_columns, built once per routing table
 
 
 @dataclass
@@ -252,7 +253,8 @@ class Ingress:
                 for v in m.versions
                 if m.placement == "replicas"
             }
-            models[name] = _Model(spec=m, route=m.route(salt=spec.route_salt), handles=handles)
+            excluded = frozenset(m.capture.exclude_columns) if m.capture else frozenset()
+            models[name] = _Model(spec=m, route=m.route(salt=spec.route_salt), handles=handles, excluded=excluded)
         old = self._state
         ready = dict(old.ready) if old else {}
         for deployment in self._inline.wanted(spec):
@@ -495,9 +497,7 @@ class Ingress:
         await self._push_predictions(stats)  # this replica's answers of the last second, so their labels join now
         t = batch.table
         entries = list(zip(t["inference_id"].to_pylist(), t["row"].to_pylist(), t["label"].to_pylist(), strict=True))
-        positive = class_text(sig.class_labels[1]) if m.spec.task == "binary" and len(sig.class_labels) > 1 else None
-        if m.spec.task == "binary" and positive is None:
-            positive = "1"
+        positive = binary_classes(sig.class_labels)[1] if m.spec.task == "binary" else None
         try:
             counts = await stats.label.remote(m.spec.name, m.spec.task, positive, entries)
         except Exception as e:  # stored all the same: `rayml monitor quality` joins them
@@ -626,7 +626,7 @@ class Ingress:
             task=sig.task,
             class_labels=sig.class_labels,
             outputs=outputs,
-            inputs=inputs_for_capture(feed, frozenset(c.exclude_columns)),
+            inputs=inputs_for_capture(feed, m.excluded),
             segment=segment,
             max_rows_per_file=c.max_rows_per_file,
             flush_interval_s=c.flush_interval_s,
