@@ -8,6 +8,7 @@ created lazily inside replicas (they need a running Ray).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any, cast
 
 # Fewer, coarser buckets than the stats histogram: every bucket is a Prometheus time series per label set.
@@ -139,12 +140,40 @@ class ModelMetrics:
             description="Batches not counted for online drift (counting failed, or its queue was full); answered anyway.",
             tag_keys=_tag_keys("model", "version"),
         )
+        self.quality_rows = metrics.Counter(
+            "rayml_data_quality_rows_total",
+            description="Served rows checked for data quality (the rows counted for online drift): what "
+            "rayml_data_quality_total is a share of.",
+            tag_keys=_tag_keys("model", "version"),
+        )
 
 
 @functools.cache
 def model_metrics() -> ModelMetrics:
     """This process's :class:`ModelMetrics` (one set of metric objects, however many versions the process runs)."""
     return ModelMetrics()
+
+
+class DependencyMetrics:
+    """Library versions a served version was registered with against those of the process that runs it (see
+    :mod:`rayml.serve._dependencies` for which differences count)."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.mismatch = metrics.Gauge(
+            "rayml_dependency_mismatch",
+            description="1: the version runs here on a library version that differs from the one it was registered "
+            "with (rayml: any; onnxruntime, its converter and torch: major.minor); 0: the same (an info series "
+            "naming both versions). One series per compared library.",
+            tag_keys=_tag_keys("model", "version", "library", "recorded", "installed"),
+        )
+
+    def publish(self, model: str, version: int, dependencies: Iterable[Any]) -> None:
+        """Set one series per compared library (``dependencies``: :class:`rayml.serve._dependencies.Dependency`)."""
+        for d in dependencies:
+            tags = {"model": model, "version": str(version), "library": d.library, "recorded": d.recorded}
+            self.mismatch.set(1 if d.mismatch else 0, tags={**tags, "installed": d.installed})
 
 
 class DriftMetrics:

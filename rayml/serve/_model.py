@@ -13,6 +13,9 @@ into the version's reference bins on a one-thread executor once DRIFT_BATCH_ROWS
 logged and counted in ``rayml_drift_errors_total``), and the counts are pushed to the stats deployment every flush
 interval (see :mod:`rayml.serve._drift`).
 
+Dependency changes: once loaded, a version's recorded library versions (rayml, onnxruntime, its converter) are
+compared with this process's and exported as ``rayml_dependency_mismatch`` (see :mod:`rayml.serve._dependencies`).
+
 Test-only fault hook (``rayml.testing.serve_faults``, which reaches a replica as its private ``_fault`` init
 argument and an ingress as ``_faults``; never from config): ``raise`` makes every prediction raise, ``sleep:S``
 sleeps S seconds before predicting, ``scale:K`` multiplies the float outputs by K ("wild outputs"; a multiclass
@@ -32,6 +35,7 @@ from ray import serve
 
 from rayml._private.faults import parse_serve_fault
 from rayml.models import KIND_MODEL, ModelDir
+from rayml.serve._dependencies import Dependency, check_model_dir, dependency_gauges
 
 logger = logging.getLogger("rayml.serve")
 
@@ -75,6 +79,7 @@ class _Version:
     version: int
     _fault: tuple[str, float]
     _tags: dict[str, str]
+    dependencies: list[Dependency]  # recorded vs installed library versions (rayml_dependency_mismatch)
     _batches: bool = True  # runs dynamic batches: rayml_batch_rows says how full they are
 
     def _open(self, model: str, version: int, tracking_uri: str, local_path: str | None, fault: str | None) -> float:
@@ -110,6 +115,18 @@ class _Version:
         self._drift_closed = False
         self._drift_last_log = 0.0
         self._metrics.load_time.observe(self.load_time_s, tags=self._tags)
+        self.dependencies = self._check_dependencies()
+
+    def _check_dependencies(self) -> list[Dependency]:
+        """Compare the library versions this version was registered with to this process's and export the result
+        (``rayml_dependency_mismatch``, see :mod:`rayml.serve._dependencies`); a failed check never fails the load."""
+        try:
+            found = check_model_dir(self.model, self.version, self.model_dir)
+            dependency_gauges().show(self, self.model, self.version, found)
+        except Exception as e:
+            logger.warning("could not compare the library versions of %s:%s with this process's: %s", self.model, self.version, e)
+            return []
+        return found
 
     def _reference_for(self, key: str) -> tuple[str, dict[str, Any]] | None:
         """(reference key, reference bins) that rows of multiplexed id ``key`` are counted against; None: no bins."""
@@ -159,7 +176,9 @@ class _Version:
         for (window, key), parts in buffer.items():
             columns = concat_columns([c for c, _ in parts])
             predictions = np.concatenate([p for _, p in parts])
-            self._drift.observe(key, refs[key], columns, predictions, window=window)
+            rows = self._drift.observe(key, refs[key], columns, predictions, window=window)
+            # the rows whose data-quality problems the stats deployment counts: the alert's denominator
+            self._metrics.quality_rows.inc(rows, tags=self._tags)
 
     def _drift_counted(self, future: Any) -> None:
         self._drift_queued -= 1
@@ -188,7 +207,9 @@ class _Version:
             await self._flush_drift(stats, replica)
 
     async def close_drift(self) -> None:
-        """Stop counting this version here: end the flush loop, then push what is pending one last time."""
+        """Stop counting this version here: end the flush loop, then push what is pending one last time. Its
+        dependency series stop being exported too (a retired version)."""
+        dependency_gauges().hide(self)
         self._drift_closed = True
         task, self._drift_task = self._drift_task, None
         if task is not None:
@@ -331,7 +352,10 @@ class _SingleModel(_Version):
             "inputs": [vars(t) for t in self.predictor.inputs],
             "outputs": [vars(t) for t in self.predictor.outputs],
             "lineage": lineage(self.model, self.version, self.model_dir),
+            # its sensitive columns: the ingress leaves them out of payload capture (see inputs_for_capture)
+            "capture_withheld": self.model_dir.withheld_from("capture"),
             "load_time_s": self.load_time_s,
+            "dependencies": [d.to_dict() for d in self.dependencies],
         }
 
 

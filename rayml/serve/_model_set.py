@@ -102,4 +102,6 @@ class ModelSetServer(_BatchedPredict):
             "segments": len(self.model_set.segments),
             "lineage": lineage(self.model, self.version, self.model_dir),
             "load_time_s": self.load_time_s,
+            "dependencies": [d.to_dict() for d in self.dependencies],
+            "capture_withheld": self.model_dir.withheld_from("capture"),
         }

@@ -127,17 +127,28 @@ def test_prometheus_scrapes_requests_by_version_and_drift_gauges(cli_env: dict[s
 
         psi = _wait(
             "no alert-level PSI for price in ray_rayml_feature_drift",
-            lambda: {
-                s["metric"]["version"]: float(s["value"][1])
-                for s in _query(prom, f'ray_rayml_feature_drift{{model="{MODEL}", feature="price", metric="psi"}} > 0.25')
-            }
-            or None,
+            lambda: (
+                {
+                    s["metric"]["version"]: float(s["value"][1])
+                    for s in _query(prom, f'ray_rayml_feature_drift{{model="{MODEL}", feature="price", metric="psi"}} > 0.25')
+                }
+                or None
+            ),
             45,
             lambda: str(_query(prom, '{__name__=~"ray_rayml_(feature_drift|drift_window_rows|data_quality_total)"}')),
         )
         assert set(psi) == {"1", "2"}, psi
         status = _query(prom, f'ray_rayml_feature_drift_status{{model="{MODEL}", feature="price"}}')
         assert {s["metric"]["version"]: s["value"][1] for s in status} == {"1": "2", "2": "2"}, status
+
+        # what RaymlDataQualityErrors divides by: every answered row, counted by the replica that answered it
+        rows_q = f'sum(ray_rayml_data_quality_rows_total{{model="{MODEL}"}})'
+        _wait(
+            "ray_rayml_data_quality_rows_total never reached the 800 rows answered",
+            lambda: [float(s["value"][1]) for s in _query(prom, rows_q)] == [800.0],
+            45,
+            lambda: str(_query(prom, rows_q)),
+        )
 
         # well past two metrics report intervals after the last request, the gauges are still exported (Ray drops a
         # gauge that is not set again; rayml refreshes them every second)

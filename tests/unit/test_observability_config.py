@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,3 +53,36 @@ def test_alert_rules_query_known_metrics() -> None:
     known = _exported_names() | RAY_BUILTIN | RECORDED | PLANNED
     unknown = {n for e in exprs for n in _metric_names(e)} - known
     assert unknown == set()
+
+
+def test_every_alert_has_a_summary_and_a_promtool_test_that_fires_it() -> None:
+    # `make alerts` (part of `make test`) runs these promtool tests: an alert without one would go untested
+    rules = yaml.safe_load((ROOT / "clusters" / "prometheus" / "rules" / "rayml.rules.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert {"RaymlDependencyMismatch", "RaymlDataQualityErrors", "RaymlPredictionDrift"} <= set(alerts)
+    assert [a for a, r in alerts.items() if not r.get("annotations", {}).get("summary")] == []
+    tests = yaml.safe_load((ROOT / "clusters" / "prometheus" / "tests" / "rayml.rules.test.yml").read_text())
+    fired = {c["alertname"] for t in tests["tests"] for c in t.get("alert_rule_test", []) if c.get("exp_alerts")}
+    assert set(alerts) - fired == set()
+
+
+def test_replicas_count_the_rows_data_quality_is_a_share_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rayml_data_quality_rows_total (the denominator of RaymlDataQualityErrors) grows by the rows counted for drift."""
+    from rayml.serve._drift import GLOBAL
+    from rayml.serve._inline import InlineVersion
+    from rayml.testing import instances, write_tiny_model
+
+    path = write_tiny_model(str(tmp_path / "m"), seed=0, name="q").path
+    v = InlineVersion("q", 2, "sqlite:///unused.db", str(path), 1, 300.0, 1.0)
+    added: list[tuple[float, dict[str, str]]] = []
+    monkeypatch.setattr(v._metrics.quality_rows, "inc", lambda n=1.0, tags=None: added.append((n, dict(tags or {}))))
+    rows = instances(7)
+    columns = {
+        t.name: np.asarray([r[t.name] for r in rows], dtype=object if t.datatype == "BYTES" else np.float32)
+        for t in v.predictor.inputs
+    }
+    reference = v._reference_for("")
+    assert reference is not None and reference[0] == GLOBAL
+    v._observe_buffer({(v._drift.current_window(), GLOBAL): [(columns, np.zeros(7))]}, {GLOBAL: reference[1]})
+    assert added == [(7, {"model": "q", "version": "2"})]
+    assert v._drift.drain()[0][2]["rows"] == 7  # the same rows the stats deployment counts problems in
