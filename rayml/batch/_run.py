@@ -23,7 +23,7 @@ from typing import Any
 from rayml._private import constants, fs
 from rayml.batch._capture import BatchCapture, capture_committed
 from rayml.batch._ledger import InputFile, OutputDir, list_inputs, new_attempt_id
-from rayml.batch._score import FileScorer, ScoreSpec
+from rayml.batch._score import SENSITIVE_ID_HINT, FileScorer, ScoreSpec, sensitive_id_problems
 from rayml.config import BatchConfig, BatchJobConfig, ConfigLike, Overrides, dump_config, resolve_config
 from rayml.data import resolve_files
 from rayml.errors import ConfigError, RaymlError
@@ -284,6 +284,9 @@ def _pin_model(registry: Registry, info: ModelVersionInfo, out: OutputDir, b: Ba
     loaded = registry.load(info.ref)
     if loaded.model_dir.is_model_set:
         loaded.model_dir.model_set()  # fail here, once, rather than in every actor
+    sensitive = sensitive_id_problems(b.id_columns or (), loaded.model_dir.withheld_from("batch_output"))
+    if sensitive:  # here, once, before anything is scored: every file would fail alike
+        raise ConfigError(f"batch.id_columns of {info.ref}: {'; '.join(sensitive)}", hint=SENSITIVE_ID_HINT)
     if manifest is None:
         manifest = {
             "format_version": MANIFEST_VERSION,

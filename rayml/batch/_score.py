@@ -18,6 +18,10 @@ string, or int64 when the class labels are integers), for a multiclass model one
 ground-truth labels name it) and ``error``. Rows a model set could not score (a segment without a model and no
 fallback) have a NaN prediction (a null label) and NaN probabilities, and say why in ``error``.
 
+The model's sensitive columns (:meth:`rayml.models.ModelDir.withheld_from` ``("batch_output")``) are never copied to
+the output: left out of "every non-input column", and refused as ``batch.id_columns`` (by the driver, before any file
+is scored). An input error that would quote a sensitive column's value is reported without it.
+
 With ``batch.capture_destination``, the actor also captures each committed file's predictions for the quality join
 (:class:`~rayml.batch._capture.BatchCapture`), after the commit; a capture failure is reported, never a file failure.
 """
@@ -40,8 +44,9 @@ import pyarrow.parquet as pq
 from rayml._private import faults as _faults
 from rayml.batch._capture import INFERENCE_ID, BatchCapture, file_key, inference_ids
 from rayml.batch._ledger import InputFile, LedgerEntry, OutputDir
+from rayml.config.data import matching_pattern
 from rayml.data.schema import UNKNOWN
-from rayml.errors import DataError, DataValidationError, ModelError, RaymlError
+from rayml.errors import DataError, DataValidationError, ModelError, PredictionInputError, RaymlError
 from rayml.models import ModelDir, segment_groups
 from rayml.models.predictor import PROBABILITIES
 from rayml.monitor import DriftCounter
@@ -91,16 +96,25 @@ def key_columns(
     id_columns: tuple[str, ...] | None,
     prediction: str,
     probabilities: Sequence[str] = (),
+    withheld: Sequence[str] = (),
 ) -> list[str]:
-    """The input columns copied to the output: segment columns, then id columns (null = every non-input column).
+    """The input columns copied to the output: segment columns, then id columns (null = every non-input column
+    that is not ``withheld``: the model's sensitive columns, names or patterns).
 
     Raises:
-        DataValidationError: an explicit id column clashes with a column rayml adds.
+        DataValidationError: an explicit id column clashes with a column rayml adds, or is withheld.
     """
     added = set(output_columns(prediction, probabilities))
     if id_columns is None:
-        ids = [c for c in present if c not in inputs and c not in segment_columns and c not in added]
+        ids = [
+            c
+            for c in present
+            if c not in inputs and c not in segment_columns and c not in added and matching_pattern(c, withheld) is None
+        ]
     else:
+        problems = sensitive_id_problems(id_columns, withheld)
+        if problems:
+            raise DataValidationError(problems, hint=SENSITIVE_ID_HINT)
         clash = [c for c in id_columns if c in added]
         if clash:
             raise DataValidationError(
@@ -109,6 +123,22 @@ def key_columns(
             )
         ids = [c for c in id_columns if c not in segment_columns]
     return [*segment_columns, *ids]
+
+
+SENSITIVE_ID_HINT = (
+    "the model was trained with data.sensitive_columns: their values never reach batch output unless its training "
+    "config allows it (data.allow_sensitive_in: [batch_output]); remove them from batch.id_columns"
+)
+
+
+def sensitive_id_problems(id_columns: Sequence[str], withheld: Sequence[str]) -> list[str]:
+    """One problem per ``batch.id_columns`` entry that is one of the model's sensitive columns ([] when none is)."""
+    problems = []
+    for c in id_columns:
+        pattern = matching_pattern(c, withheld)
+        if pattern is not None:
+            problems.append(f"id column {c!r} is sensitive (matches the model's sensitive column pattern {pattern!r})")
+    return problems
 
 
 class FileScorer:
@@ -129,6 +159,9 @@ class FileScorer:
         self.segment_columns = self.model_dir.segment_columns
         self.probability_columns = self.model_dir.probability_columns
         self.reference = _reference(self.model_dir) if spec.drift else None
+        self.withheld = self.model_dir.withheld_from("batch_output")
+        # error messages never quote these columns' values, whatever batch_output allows (logs and the CLI show them)
+        self.sensitive_inputs = [c for c in self.inputs if matching_pattern(c, self.model_dir.sensitive_columns)]
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [
@@ -148,6 +181,8 @@ class FileScorer:
             self._drop_staged(f)
             message = e.message if isinstance(e, RaymlError) else f"{type(e).__name__}: {e}"
             hint = e.hint if isinstance(e, RaymlError) else None
+            if isinstance(e, PredictionInputError):
+                message = self._without_sensitive_values(message)
             logger.warning("input %s failed: %s", f.path, message)
             return {
                 "path": f.path,
@@ -173,6 +208,16 @@ class FileScorer:
             "captured": captured,
             "capture_error": capture_error,
         }
+
+    def _without_sensitive_values(self, message: str) -> str:
+        """A predictor's complaint about the input, unless it names a sensitive column: it may quote the value."""
+        named = [c for c in self.sensitive_inputs if repr(c) in message]
+        if not named:
+            return message
+        return (
+            f"the input does not fit the model in sensitive column(s) {named}: details withheld, they may quote values "
+            "(data.sensitive_columns); check those columns' types and values"
+        )
 
     def _capture(self, f: InputFile, entry: LedgerEntry) -> tuple[int, str]:
         """(rows captured, "") or (-1, why not): the output is committed either way (-1, "": no capture configured)."""
@@ -237,6 +282,7 @@ class FileScorer:
             self.spec.id_columns,
             self.spec.prediction_column,
             self.probability_columns,
+            self.withheld,
         )
         rows = 0
         writer = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import fnmatch
+from collections.abc import Iterable
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -39,6 +41,25 @@ def synthetic_roles(target: str = SYNTHETIC_TARGET) -> dict[str, Any]:
         "segment": list(SYNTHETIC_SEGMENT),
         "ignore_columns": ["date", *(t for t in SYNTHETIC_TARGETS if t != target)],
     }
+
+
+# Where the raw values of a sensitive column may go when the data's owner allows it (data.allow_sensitive_in).
+SensitiveUse = Literal["reference_stats", "batch_output", "capture"]
+SENSITIVE_USES: tuple[str, ...] = get_args(SensitiveUse)
+
+
+def matching_pattern(column: str, patterns: Iterable[str]) -> str | None:
+    """The first of ``patterns`` (column names or fnmatch globs, compared case-insensitively) that ``column``
+    matches, or None.
+
+    The one rule for ``data.forbidden_features`` and ``data.sensitive_columns``: ``"*email*"`` matches
+    ``Customer_Email``, ``"ssn"`` matches ``SSN`` but not ``ssn_hash``.
+    """
+    name = column.casefold()
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(name, pattern.casefold()):
+            return pattern
+    return None
 
 
 class SyntheticConfig(_Section):
@@ -92,6 +113,27 @@ class DataConfig(_Section):
     max_categories: int = Field(
         default=50, ge=1, description="Most frequent categories kept per categorical feature; the rest map to unknown."
     )
+    forbidden_features: list[str] = Field(
+        default_factory=list,
+        description="Columns that must never be features: names or glob patterns (fnmatch, case-insensitive), e.g. "
+        'personal data ["*email*", "ssn", "name"]. A feature that matches one, listed or inferred from the data, '
+        "fails training, tuning and many models with the column and the pattern; keep such a column out with "
+        "ignore_columns. [] (the default) forbids nothing.",
+    )
+    sensitive_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns whose raw values must not leave training: names or glob patterns (fnmatch, "
+        "case-insensitive). They may still be features. The model records them, and their values stay out of the "
+        "reference statistics (a categorical feature gets no bins, a numeric one no min/max), the MLflow input "
+        "example, batch output pass-through columns, serve payload capture and rayml's error messages, unless "
+        "allow_sensitive_in says otherwise.",
+    )
+    allow_sensitive_in: list[SensitiveUse] = Field(
+        default_factory=list,
+        description="Where raw values of sensitive_columns may go after all: `reference_stats` (full bins, so "
+        "their drift is monitored), `batch_output` (copied as pass-through columns), `capture` (serve payload "
+        "capture). [] = nowhere. Error messages and logs never show them.",
+    )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Used when source is `synthetic`.")
 
     @model_validator(mode="before")
@@ -115,6 +157,14 @@ class DataConfig(_Section):
             return [v]
         return v
 
+    @field_validator("forbidden_features", "sensitive_columns")
+    @classmethod
+    def _patterns_not_blank(cls, v: list[str]) -> list[str]:
+        blank = [p for p in v if not p.strip()]
+        if blank:
+            raise ValueError(f"patterns must name columns, got blank pattern(s) {blank} in {v}; e.g. ['*email*', 'ssn']")
+        return v
+
     @model_validator(mode="after")
     def _columns_do_not_overlap(self) -> DataConfig:
         problems = []
@@ -127,6 +177,13 @@ class DataConfig(_Section):
             problems.append(f"target {self.target!r} is also listed as a feature")
         if self.target in self.ignore_columns:
             problems.append(f"target {self.target!r} is also in ignore_columns {self.ignore_columns}")
+        for name in [*(self.numeric_features or []), *(self.categorical_features or [])]:
+            pattern = matching_pattern(name, self.forbidden_features)
+            if pattern is not None:
+                problems.append(
+                    f"feature {name!r} matches forbidden_features pattern {pattern!r} ({self.forbidden_features}); "
+                    "remove it from the feature lists"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

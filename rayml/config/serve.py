@@ -121,7 +121,9 @@ class CaptureConfig(_Section):
     )
     exclude_columns: list[str] = Field(
         default_factory=list,
-        description="Input columns never written (personal or sensitive data); the predictions are still captured.",
+        description="Input columns never written (personal or sensitive data): names or fnmatch patterns, matched "
+        "case-insensitively; the predictions are still captured. The model's own data.sensitive_columns are never "
+        "captured either (unless its data.allow_sensitive_in lists `capture`).",
     )
     queue_size: int = Field(
         default=10_000,

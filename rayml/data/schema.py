@@ -1,23 +1,33 @@
 """Schema inference and validation for tabular data.
 
 A :class:`Schema` is what a model was trained on: the feature columns, each numeric or categorical (with its known
-categories), the target, the task and (multiclass) the class labels. ``validate`` checks a frame against a schema and
-raises one :class:`DataValidationError` that lists every problem. :func:`class_labels_of` reads a multiclass target
-as class labels, the one place that decides what a label is (training, encoding and metrics all go through it).
+categories), the target, the task, (multiclass) the class labels and the feature policy's sensitive columns.
+``validate`` checks a frame against a schema and raises one :class:`DataValidationError` that lists every problem.
+:func:`class_labels_of` reads a multiclass target as class labels, the one place that decides what a label is
+(training, encoding and metrics all go through it).
+
+The feature policy (``data.forbidden_features``, ``data.sensitive_columns``, ``data.allow_sensitive_in``) is
+enforced here, so every way of choosing features gets it: :func:`infer_schema` (train, tune, many models, the
+pipeline) refuses a forbidden feature, listed or inferred, and records the sensitive patterns in the schema, which
+travels with the model (``rayml_model.json``); :func:`apply_feature_policy` does the same for a schema built
+elsewhere (imported models). Messages about a sensitive column never quote its values.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
 
 from rayml.config import DataConfig
+from rayml.config.data import matching_pattern
 from rayml.errors import DataValidationError
 
 UNKNOWN = "__unknown__"
+_WITHHELD = "values not shown (a sensitive column: data.sensitive_columns)"
 # A class label of a multiclass target: a Python int or str (JSON safe, and what the ONNX graph's `label` answers).
 ClassLabel = int | str
 _LABEL_HINT = (
@@ -44,10 +54,26 @@ class Schema:
     task: Literal["regression", "binary", "multiclass"]
     segment: tuple[str, ...] = field(default_factory=tuple)
     classes: tuple[ClassLabel, ...] = ()  # multiclass only: the class labels, sorted (ints numerically, strs lexically)
+    # data.sensitive_columns (names or patterns, any column: features and pass-through ones) and
+    # data.allow_sensitive_in: recorded with the model so serve and batch know them without the training config
+    sensitive: tuple[str, ...] = ()
+    sensitive_allowed_in: tuple[str, ...] = ()
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Feature name -> ``numeric`` | ``categorical``, in feature order."""
+        return {f.name: f.kind for f in self.features}
+
+    def is_sensitive(self, column: str, use: str | None = None) -> bool:
+        """Whether ``column``'s raw values must stay out of ``use`` (one of ``data.allow_sensitive_in``'s values;
+        None: out of everything, messages and logs included)."""
+        if use is not None and use in self.sensitive_allowed_in:
+            return False
+        return matching_pattern(column, self.sensitive) is not None
 
     @property
     def numeric(self) -> list[str]:
@@ -62,6 +88,8 @@ class Schema:
         d["features"] = [{**asdict(f), "categories": list(f.categories)} for f in self.features]
         d["segment"] = list(self.segment)
         d["classes"] = list(self.classes)
+        d["sensitive"] = list(self.sensitive)
+        d["sensitive_allowed_in"] = list(self.sensitive_allowed_in)
         return d
 
     @classmethod
@@ -73,6 +101,8 @@ class Schema:
             task=d["task"],
             segment=tuple(d.get("segment", ())),
             classes=tuple(d.get("classes", ())),
+            sensitive=tuple(d.get("sensitive", ())),
+            sensitive_allowed_in=tuple(d.get("sensitive_allowed_in", ())),
         )
 
 
@@ -185,13 +215,70 @@ def _multiclass_classes(y: pd.Series, target: str) -> tuple[tuple[ClassLabel, ..
     return classes, [rare] if rare else []
 
 
+_FORBIDDEN_HINT = (
+    "a column that matches data.forbidden_features may never be a feature: drop it from the data or list it in "
+    "data.ignore_columns, never in the feature lists"
+)
+
+
+def forbidden_feature_problems(features: Iterable[str], forbidden: Sequence[str], inferred: bool = False) -> list[str]:
+    """One problem per feature that matches a ``data.forbidden_features`` pattern, naming the column and the
+    pattern ([] when none does); ``inferred``: the features were inferred from the data's columns (said in the
+    message, since the user never listed them)."""
+    how = " (inferred from the data: every column not in target, segment or ignore_columns is a feature)" if inferred else ""
+    problems = []
+    for name in features:
+        pattern = matching_pattern(name, forbidden)
+        if pattern is not None:
+            problems.append(f"column {name!r} is a feature{how} but matches data.forbidden_features pattern {pattern!r}")
+    return problems
+
+
+def apply_feature_policy(
+    schema: Schema,
+    forbidden_features: Sequence[str] = (),
+    sensitive_columns: Sequence[str] = (),
+    allow_sensitive_in: Sequence[str] = (),
+) -> Schema:
+    """``schema`` under a feature policy: refused when a feature is forbidden, else with the sensitive patterns
+    recorded (for a schema built without a ``data:`` section, e.g. an imported model's).
+
+    Raises:
+        DataValidationError: every feature that matches a ``forbidden_features`` pattern, with the pattern.
+    """
+    problems = forbidden_feature_problems(schema.feature_names, forbidden_features)
+    if problems:
+        raise DataValidationError(
+            problems,
+            hint="a column that matches forbidden_features may never be a feature: register a model that does not take it",
+        )
+    return replace(schema, sensitive=tuple(sensitive_columns), sensitive_allowed_in=tuple(allow_sensitive_in))
+
+
+def schema_changes(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, Any]:
+    """How a model's features changed from ``old`` to ``new`` (each: feature name -> ``numeric`` | ``categorical``,
+    see :attr:`Schema.kinds`).
+
+    Returns:
+        ``{"added": [names], "removed": [names], "kind_changed": [{"column", "was", "now"}]}``, names sorted.
+    """
+    return {
+        "added": sorted(set(new) - set(old)),
+        "removed": sorted(set(old) - set(new)),
+        "kind_changed": [{"column": n, "was": old[n], "now": new[n]} for n in sorted(set(old) & set(new)) if old[n] != new[n]],
+    }
+
+
 def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
     """Infer the model schema of ``df`` under ``cfg`` (explicit feature lists win over dtype inference).
 
+    The schema records ``cfg.sensitive_columns`` and ``cfg.allow_sensitive_in`` (see :meth:`Schema.is_sensitive`).
+
     Raises:
-        DataValidationError: every missing configured column, a non-binary target for a binary task, a multiclass
-            target that is not integer or string labels (or has fewer than 2 classes, or a class with fewer than 2
-            rows), a numeric feature that holds text, a frame with no features left, all listed at once.
+        DataValidationError: every missing configured column, a feature that matches ``cfg.forbidden_features``
+            (listed or inferred), a non-binary target for a binary task, a multiclass target that is not integer or
+            string labels (or has fewer than 2 classes, or a class with fewer than 2 rows), a numeric feature that
+            holds text, a frame with no features left, all listed at once.
     """
     problems: list[str] = []
     cols = list(df.columns)
@@ -204,13 +291,16 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
                 "set data.segment to your segment column(s), or [] when the data has none"
             )
     excluded = {cfg.target, *cfg.segment, *cfg.ignore_columns}
-    if cfg.numeric_features is None and cfg.categorical_features is None:
+    inferred = cfg.numeric_features is None and cfg.categorical_features is None
+    if inferred:
         candidates = [c for c in df.columns if c not in excluded]
         numeric = [c for c in candidates if not _is_categorical_dtype(df[c])]
         categorical = [c for c in candidates if _is_categorical_dtype(df[c])]
     else:
         numeric = list(cfg.numeric_features or [])
         categorical = list(cfg.categorical_features or [])
+    forbidden = forbidden_feature_problems([str(c) for c in numeric + categorical], cfg.forbidden_features, inferred)
+    problems.extend(forbidden)
     for name in numeric + categorical:
         if name not in df.columns:
             problems.append(f"feature column {name!r} is missing (columns: {cols})")
@@ -238,7 +328,8 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
         if y.isna().any():
             problems.append(f"target {cfg.target!r} has {int(y.isna().sum())} missing value(s); drop those rows first")
     if problems:
-        raise DataValidationError(problems, hint="fix the data or the `data:` section of the config (see `rayml train --help`)")
+        hint = "fix the data or the `data:` section of the config (see `rayml train --help`)"
+        raise DataValidationError(problems, hint=f"{_FORBIDDEN_HINT}; otherwise {hint}" if forbidden else hint)
 
     features = [Feature(n, "numeric") for n in numeric]
     for name in categorical:
@@ -248,7 +339,15 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig) -> Schema:
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_categories]
         # as_category_strings made every value a str
         features.append(Feature(name, "categorical", tuple(cast(str, k) for k, _ in ordered)))
-    return Schema(features=tuple(features), target=cfg.target, task=cfg.task, segment=tuple(cfg.segment), classes=classes)
+    return Schema(
+        features=tuple(features),
+        target=cfg.target,
+        task=cfg.task,
+        segment=tuple(cfg.segment),
+        classes=classes,
+        sensitive=tuple(cfg.sensitive_columns),
+        sensitive_allowed_in=tuple(cfg.allow_sensitive_in),
+    )
 
 
 def validate(
@@ -265,7 +364,7 @@ def validate(
 
     Checks: missing and (unless ``allow_extra``) extra columns, numeric columns that hold text, the share of missing
     values per feature over ``max_nan_fraction``, and (unless ``allow_unseen_categories``) categories the model never
-    saw in training.
+    saw in training. Problems of a sensitive column (:meth:`Schema.is_sensitive`) give counts, never its values.
 
     Raises:
         DataValidationError: listing every problem found.
@@ -289,9 +388,9 @@ def validate(
             coerced = pd.to_numeric(s, errors="coerce")
             bad = s[coerced.isna() & s.notna()]
             if len(bad):
+                example = _WITHHELD if schema.is_sensitive(f.name) else f"e.g. {bad.iloc[0]!r}"
                 problems.append(
-                    f"column {f.name!r} should be numeric but has dtype {s.dtype}; {len(bad)} value(s) are not numbers, "
-                    f"e.g. {bad.iloc[0]!r}"
+                    f"column {f.name!r} should be numeric but has dtype {s.dtype}; {len(bad)} value(s) are not numbers, {example}"
                 )
         nan_share = float(s.isna().sum()) / n
         if nan_share > max_nan_fraction:
@@ -302,7 +401,8 @@ def validate(
             values = set(pd.unique(as_category_strings(s))) - {UNKNOWN}
             unseen = sorted(values - set(f.categories))
             if unseen:
-                problems.append(f"column {f.name!r} has categories never seen in training: {unseen[:10]}")
+                shown = _WITHHELD if schema.is_sensitive(f.name) else str(unseen[:10])
+                problems.append(f"column {f.name!r} has {len(unseen)} categories never seen in training: {shown}")
     if require_target and schema.target in df.columns and df[schema.target].isna().any():
         problems.append(f"target {schema.target!r} has {int(df[schema.target].isna().sum())} missing value(s)")
     if problems:

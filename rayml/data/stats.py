@@ -5,6 +5,13 @@ the missing share. Categories: the top-K values with their shares and one ``__ot
 multiclass target, and a multiclass model's predicted labels) are categories with one bin per class, so drift of the
 predicted-class distribution and the majority class (the gate's trivial baseline) come from the same bins. The result
 is plain JSON so it travels with the model in the registry.
+
+A sensitive feature (``data.sensitive_columns``, unless ``data.allow_sensitive_in`` has ``reference_stats``) never
+reaches the bins as raw values: a categorical one gets no bins at all (its categories are raw values; hashing them
+would still let anyone who guesses a value confirm it, and drift counting would need the same hash), a numeric one
+keeps its decile edges, shares, mean and std (aggregates over many rows, what drift needs) but not its min and max
+(one row's value each). :func:`withhold_sensitive` does it; the ``withheld`` entry lists the features left out, so
+their drift is known to be unmonitored rather than missing by accident.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from rayml.data.schema import UNKNOWN, Schema, as_category_strings
 
 OTHER = "__other__"
 REFERENCE_STATS_VERSION = 1
+WITHHELD = "withheld"  # the stats' list of sensitive features without bins
+_ONE_ROW = ("min", "max")  # numeric statistics that are one row's raw value
 MAX_SEEN = 10_000
 MAX_CLASS_BINS = 1_000  # class labels get one bin each, up to this many (the rest share __other__)
 
@@ -89,6 +98,8 @@ def reference_stats(df: pd.DataFrame, schema: Schema, predictions: np.ndarray | 
     """
     features = {}
     for f in schema.features:
+        if f.kind == "categorical" and schema.is_sensitive(f.name, "reference_stats"):
+            continue  # withhold_sensitive records it; never count its raw values at all
         features[f.name] = numeric_reference(df[f.name]) if f.kind == "numeric" else categorical_reference(df[f.name])
     out: dict[str, Any] = {"version": REFERENCE_STATS_VERSION, "rows": int(len(df)), "features": features}
     if schema.target in df.columns:
@@ -101,4 +112,25 @@ def reference_stats(df: pd.DataFrame, schema: Schema, predictions: np.ndarray | 
             if is_label_values(preds, schema.task)
             else numeric_reference(pd.Series(preds.astype("float64")))
         )
+    return withhold_sensitive(out, schema)
+
+
+def withhold_sensitive(stats: dict[str, Any], schema: Schema) -> dict[str, Any]:
+    """``stats`` (one set of bins: :func:`reference_stats`'s form) without raw values of ``schema``'s sensitive
+    features (see the module docstring); ``stats`` itself when it has none, else a new dict."""
+    if not schema.sensitive:
+        return stats
+    features = dict(stats.get("features") or {})
+    withheld = set(stats.get(WITHHELD) or [])
+    for f in schema.features:
+        if not schema.is_sensitive(f.name, "reference_stats"):
+            continue
+        if f.kind == "categorical":
+            features.pop(f.name, None)
+            withheld.add(f.name)
+        elif f.name in features:
+            features[f.name] = {k: v for k, v in features[f.name].items() if k not in _ONE_ROW}
+    out = {**stats, "features": features}
+    if withheld:
+        out[WITHHELD] = sorted(withheld)
     return out

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from rayml.config.data import matching_pattern
 from rayml.feedback._store import (
     CAPTURE_SCHEMA,
     binary_classes,
@@ -243,6 +245,21 @@ def _rows(item: Captured) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
-def inputs_for_capture(feed: dict[str, Any], exclude: frozenset[str] | set[str]) -> dict[str, Any]:
-    """The inputs of a request as captured: every column but the excluded ones (they never leave the replica)."""
-    return {k: v for k, v in feed.items() if k not in exclude}
+def inputs_for_capture(feed: dict[str, Any], exclude: Collection[str], withheld: Collection[str] = ()) -> dict[str, Any]:
+    """The inputs of a request as captured: every column but the excluded ones (they never leave the replica).
+
+    Args:
+        feed: column -> values of the request.
+        exclude: ``capture.exclude_columns``: column names, or fnmatch patterns (case-insensitive).
+        withheld: the served version's sensitive columns (:meth:`rayml.models.ModelDir.withheld_from`
+            ``("capture")``), names or patterns alike.
+    """
+    dropped = _dropped(tuple(feed), frozenset(exclude), frozenset(withheld))
+    return {k: v for k, v in feed.items() if k not in dropped} if dropped else dict(feed)
+
+
+@functools.lru_cache(maxsize=1024)
+def _dropped(columns: tuple[str, ...], exclude: frozenset[str], withheld: frozenset[str]) -> frozenset[str]:
+    # requests of one model name the same few columns: match the patterns once per column set, not per request
+    patterns = exclude | withheld
+    return frozenset(c for c in columns if c in patterns or matching_pattern(c, patterns) is not None)

@@ -19,9 +19,12 @@ batch, the gate and monitoring read it. Only this module knows its file names::
 Metadata fields every reader may rely on (absent ones have the defaults of the :class:`ModelDir` properties):
 ``format_version``, ``kind`` (``model`` | ``model_set``), ``task``, ``target``, ``class_labels``, ``schema``
 (:meth:`rayml.data.Schema.to_dict`), ``inputs`` / ``outputs`` (the ONNX signature as :class:`TensorInfo` dicts),
-``data_fingerprint`` and ``lineage`` (the registry's lineage tags); a model set adds ``segment_columns``,
-``segments`` (the index) and ``fallback``. Anything else the writer recorded (``spec``, ``metrics``, ``tune`` ...)
-is kept as is.
+``data_fingerprint`` and ``lineage`` (the registry's lineage tags), ``sensitive_columns`` and
+``sensitive_allowed_in`` (the feature policy's ``data.sensitive_columns`` patterns and ``data.allow_sensitive_in``,
+taken from the schema when the writer does not give them: serve and batch keep those columns' values out of
+captures and outputs); a model set adds ``segment_columns``, ``segments`` (the index) and ``fallback``. Anything else
+the writer recorded (``spec``, ``metrics``, ``tune`` ...) is kept as is. The MLflow input example never holds a
+sensitive column's training values (they are replaced by a neutral value of the column's type).
 
 The MLflow files are written with every directory (``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` predicts
 as rayml does), but rayml never needs them: a directory written before they existed reads and predicts the same.
@@ -44,7 +47,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from rayml.data.schema import Schema
+from rayml.config.data import matching_pattern
+from rayml.data.schema import UNKNOWN, Schema
 from rayml.errors import InvalidModelDirError
 from rayml.models.predictor import LABEL, OUTPUTS_BY_TASK, PREDICTION, PROBABILITIES, TASKS, TensorInfo
 
@@ -280,6 +284,27 @@ class ModelDir:
         return list(self.meta.get("segment_columns") or []) if self.is_model_set else []
 
     @property
+    def sensitive_columns(self) -> list[str]:
+        """Names or patterns (fnmatch, case-insensitive) of the columns whose raw values must not leave the model's
+        own use (``data.sensitive_columns`` of its training; [] when none were recorded)."""
+        # a model set's index records them only in its schema
+        return [str(p) for p in self.meta.get("sensitive_columns") or self._schema_meta().get("sensitive") or []]
+
+    @property
+    def sensitive_allowed_in(self) -> list[str]:
+        """Where raw values of :attr:`sensitive_columns` may go after all (``data.allow_sensitive_in``)."""
+        return [str(u) for u in self.meta.get("sensitive_allowed_in") or self._schema_meta().get("sensitive_allowed_in") or []]
+
+    def _schema_meta(self) -> dict[str, Any]:
+        schema = self.meta.get("schema")
+        return schema if isinstance(schema, dict) else {}
+
+    def withheld_from(self, use: str) -> list[str]:
+        """The patterns of the columns whose values must stay out of ``use`` (``batch_output`` | ``capture`` |
+        ``reference_stats``): :attr:`sensitive_columns`, or [] when ``use`` is allowed."""
+        return [] if use in self.sensitive_allowed_in else self.sensitive_columns
+
+    @property
     def data_fingerprint(self) -> str | None:
         """The fingerprint of the training data (the metadata's own, else the lineage tag's)."""
         return self.meta.get("data_fingerprint") or self.lineage.get("rayml.data_fingerprint")
@@ -471,9 +496,7 @@ class ModelDir:
         from rayml.models.predictor import OnnxPredictor
 
         predictor = OnnxPredictor(onnx_bytes)  # loads the graph: a broken export fails here, before anything is written
-        problems = contract_problems(
-            str(meta.get("task", "regression")), list(meta.get("class_labels") or []), predictor.outputs
-        )
+        problems = contract_problems(str(meta.get("task", "regression")), list(meta.get("class_labels") or []), predictor.outputs)
         if problems:
             from rayml.errors import ModelError
 
@@ -481,14 +504,20 @@ class ModelDir:
                 f"the model does not keep rayml's model contract: {'; '.join(problems)}",
                 hint="this is a bug in the exporter or importer that wrote it; please report it",
             )
+        schema = meta.get("schema") or {}
         full = {
             "format_version": FORMAT_VERSION,
+            # the feature policy at the top level, where serve and batch read it (the writers record it in the schema)
+            "sensitive_columns": list(schema.get("sensitive") or []),
+            "sensitive_allowed_in": list(schema.get("sensitive_allowed_in") or []),
             **meta,
             # facts of the graph and of the writer, not the caller's to set
             "kind": kind,
             "inputs": [vars(i) for i in predictor.inputs],
             "outputs": [vars(o) for o in predictor.outputs],
         }
+        if input_example is not None and full["sensitive_columns"]:
+            input_example = _neutral_sensitive(input_example, full["sensitive_columns"])
         # before anything is written too: a bad input example fails here
         mlflow = mlflow_files(
             kind=kind,
@@ -512,3 +541,21 @@ class ModelDir:
         md = cls(out, meta=json.loads(json.dumps(full, default=str)), reference_stats=reference_stats)
         md._predictors[1] = predictor
         return md
+
+
+def _neutral_sensitive(example: pd.DataFrame, patterns: list[str]) -> pd.DataFrame:
+    """``example`` with the values of sensitive columns replaced by a neutral one of the same type (0, False, the
+    unknown category): the input example is published with the model, and its rows are training rows."""
+    columns = [c for c in example.columns if matching_pattern(str(c), patterns) is not None]
+    if not columns:
+        return example
+    out: pd.DataFrame = example.copy()
+    for c in columns:
+        s = out[c]
+        if pd.api.types.is_bool_dtype(s):
+            out[c] = pd.Series(False, index=s.index, dtype=s.dtype)
+        elif pd.api.types.is_numeric_dtype(s):
+            out[c] = pd.Series(0, index=s.index).astype(s.dtype)
+        else:
+            out[c] = pd.Series(UNKNOWN, index=s.index, dtype=object)
+    return out

@@ -10,12 +10,20 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from rayml._private.lineage import lineage_tags
+from rayml.config.data import SENSITIVE_USES, SensitiveUse
+from rayml.data.schema import Schema, apply_feature_policy
+from rayml.data.stats import withhold_sensitive
+from rayml.errors import ConfigError
 from rayml.registry._registry import ModelVersionInfo, Registry, validate_name
+
+if TYPE_CHECKING:
+    from rayml.models.importers import ConvertedModel
 
 logger = logging.getLogger("rayml.registry")
 
@@ -38,6 +46,9 @@ def register_model(
     experiment: str = IMPORT_EXPERIMENT,
     atol: float | None = None,
     rtol: float | None = None,
+    forbidden_features: Sequence[str] = (),
+    sensitive_columns: Sequence[str] = (),
+    allow_sensitive_in: Sequence[SensitiveUse] = (),
 ) -> ModelVersionInfo:
     """Convert a model made elsewhere, check it on ``sample`` and register it as a new version of ``name``.
 
@@ -53,6 +64,10 @@ def register_model(
         sample: raw rows with the target column: parity is checked on each, reference statistics come from them.
         target, task, reference, features, class_labels: as :func:`rayml.models.convert`.
         atol, rtol: the parity tolerance (None: :func:`rayml.models.convert`'s defaults).
+        forbidden_features, sensitive_columns, allow_sensitive_in: the feature policy, as the ``data:`` section's
+            fields of the same names (e.g. ``cfg.data.forbidden_features``): a model that takes a forbidden column
+            is refused before anything is registered; sensitive columns are recorded with the version and their
+            raw values kept out of its reference statistics, input example, batch outputs and captures.
         registry: the registry (default: ``Registry()``, MLflow at ``$MLFLOW_TRACKING_URI`` or under ``$RAYML_HOME``);
             it also resolves a ``models:/`` or ``runs:/`` URI.
         alias: an alias to point at the new version (e.g. ``canary``); None sets none.
@@ -65,7 +80,9 @@ def register_model(
     Raises:
         UnsupportedModelError: the model (or a part of it) cannot be converted; the message names the part.
         OnnxParityError: the converted model does not answer as the original does (the worst rows are listed).
-        DataError: the sample does not fit the model. InvalidNameError: ``name`` or ``alias`` is not allowed.
+        DataError: the sample does not fit the model, or the model takes a forbidden feature (a
+            ``DataValidationError`` naming the column and the pattern). InvalidNameError: ``name`` or ``alias`` is
+            not allowed.
 
     Example:
         >>> pipe = make_pipeline(ColumnTransformer([...]), LogisticRegression()).fit(X, y)
@@ -91,6 +108,7 @@ def register_model(
         rtol=PARITY_RTOL if rtol is None else rtol,
         tracking_uri=registry.tracking_uri,
     )
+    converted = _with_policy(converted, forbidden_features, sensitive_columns, allow_sensitive_in)
     source = converted.source
     fingerprint = str(converted.meta["data_fingerprint"])
     extra = {
@@ -131,3 +149,23 @@ def register_model(
     registry.end_run(run_id)
     logger.info("registered %s (imported from %s)", info.ref, source["framework"])
     return info
+
+
+def _with_policy(
+    converted: ConvertedModel, forbidden: Sequence[str], sensitive: Sequence[str], allowed: Sequence[str]
+) -> ConvertedModel:
+    """``converted`` under the feature policy: the importers build the schema from the model's own inputs, so the
+    policy applies here, before anything reaches MLflow (see :func:`rayml.data.schema.apply_feature_policy`)."""
+    bad = [u for u in allowed if u not in SENSITIVE_USES]
+    if bad:
+        raise ConfigError(
+            f"allow_sensitive_in {list(allowed)} has unknown use(s) {bad}", hint=f"use any of {list(SENSITIVE_USES)}"
+        )
+    if not (forbidden or sensitive):
+        return converted
+    schema = apply_feature_policy(Schema.from_dict(converted.meta["schema"]), forbidden, sensitive, allowed)
+    return replace(
+        converted,
+        meta={**converted.meta, "schema": schema.to_dict()},
+        reference_stats=withhold_sensitive(converted.reference_stats, schema),
+    )

@@ -89,6 +89,7 @@ class _Signature:
     task: str
     class_labels: list[Any]
     lineage: dict[str, Any]
+    capture_withheld: frozenset[str] = frozenset()  # the version's sensitive columns: never captured
 
 
 @dataclass
@@ -167,6 +168,7 @@ def _signature(meta: dict[str, Any]) -> _Signature:
         task=meta["task"],
         class_labels=list(meta.get("class_labels") or []),
         lineage=meta.get("lineage") or {},
+        capture_withheld=frozenset(meta.get("capture_withheld") or ()),
     )
 
 
@@ -626,7 +628,7 @@ class Ingress:
             task=sig.task,
             class_labels=sig.class_labels,
             outputs=outputs,
-            inputs=inputs_for_capture(feed, m.excluded),
+            inputs=inputs_for_capture(feed, m.excluded, sig.capture_withheld),
             segment=segment,
             max_rows_per_file=c.max_rows_per_file,
             flush_interval_s=c.flush_interval_s,

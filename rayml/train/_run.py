@@ -7,17 +7,17 @@ result names a new run. :class:`RunIdentity` states, per caller, which config se
 count; the digest is the first hex digits of the SHA-256 of their JSON (``sort_keys``) plus the data fingerprint.
 Each caller's rule is frozen: changing it renames every existing run, so an interrupted one would start over.
 
-- train: data, model, and train less how it runs (storage, run name, retries, checkpoints kept, controller polling);
-  named ``<model>-<10 hex digits>`` (``train.run_name`` overrides). State ``<storage>/<run>/rayml_run.json``.
+- train: data, model, and train less how it runs (storage, run name, retries, checkpoints kept, controller polling,
+  in-process); named ``<model>-<10 hex digits>`` (``train.run_name`` overrides). State ``<storage>/<run>/rayml_run.json``.
 - tune: data, model, train as for train, and tune less its name and concurrency; named ``<model>-tune-<10 hex>``
   (``tune.name`` overrides). State ``<storage>/tune/<name>/rayml_tune.json``, which also keeps the identity itself so a
   ``--resume`` with another config can say what changed.
 - manymodels: data, model, the train fields a segment model depends on (epochs, batch size, learning rate, weight
   decay, seed, early stopping) and the manymodels fields the set depends on (min rows, candidates, fallback, the global
   model's rows and batch size); named ``<model>-<10 hex>``. State ``<storage>/manymodels/<run>/rayml_manymodels.json``.
-- pipeline: data, model, train less storage, retries, checkpoints kept and controller polling (the run name counts:
-  it names the training run the pipeline reuses), and tune; the run id is 12 hex digits. Its state is the pipeline's
-  own ``state.json`` (stages); it shares the identity rule and :func:`create_or_resume_run`.
+- pipeline: data, model, train less storage, retries, checkpoints kept, controller polling and in-process (the run
+  name counts: it names the training run the pipeline reuses), and tune; the run id is 12 hex digits. Its state is
+  the pipeline's own ``state.json`` (stages); it shares the identity rule and :func:`create_or_resume_run`.
 
 State. :class:`ResumableRun` keeps one JSON state file per run (rewritten atomically: temp file, then move): its
 status (``running`` -> ``registered`` / ``trained`` / ``finished``, or ``failed``), the MLflow run id, the run name
@@ -48,8 +48,12 @@ from rayml.registry import ModelVersionInfo, Registry
 
 logger = logging.getLogger("rayml.train")
 
-# How a training run executes, not what it computes: changing these resumes the same run.
-EXECUTION_FIELDS = frozenset({"storage_path", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"})
+# How a training run executes, not what it computes: changing these resumes the same run (an in-process debug run
+# continues the checkpoints of a Ray run of the same config, and the other way round). A field added to the train
+# section must be listed here unless it changes the result, or every existing run would be renamed.
+EXECUTION_FIELDS = frozenset(
+    {"storage_path", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s", "in_process"}
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,19 @@ class RunIdentity:
 _TREE_ONLY = {"model": ("type", "xgboost", "lightgbm"), "train": ("checkpoint_every_rounds",)}
 
 
+# The feature policy (data.*): forbidden_features only refuses, it never changes what a run computes; the sensitive
+# settings change the reference statistics only when set. Left out when they cannot matter, so runs named before the
+# policy existed keep their names and still resume.
+_POLICY_ONLY_WHEN_SET = ("sensitive_columns", "allow_sensitive_in")
+
+
 def _drop_inactive(identity: dict[str, Any]) -> None:
+    data = identity.get("data")
+    if isinstance(data, dict):
+        data.pop("forbidden_features", None)
+        for key in _POLICY_ONLY_WHEN_SET:
+            if not data.get(key):
+                data.pop(key, None)
     model = identity.get("model")
     if isinstance(model, dict) and model.get("type", "mlp") == "mlp":
         for section, keys in _TREE_ONLY.items():

@@ -481,7 +481,7 @@ def test_a_registered_foreign_model_carries_lineage_and_loads_like_a_trained_one
 
 
 def test_the_cli_registers_model_files(
-    registry, diabetes: pd.DataFrame, cancer: pd.DataFrame, wine: pd.DataFrame, tmp_path: Path
+    registry, diabetes: pd.DataFrame, cancer: pd.DataFrame, wine: pd.DataFrame, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     import lightgbm
     import skops.io
@@ -521,6 +521,28 @@ def test_the_cli_registers_model_files(
     assert registry.load("skops:1").model_dir.meta["source"]["framework"] == "sklearn"
     assert registry.load("lgb:1").model_dir.class_labels == ["a", "b", "c"]
     assert registry.resolve("onnx@canary").tags["rayml.source_framework"] == "onnx"
+
+    # the feature policy from the command line, as data.* gives it to training
+    xgb = [*base, *runs["xgb"]]
+    kept = CliRunner().invoke(
+        app, [*xgb, "--name", "private", "--sensitive-columns", "mean*", "--allow-sensitive-in", "capture"], terminal_width=200
+    )
+    assert kept.exit_code == 0, kept.output
+    md = registry.load("private:1").model_dir
+    assert md.sensitive_columns == ["mean*"] and md.withheld_from("batch_output") == ["mean*"]
+    assert md.withheld_from("capture") == []
+    from rayml.cli import main as cli_main
+
+    for args, message in (
+        (["--forbidden-features", "*RADIUS*"], "matches data.forbidden_features"),
+        (["--allow-sensitive-in", "logs"], "['logs']: not a use rayml knows"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["rayml", *xgb, "--name", "refused", *args])
+        with pytest.raises(SystemExit) as e:
+            cli_main.main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Hint:" in err, err
+    assert "refused" not in {m.name for m in registry.client.search_registered_models()}
 
 
 def test_cli_mistakes_exit_2_with_a_hint(registry, cancer: pd.DataFrame, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -72,8 +72,13 @@ def _sha(d: dict, n: int = 10) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:n]
 
 
-_EXECUTION = {"storage_path", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s"}
+# in_process came later: how a run executes, so runs named before it existed keep their names
+_EXECUTION = {"storage_path", "max_failures", "checkpoint_num_to_keep", "controller_poll_interval_s", "in_process"}
 _TREE_MODEL, _TREE_TRAIN = {"type", "xgboost", "lightgbm"}, {"checkpoint_every_rounds"}
+
+
+# the feature policy's settings (data.*) at their defaults: they did not exist when most runs were named
+_POLICY = {"forbidden_features", "sensitive_columns", "allow_sensitive_in"}
 
 
 def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> None:
@@ -81,7 +86,7 @@ def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> No
     # MLP's run): existing runs must resume under the same names
     t = load_config(TrainJobConfig, None, ["model.name=m"])
     want = {
-        "data": t.data.model_dump(mode="json"),
+        "data": t.data.model_dump(mode="json", exclude=_POLICY),
         "model": t.model.model_dump(mode="json", exclude=_TREE_MODEL),
         "train": t.train.model_dump(mode="json", exclude=_EXECUTION | {"run_name"} | _TREE_TRAIN),
         "fingerprint": "fp",
@@ -90,7 +95,7 @@ def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> No
 
     s = load_config(TuneJobConfig, TUNE_YAML, ["model.name=m", "tune.name=null"])
     want = {
-        "data": s.data.model_dump(mode="json"),
+        "data": s.data.model_dump(mode="json", exclude=_POLICY),
         "model": s.model.model_dump(mode="json", exclude=_TREE_MODEL),
         "train": s.train.model_dump(mode="json", exclude=_EXECUTION | {"run_name"} | _TREE_TRAIN),
         "tune": s.tune.model_dump(mode="json", exclude={"name", "max_concurrent_trials"}),
@@ -103,7 +108,7 @@ def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> No
     train_fields |= {"early_stopping_patience", "early_stopping_min_delta"}
     set_fields = {"min_rows", "candidates", "fallback", "global_max_rows", "global_batch_size"}
     want = {
-        "data": mm.data.model_dump(mode="json"),
+        "data": mm.data.model_dump(mode="json", exclude=_POLICY),
         "model": mm.model.model_dump(mode="json", exclude=_TREE_MODEL),
         "train": mm.train.model_dump(mode="json", include=train_fields),
         "manymodels": mm.manymodels.model_dump(mode="json", include=set_fields),
@@ -113,7 +118,7 @@ def test_each_callers_identity_is_what_its_runs_on_storage_were_named_by() -> No
 
     p = load_config(PipelineJobConfig, None, ["model.name=m"])
     want = {
-        "data": p.data.model_dump(mode="json"),
+        "data": p.data.model_dump(mode="json", exclude=_POLICY),
         "model": p.model.model_dump(mode="json", exclude=_TREE_MODEL),
         "train": p.train.model_dump(mode="json", exclude=_EXECUTION | _TREE_TRAIN),  # the run name counts here
         "tune": None,
@@ -128,6 +133,16 @@ def test_how_a_run_executes_does_not_rename_it() -> None:
         assert run_name_for(load_config(TrainJobConfig, None, [override]), "fp") == run_name_for(base, "fp")
     assert run_name_for(load_config(TrainJobConfig, None, ["train.epochs=99"]), "fp") != run_name_for(base, "fp")
     assert run_name_for(load_config(TrainJobConfig, None, ["train.run_name=mine"]), "fp") == "mine"
+
+
+def test_the_feature_policy_names_a_run_only_where_it_changes_what_the_run_computes() -> None:
+    base = run_name_for(load_config(TrainJobConfig, None, []), "fp")
+    # refusing a feature the run does not use changes nothing it computes
+    assert run_name_for(load_config(TrainJobConfig, None, ["data.forbidden_features=['*email*']"]), "fp") == base
+    sensitive = load_config(TrainJobConfig, None, ["data.sensitive_columns=['category']"])
+    assert run_name_for(sensitive, "fp") != base  # its reference statistics withhold the column's values
+    allowed = load_config(TrainJobConfig, None, ["data.sensitive_columns=['category']", "data.allow_sensitive_in=[capture]"])
+    assert run_name_for(allowed, "fp") not in (base, run_name_for(sensitive, "fp"))
 
 
 def test_config_params_flatten_the_job_config_without_its_registry_section() -> None:
