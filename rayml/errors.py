@@ -74,6 +74,10 @@ class TrainingError(RaymlError):
     """A training run failed (after its retries)."""
 
 
+class TrainingDivergedError(TrainingError):
+    """The loss became NaN or infinite: the same run would diverge again, so it is never retried."""
+
+
 # --- registry ------------------------------------------------------------------------------------------------------
 class RegistryError(RaymlError):
     """The model registry refused or failed an operation."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
 from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, table
 from rayml.cli._output import start_output
 from rayml.config import RegistryJobConfig
+from rayml.config.data import SENSITIVE_USES, SensitiveUse
 from rayml.errors import UserError
 
 app = typer.Typer(help="Registered models: versions, aliases, lineage.", no_args_is_help=True)
@@ -61,11 +62,13 @@ def show(
                     ", ".join(v.aliases),
                     created,
                     metric,
+                    perf_summary(v.tags, compact=True),
                     v.tags.get("rayml.data_fingerprint", ""),
                     v.tags.get("rayml.git_commit", "")[:12],
                 ]
             )
-        console.print(table(f"{base}", ["version", "aliases", "created (UTC)", "metric", "data fingerprint", "commit"], rows))
+        columns = ["version", "aliases", "created (UTC)", "metric", "p50 rows/s train peak", "data fingerprint", "commit"]
+        console.print(table(f"{base}", columns, rows))
         console.print(f"Details of one version: rayml models show {base}:{versions[-1].version}")
         return
     info = reg.resolve(name)
@@ -76,6 +79,9 @@ def show(
     console.print(f"  run: {info.run_id}")
     if info.description:
         console.print(f"  description: {info.description}")
+    perf = perf_summary(info.tags)
+    if perf:
+        console.print(f"  performance: {perf}")
     for k, v in sorted(info.tags.items()):
         console.print(f"  {k}: {v}")
     metrics = reg.run_metrics(info.run_id)
@@ -100,6 +106,50 @@ def alias(
     for a, v in changed.items():
         console.print(f"{name}@{a} -> version {v}")
     console.print(f"Next: rayml models show {name}@{alias_}")
+
+
+def perf_summary(tags: dict[str, str], compact: bool = False) -> str:
+    """A version's performance tags (``rayml.perf.*``) for people: serving p50 latency and throughput from the
+    registration probe, training time and peak worker memory; "" when it has none (registered before they existed).
+
+    Args:
+        compact: for a table cell, ``0.042ms 235k/s 12.3s 512MiB`` ("-" for a missing figure).
+    """
+    from rayml.models import PERF_TAGS
+
+    def number(key: str) -> float | None:
+        try:
+            return float(tags[PERF_TAGS[key]])
+        except (KeyError, ValueError):
+            return None
+
+    latency, rows, seconds, peak = (number(k) for k in ("latency_ms", "throughput_rows_s", "train_time_s", "peak_memory_bytes"))
+    if (latency, rows, seconds, peak) == (None, None, None, None):
+        return ""
+    if compact:
+        cells = [
+            f"{latency:.3g}ms" if latency is not None and latency < 1000 else f"{latency:.0f}ms" if latency is not None else None,
+            f"{_short(rows)}/s" if rows is not None else None,
+            f"{seconds:.1f}s" if seconds is not None else None,
+            f"{peak / 2**20:.0f}MiB" if peak is not None else None,
+        ]
+        return " ".join(v or "-" for v in cells)
+    shown = [
+        (f"{latency:.3g} ms" if latency < 1000 else f"{latency:,.0f} ms") if latency is not None else None,
+        f"{rows:,.0f}" if rows is not None else None,
+        f"{seconds:,.1f} s" if seconds is not None else None,
+        f"{peak / 2**20:,.0f} MiB" if peak is not None else None,
+    ]
+    labels = ("serving p50 latency", "throughput (rows/s)", "training time", "peak worker memory")
+    return ", ".join(f"{label} {v}" for label, v in zip(labels, shown, strict=True) if v)
+
+
+def _short(n: float) -> str:
+    """``950``, ``235k``, ``1.2M``: a count for a narrow table cell."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:.0f}"
 
 
 # --- bring your own model -------------------------------------------------------------------------------------------
@@ -152,6 +202,33 @@ def register(
         str | None,
         typer.Option("--alias", help="Alias to point at the new version (default: registry.alias).", show_default=False),
     ] = None,
+    forbidden_features: Annotated[
+        str | None,
+        typer.Option(
+            "--forbidden-features",
+            help="Comma-separated names or patterns (e.g. '*email*,ssn') the model may not take as features "
+            "(as data.forbidden_features): the import is refused before anything is registered.",
+            show_default=False,
+        ),
+    ] = None,
+    sensitive_columns: Annotated[
+        str | None,
+        typer.Option(
+            "--sensitive-columns",
+            help="Comma-separated names or patterns whose raw values never reach reference statistics, batch "
+            "outputs or captures (as data.sensitive_columns).",
+            show_default=False,
+        ),
+    ] = None,
+    allow_sensitive_in: Annotated[
+        str | None,
+        typer.Option(
+            "--allow-sensitive-in",
+            help="Comma-separated uses that may see the sensitive columns' values after all: reference_stats, "
+            "batch_output, capture (as data.allow_sensitive_in).",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
@@ -203,6 +280,9 @@ def register(
         class_labels=[_label(c) for c in _split(class_labels) or []] or None,
         registry=reg,
         alias=alias or cfg.registry.alias,
+        forbidden_features=_split(forbidden_features) or (),
+        sensitive_columns=_split(sensitive_columns) or (),
+        allow_sensitive_in=_sensitive_uses(_split(allow_sensitive_in) or []),
     )
     tags = info.tags
     console.print(
@@ -221,6 +301,15 @@ def register(
     console.print(
         f"Next: rayml models show {info.name}:{info.version}   |   rayml models alias {info.name} {info.version} production"
     )
+
+
+def _sensitive_uses(uses: list[str]) -> list[SensitiveUse]:
+    bad = [u for u in uses if u not in SENSITIVE_USES]
+    if bad:
+        raise UserError(
+            f"--allow-sensitive-in {bad}: not a use rayml knows", hint=f"give any of {list(SENSITIVE_USES)}, comma-separated"
+        )
+    return [cast(SensitiveUse, u) for u in uses]
 
 
 def _split(text: str | None) -> list[str] | None:

@@ -228,6 +228,13 @@ class TrainConfig(_Section):
         description="Read each worker's Ray Data shard once and iterate it from memory (fast for tabular data that "
         "fits in a worker); false streams the shard every epoch.",
     )
+    in_process: bool = Field(
+        default=False,
+        description="Debug mode: run the same training loop in this process without Ray (no ray.init): data in "
+        "memory, checkpoints under `storage_path`, one worker (`num_workers` is ignored), no retries (an error "
+        "raises at once, where it happened), so a breakpoint in your `model.factory` network is hit. Trees train "
+        "in-process too. Same run name, checkpoints and registered model as a Ray run; `rayml train --in-process`.",
+    )
 
 
 def model_type_problems(model: ModelConfig, train: TrainConfig) -> list[str]:

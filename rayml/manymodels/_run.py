@@ -395,7 +395,9 @@ def _write_and_register(
         return
     if cfg.registry.register_version:
         description = f"model set of {acc.segments} segments, trained by run {run_name}"
-        info = registry.register(cfg.model.name, model_dir, run_id, tags, description=description)
+        # segments train in Ray tasks that sample no memory: the set records its training time only
+        perf = {"train_time_s": run.elapsed()}
+        info = registry.register(cfg.model.name, model_dir, run_id, tags, description=description, perf=perf)
         registry.set_model_tag(cfg.model.name, KIND_TAG, KIND_MODEL_SET)
         if cfg.registry.alias:
             registry.set_alias(info.name, info.version, cfg.registry.alias)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rayml._private.lazy import lazy_getattr
+from rayml.models._probe import PERF_TAGS as PERF_TAGS, probe_serving
 from rayml.models.model_dir import KIND_MODEL, KIND_MODEL_SET, ModelDir
 from rayml.models.model_set import FALLBACK as FALLBACK, ModelSet, ModelSetWriter
 from rayml.models.predictor import OnnxPredictor, TensorInfo
@@ -63,5 +64,6 @@ __all__ = [
     "OnnxPredictor",
     "TensorInfo",
     "convert",
+    "probe_serving",
     "segment_key",
 ]

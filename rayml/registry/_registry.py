@@ -5,12 +5,19 @@ any tracking URI (an MLflow server with S3/GCS artifacts) works unchanged. A ver
 (:class:`rayml.models.ModelDir`: a single model or a model set) and lineage tags.
 
 Refs: ``name@alias`` (e.g. ``sales-model@production``) or ``name:version`` (e.g. ``sales-model:3``).
+
+Performance records. Every version is tagged with its serving figures, measured when it is registered by a short
+probe (:func:`rayml.models.probe_serving`, about 0.2 s) on the model directory's MLflow input example:
+``rayml.perf.latency_ms`` (median one-row call) and ``rayml.perf.throughput_rows_s``; a version trained by rayml also
+carries ``rayml.perf.train_time_s`` and ``rayml.perf.peak_memory_bytes`` (:data:`rayml.models.PERF_TAGS`). A probe
+that fails only logs a warning: registration never fails for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -28,6 +35,7 @@ import pandas as pd
 from rayml._private import constants
 from rayml.config import NAME_PATTERN
 from rayml.errors import InvalidModelDirError, InvalidNameError, ModelNotFoundError, RegistryError
+from rayml.models import PERF_TAGS, probe_serving
 from rayml.models.model_dir import ModelDir
 from rayml.registry._runs import MetricPoint, RunRecord, metric_entities, param_batches, tag_filter
 
@@ -37,6 +45,10 @@ _NAME_RE = re.compile(NAME_PATTERN)
 MODEL_SUBDIR = "model"
 PRODUCTION, CANARY, PREVIOUS = "production", "canary", "previous"
 TAG_PREFIX = "rayml."
+# each of the probe's two measurements (one-row latency, batch throughput) runs about this long: a registration costs
+# about 0.2 s more (every test and pipeline registers), and a millisecond call is still measured a hundred times. The
+# figures are for the record; the gate probes candidate and production side by side itself.
+PROBE_BUDGET_S = 0.1
 
 
 def validate_name(value: str, what: str = "model name") -> str:
@@ -245,9 +257,7 @@ class Registry:
         for batch in param_batches(params):
             self.client.log_batch(run_id, params=batch)
 
-    def log_metrics(
-        self, run_id: str, metrics: Mapping[str, Any], step: int = 0, timestamp_ms: int | None = None
-    ) -> None:
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0, timestamp_ms: int | None = None) -> None:
         """Log the finite numbers of ``metrics`` at ``step`` (None, NaN and inf are left out).
 
         Args:
@@ -284,9 +294,23 @@ class Registry:
 
     # --- versions -------------------------------------------------------------------------------------------------
     def register(
-        self, name: str, model_dir: str | Path, run_id: str, tags: dict[str, str], description: str = ""
+        self,
+        name: str,
+        model_dir: str | Path,
+        run_id: str,
+        tags: dict[str, str],
+        description: str = "",
+        *,
+        perf: Mapping[str, float | None] | None = None,
     ) -> ModelVersionInfo:
         """Upload ``model_dir`` to the run's artifacts and register it as a new version of ``name``.
+
+        The version is tagged with the serving probe's figures (see the module docstring) and with ``perf``; the probe's
+        are also logged as metrics of the run (``serving_latency_ms``, ``serving_throughput_rows_s``).
+
+        Args:
+            perf: what the training run measured: ``train_time_s``, ``peak_memory_bytes`` (keys of
+                :data:`rayml.models.PERF_TAGS`; None or non-finite values are left out).
 
         Raises:
             RegistryError: ``model_dir`` is not a valid model directory (see :meth:`rayml.models.ModelDir.read`).
@@ -294,9 +318,11 @@ class Registry:
         validate_name(name)
         model_dir = Path(model_dir)
         try:
-            ModelDir.read(model_dir)
+            md = ModelDir.read(model_dir)
         except InvalidModelDirError as e:
             raise RegistryError(f"cannot register {model_dir}: {e.message}", hint=e.hint) from e
+        probed = probe_version(md)
+        tags = {**tags, **perf_tags({**(perf or {}), **probed})}
         self.client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_SUBDIR)
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         try:
@@ -310,6 +336,8 @@ class Registry:
             name, source=f"{artifact_uri}/{MODEL_SUBDIR}", run_id=run_id, tags=tags, description=description
         )
         logger.info("registered %s version %s (run %s)", name, mv.version, run_id)
+        if probed:
+            self.log_metrics(run_id, {f"serving_{k}": v for k, v in probed.items()})
         return self.get_version(name, int(mv.version))
 
     def _info(self, mv: Any) -> ModelVersionInfo:
@@ -467,6 +495,53 @@ class Registry:
             return dict(self.client.get_run(run_id).data.metrics)
         except Exception:
             return {}
+
+
+def probe_version(md: ModelDir, budget_s: float = PROBE_BUDGET_S) -> dict[str, float]:
+    """The serving probe's figures (``latency_ms``, ``throughput_rows_s``) for a model directory, on its MLflow input
+    example (a model set's rows carry their segment columns, so the probe routes them as serving does).
+
+    Never raises: a directory without an input example (written before rayml wrote MLflow files) or a probe that fails
+    gives {} and a log line, and the version is registered without them.
+    """
+    try:
+        from mlflow.models import Model
+
+        path = str(md.path)
+        sample = Model.load(path).load_input_example(path)
+    except Exception as e:
+        logger.info("%s: no MLflow input example to probe serving with (%s); no serving figures recorded", md.name, e)
+        return {}
+    try:
+        if not isinstance(sample, pd.DataFrame):
+            raise TypeError(f"the input example is a {type(sample).__name__}, not a frame of rows")
+        if len(sample) == 0:
+            raise ValueError("the input example has no rows")
+        return probe_serving(md, sample, budget_s=budget_s)
+    except Exception as e:
+        logger.warning(
+            "%s: the serving probe failed (%s: %s); registering it without serving figures", md.name, type(e).__name__, e
+        )
+        return {}
+
+
+def perf_tags(figures: Mapping[str, float | None]) -> dict[str, str]:
+    """Version tags (``rayml.perf.*``) for performance figures keyed as in :data:`rayml.models.PERF_TAGS`; None and
+    non-finite values are left out. Times and latencies keep 6 significant digits, counts and bytes are whole numbers.
+
+    Raises:
+        ValueError: a key that is not a performance figure (a bug in the caller).
+    """
+    unknown = sorted(set(figures) - set(PERF_TAGS))
+    if unknown:
+        raise ValueError(f"not performance figures: {unknown}; known: {sorted(PERF_TAGS)}")
+    out = {}
+    for key, value in figures.items():
+        if value is None or not math.isfinite(value):
+            continue
+        whole = key in ("throughput_rows_s", "peak_memory_bytes")
+        out[PERF_TAGS[key]] = str(int(round(value))) if whole else f"{value:.6g}"
+    return out
 
 
 def _install(local: Path, cache: Path) -> None:

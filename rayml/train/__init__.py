@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rayml._private.lazy import lazy_getattr
+from rayml.train._numerics import raise_if_diverged as raise_if_diverged
 from rayml.train._run import (
     ALL as ALL,
     EXECUTION_FIELDS as EXECUTION_FIELDS,

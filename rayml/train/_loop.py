@@ -2,7 +2,12 @@
 
 Every epoch it reports metrics and a checkpoint with model, optimizer, epoch, early-stopping state and RNG state;
 on start it resumes from ``ray.train.get_checkpoint()`` when there is one, so a restarted worker group or a re-run
-driver continues from the last checkpoint instead of epoch 0.
+driver continues from the last checkpoint instead of epoch 0. A NaN or infinite loss stops it before the epoch is
+checkpointed (:mod:`rayml.train._numerics`).
+
+The same loop runs in three places, each through its :class:`LoopSession`: a Ray Train worker
+(:class:`RayTrainSession`), a single-worker Tune trial (``rayml.tune``) and the calling process itself
+(``train.in_process``: :class:`rayml.train._local.InProcessSession`, no Ray at all).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import tempfile
 import time
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 import ray.train
 import ray.train.torch
@@ -24,12 +30,14 @@ from torch import nn
 
 from rayml._private import faults as _faults
 from rayml._private.ray_session import quiet_ray_data
+from rayml.errors import TrainingError
 from rayml.models.factory import extend_import_path
 from rayml.models.metrics import task_metrics
 from rayml.models.mlp import ModelSpec, TabularMLP, build_model, decode_target, named_outputs, tensors, training_loss
 from rayml.models.predictor import OUTPUTS_BY_TASK, PROBABILITIES
 from rayml.monitor.training import WorkerResources
 from rayml.train._checkpoints import META_FILE, STATE_FILE, newest_checkpoint
+from rayml.train._numerics import DIVERGED, diverged_report, non_finite_loss
 from rayml.train._tracking import EpochMetricsLogger, worker_can_log
 
 logger = logging.getLogger("rayml.train")
@@ -96,13 +104,26 @@ class LoopSession(abc.ABC):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def fail(self, error: TrainingError, epoch: int) -> None:
+        """The loop cannot go on (a non-finite loss at ``epoch``, nothing checkpointed for it): end the run with
+        ``error``. Raises it here (in-process, a Tune trial); returning instead makes the loop return."""
+        raise error
+
 
 class RayTrainSession(LoopSession):
-    """Inside a Ray Train worker: dataset shards, ``ray.train.report`` / ``get_checkpoint``, DDP."""
+    """Inside a Ray Train worker: dataset shards, ``ray.train.report`` / ``get_checkpoint``, DDP.
 
-    def __init__(self, run_dir: str | None = None) -> None:
+    Args:
+        run_dir: where the run's checkpoints are stored (see :mod:`rayml.train._checkpoints`).
+        report_divergence: end a diverged run by returning it from the worker function (its driver raises it,
+            :mod:`rayml.train._numerics`) instead of raising; off under a Tune trial, where the trial errors.
+    """
+
+    def __init__(self, run_dir: str | None = None, report_divergence: bool = False) -> None:
         self.rank = ray.train.get_context().get_world_rank()
         self.run_dir = run_dir
+        self.report_divergence = report_divergence
+        self.diverged: dict[str, Any] | None = None  # what the worker function returns to the driver
 
     def get_checkpoint(self) -> Any:
         return newest_checkpoint(ray.train.get_checkpoint(), self.run_dir)
@@ -125,10 +146,24 @@ class RayTrainSession(LoopSession):
     def device(self) -> torch.device:
         return ray.train.torch.get_device()
 
+    def fail(self, error: TrainingError, epoch: int) -> None:
+        if not self.report_divergence:
+            raise error
+        # raising would make Ray Train restart the worker group (max_failures times, forever with -1) only to diverge
+        # again from the same checkpoint: the loop ends, the worker function returns it (rank 0's return value is the
+        # result's return_value; a report without a checkpoint would not reach the result) and the driver raises it
+        self.diverged = diverged_report(error, epoch)
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker body. ``config`` is built by :func:`rayml.train.trainer.loop_config`."""
-    run_loop(config, RayTrainSession(config.get("run_dir")))
+
+def train_loop_per_worker(config: dict[str, Any]) -> Any:  # Any: Ray's stubs type a worker function as returning None
+    """Ray Train worker body. ``config`` is built by :func:`rayml.train.trainer.loop_config`.
+
+    Returns:
+        None, or a :func:`rayml.train._numerics.diverged_report` when the loop stopped on a non-finite loss.
+    """
+    session = RayTrainSession(config.get("run_dir"), bool(config.get("report_divergence")))
+    run_loop(config, session)
+    return session.diverged
 
 
 def run_loop(config: dict[str, Any], session: LoopSession) -> None:
@@ -214,8 +249,15 @@ def _train_epochs(
         )
         on_half = functools.partial(_faults.mid_epoch, faults, epoch, rank, config["fault_marker"]) if faults else None
         n_rows = cached[2].shape[0] if cached else None
-        total, count = _fit_batches(batches, (model, optimizer, scaler, loss_fn), device, use_amp, n_rows, on_half)
-        metrics = {"epoch": epoch, "train_loss": total / max(count, 1), **evaluate(core, val_num, val_cat, val_y, device)}
+        total, count, bad = _fit_batches(batches, (model, optimizer, scaler, loss_fn), device, use_amp, n_rows, on_half)
+        validation = evaluate(core, val_num, val_cat, val_y, device) if bad is None else {}
+        # every rank takes this decision together (under DDP one rank alone stopping would hang the others)
+        error = _divergence(bad, validation.get("val_loss", 0.0) if len(val_y) else 0.0, epoch, config, device)
+        if error is not None:
+            mlflow_log.log({DIVERGED: 1}, step=epoch)
+            session.fail(error, epoch)  # raises, or (Ray Train) keeps it for the driver to raise
+            return
+        metrics = {"epoch": epoch, "train_loss": total / max(count, 1), **validation}
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics.update(wall)
         # worker<rank>_cpu_percent / _memory_rss_bytes / _gpu_memory_bytes; rank > 0 reach MLflow via the controller
@@ -238,6 +280,30 @@ def _train_epochs(
             break
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def _divergence(
+    bad: tuple[int, float] | None, val_loss: float, epoch: int, config: dict[str, Any], device: torch.device
+) -> TrainingError | None:
+    """The error that ends the run when this epoch's training loss (``bad``: its first non-finite batch and value) or
+    validation loss is not finite, on this rank or (under DDP) on any other; None when every rank is fine."""
+    where = dict(learning_rate=config["learning_rate"], last_good=epoch - 1)
+    if bad is not None:
+        error: TrainingError | None = non_finite_loss("training", bad[1], step=f"epoch {epoch}, batch {bad[0]}", **where)
+    elif not np.isfinite(val_loss):
+        error = non_finite_loss("validation", val_loss, step=f"the end of epoch {epoch}", **where)
+    else:
+        error = None
+    if _distributed():
+        flag = torch.tensor([0.0 if error is None else 1.0], device=device)  # NCCL reduces CUDA tensors only
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if error is None and flag.item() > 0:
+            error = non_finite_loss("training", float("nan"), step=f"epoch {epoch} on another worker", **where)
+    return error
+
+
 def _fit_batches(
     batches: Any,
     step: tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, nn.Module],
@@ -245,25 +311,36 @@ def _fit_batches(
     use_amp: bool,
     n_rows: int | None,
     on_half: Any,
-) -> tuple[float, int]:
-    """One pass of optimizer steps over ``batches``; returns (summed loss, rows). ``on_half`` (a test fault hook)
-    runs once, when half of ``n_rows`` (or the first batch, when the count is unknown) has been seen."""
+) -> tuple[float, int, tuple[int, float] | None]:
+    """One pass of optimizer steps over ``batches``; returns (summed loss, rows, the first batch whose loss was not
+    finite as (1-based index, loss) or None). ``on_half`` (a test fault hook) runs once, when half of ``n_rows`` (or
+    the first batch, when the count is unknown) has been seen.
+
+    A non-finite loss ends the pass before its step is taken, except under DDP: there every rank must run the same
+    number of backward passes (each one all-reduces gradients), so the pass goes on and the epoch's end decides.
+    """
     model, optimizer, scaler, loss_fn = step
-    total, count = 0.0, 0
-    for num, cat, y in batches:
+    total, count, bad = 0.0, 0, None
+    alone = not _distributed()
+    for batch, (num, cat, y) in enumerate(batches, start=1):
         num, cat, y = num.to(device), cat.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             loss = loss_fn(model(num, cat, raw=True), y)
+        value = float(loss.detach())
+        if not np.isfinite(value) and bad is None:
+            bad = (batch, value)
+            if alone:
+                break
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += float(loss.detach()) * len(y)
+        total += value * len(y)
         count += len(y)
         if on_half is not None and (n_rows is None or count >= n_rows // 2):
             on_half()
             on_half = None
-    return total, count
+    return total, count, bad
 
 
 def _write_checkpoint(

@@ -52,7 +52,8 @@ def tree_loop_config(
         "checkpoint_every_rounds": t.checkpoint_every_rounds,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
-        "driver_node_id": ray.get_runtime_context().get_node_id(),
+        # None in-process (no Ray): rank 0 then logs to MLflow itself (rayml.train._tracking.worker_can_log)
+        "driver_node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         "run_dir": run_dir,
         "faults": constants.fault_injection(),
         "fault_marker": os.path.join(tempfile.gettempdir(), f"rayml-fault-{uuid.uuid4().hex}"),
@@ -106,6 +107,7 @@ def fit_trees(
 
     from rayml._private.ray_session import ensure_ray, set_train_poll_interval
     from rayml.train._checkpoints import newest_checkpoint
+    from rayml.train._numerics import raise_if_diverged
     from rayml.train._tracking import MlflowReportCallback
     from rayml.train._trees import tree_loop_per_worker
 
@@ -113,7 +115,9 @@ def fit_trees(
     set_train_poll_interval(cfg.train.controller_poll_interval_s)
     t = cfg.train
     run_dir = fs.join(storage_path, run_name)
-    loop = tree_loop_config(cfg, enc, tracking_uri, mlflow_run_id, run_dir) | (loop_overrides or {})
+    # a divergence ends the run at once, its error raised here; a Tune trial's (callbacks) raises in the worker instead
+    loop = tree_loop_config(cfg, enc, tracking_uri, mlflow_run_id, run_dir) | {"report_divergence": not callbacks}
+    loop |= loop_overrides or {}
     user_callbacks: list[Any] = [MlflowReportCallback(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else []
     score: dict[str, Any] = {}
     if checkpoint_score:
@@ -144,6 +148,7 @@ def fit_trees(
 
         trainer = LightGBMTrainer(tree_loop_per_worker, **kwargs)
     result = trainer.fit()
+    raise_if_diverged(result.return_value)
     ckpt = newest_checkpoint(result.checkpoint, run_dir, loads=booster_loads(cfg.model.type))
     if ckpt is None:
         raise TrainingError(f"training run {run_name!r} produced no checkpoint", hint="check the worker logs above")

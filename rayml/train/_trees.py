@@ -14,6 +14,10 @@ Checkpoints. Every ``train.checkpoint_every_rounds`` rounds (and after the last)
 history so far and the best round. A restarted worker group or a re-run driver loads the newest one (Ray's, or a newer
 one on storage) and boosts only the remaining rounds on top of it (``xgb_model=`` / ``init_model=``); the history in
 the checkpoint keeps early stopping and the best round exact across restarts.
+
+Numerical stability. A round whose validation loss is NaN or infinite stops boosting before it is checkpointed; the
+run ends with a :class:`rayml.errors.TrainingError` naming the round (:mod:`rayml.train._numerics`): a session with a
+``fail(error, round)`` method decides how (a Ray Train worker returns it for the driver to raise), others raise it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import pandas as pd
 
 from rayml._private import faults as _faults
 from rayml.data.schema import Schema, as_category_strings, class_labels_of
-from rayml.errors import DataValidationError
+from rayml.errors import DataValidationError, TrainingError
+from rayml.monitor.training import WorkerResources
+from rayml.train._numerics import DIVERGED, diverged_report, non_finite_loss
 
 logger = logging.getLogger("rayml.train")
 
@@ -256,6 +262,10 @@ class Progress:
                 self.logger.log({"resumed_from_epoch": start}, step=start)
         self._unlogged: list[tuple[dict[str, float], int]] = []
         self.latest: dict[str, float] = {}  # the last round's other validation metrics (val_rmse, val_auc ...)
+        self.diverged: tuple[TrainingError, int] | None = None  # the error and round of a non-finite validation loss
+        # worker<rank>_cpu_percent / _memory_rss_bytes at every checkpoint, as the MLP loop samples them every epoch
+        # (the model and run labels are for Prometheus gauges, which the tree loop does not export)
+        self.resources = WorkerResources("", "", rank)
 
     @property
     def best_round(self) -> int:
@@ -263,7 +273,20 @@ class Progress:
 
     def after_round(self, booster: Any, round_: int, val_loss: float, metrics: dict[str, float] | None = None) -> bool:
         """Record round ``round_`` (1-based) with its loss and other validation ``metrics`` (rayml's names); checkpoint
-        when due; True when early stopping says stop."""
+        when due; True when early stopping says stop, or when the loss is not finite (then :attr:`diverged` is set and
+        nothing is recorded for the round)."""
+        if not np.isfinite(val_loss):
+            lr = float(self.config["settings"]["learning_rate"])
+            error = non_finite_loss(
+                "validation",
+                float(val_loss),
+                step=f"round {round_}",
+                learning_rate=lr,
+                last_good=self.last_checkpointed,
+                unit="round",
+            )
+            self.diverged = (error, round_)
+            return True
         del self.history[round_ - 1 :]  # a round boosted again after a restart replaces its old entry
         self.history.append(float(val_loss))
         self.latest = dict(metrics or {})
@@ -274,6 +297,12 @@ class Progress:
             self.checkpoint(booster, round_, early_stopped=stop)
         _faults.after_round(self.faults, round_, self.rank, self.config["fault_marker"])
         return stop
+
+    def flush(self) -> None:
+        """Log the rounds not logged yet (they go with the next checkpoint otherwise)."""
+        if self.logger is not None and self._unlogged:
+            self.logger.log_many(self._unlogged)
+        self._unlogged = []
 
     def checkpoint(self, booster: Any, round_: int, *, early_stopped: bool = False, done: bool = False) -> None:
         """Report round ``round_`` with a checkpoint of ``booster`` (rank 0 writes it; every rank reports)."""
@@ -294,9 +323,11 @@ class Progress:
             "resumed_from_epoch": self.start,
             "logged_by_worker": int(self.logger is not None),
         }
-        if self.logger is not None and self._unlogged:
-            self.logger.log_many(self._unlogged)
-        self._unlogged = []
+        sample = self.resources.sample()
+        metrics.update(sample)  # what the controller logs (rank > 0, or rank 0 when it cannot reach MLflow)
+        if self._unlogged:
+            self._unlogged[-1][0].update(sample)  # what rank 0 logs itself
+        self.flush()
         if self.rank != 0:
             self.report(metrics, checkpoint=None)
             return
@@ -358,10 +389,12 @@ class TreeSession:
     its own process supplies another (:mod:`rayml.tune._trainables`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, report_divergence: bool = False) -> None:
         import ray.train
 
         self.rank: int = ray.train.get_context().get_world_rank()
+        self.report_divergence = report_divergence  # as rayml.train._loop.RayTrainSession's
+        self.diverged: dict[str, Any] | None = None  # what the worker function returns to the driver
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(this worker's training rows, the validation rows)."""
@@ -379,14 +412,28 @@ class TreeSession:
 
         ray.train.report(metrics, checkpoint=checkpoint)
 
+    def fail(self, error: TrainingError, round_: int) -> None:
+        """Keep the divergence for the worker function to return, for the driver to raise: a raise here would be
+        retried by Ray Train (``train.max_failures`` times) and diverge again from the same checkpoint. Under a Tune
+        trial: raise."""
+        if not self.report_divergence:
+            raise error
+        self.diverged = diverged_report(error, round_)
+
 
 # --- the worker loop ---------------------------------------------------------------------------------------------------
-def tree_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker body for ``model.type`` xgboost | lightgbm: resume, boost the remaining rounds, checkpoint."""
+def tree_loop_per_worker(config: dict[str, Any]) -> Any:  # Any: Ray's stubs type a worker function as returning None
+    """Ray Train worker body for ``model.type`` xgboost | lightgbm: resume, boost the remaining rounds, checkpoint.
+
+    Returns:
+        None, or a :func:`rayml.train._numerics.diverged_report` when a round's validation loss was not finite.
+    """
     from rayml._private.ray_session import quiet_ray_data
 
     quiet_ray_data()
-    run_tree_loop(config, TreeSession())
+    session = TreeSession(bool(config.get("report_divergence")))
+    run_tree_loop(config, session)
+    return session.diverged
 
 
 def run_tree_loop(config: dict[str, Any], session: Any) -> None:
@@ -421,9 +468,23 @@ def run_tree_loop(config: dict[str, Any], session: Any) -> None:
         booster = _boost_xgboost(config, enc, progress, (x, y), (xv, yv), init, total - start)
     else:
         booster = _boost_lightgbm(config, enc, progress, (x, y), (xv, yv), init, total - start)
+    if progress.diverged is not None:
+        _fail(session, progress, *progress.diverged)
+        return
     rounds = len(progress.history)
     stopped = bool(progress.patience) and rounds - progress.best_round >= progress.patience
     progress.checkpoint(booster, rounds, early_stopped=stopped)  # unless that round is checkpointed already
+
+
+def _fail(session: Any, progress: Progress, error: TrainingError, round_: int) -> None:
+    """End a diverged run: the session's ``fail`` when it has one (a Ray Train worker returns it), else raise."""
+    progress.flush()
+    if progress.logger is not None:
+        progress.logger.log({DIVERGED: 1}, step=round_)
+    fail = getattr(session, "fail", None)
+    if fail is None:
+        raise error
+    fail(error, round_)
 
 
 def _boost_xgboost(

@@ -10,6 +10,13 @@ Crash recovery has two layers:
 - a driver that dies is recovered by running the same command again: the run name is derived from the config and the
   data fingerprint, so the second run finds the first one's checkpoints under the same ``RunConfig(name,
   storage_path)`` and continues from the last one. A run that already registered its model is not trained again.
+
+A NaN or infinite loss is no crash to recover from: the loop stops before checkpointing it and the run fails at once
+with a :class:`rayml.errors.TrainingError` naming the epoch and batch (:mod:`rayml.train._numerics`).
+
+``train.in_process`` runs the same loop in this process without Ray, to debug it (:mod:`rayml.train._local`); the
+rest (run, checkpoints, export, registration) is the same. A registered version carries its training time, peak
+worker memory and serving probe figures (``rayml.perf.*`` tags, see :mod:`rayml.registry`).
 """
 
 from __future__ import annotations
@@ -221,13 +228,18 @@ def fit(
     tracking_uri: str | None,
     mlflow_run_id: str | None,
 ):
-    """Run the Ray Train loop; returns the ``ray.train.Result``."""
+    """Run the Ray Train loop; returns the ``ray.train.Result``.
+
+    Raises:
+        TrainingError: the loop stopped on a NaN or infinite loss (see :mod:`rayml.train._numerics`).
+    """
     import ray
     from ray.train import CheckpointConfig, DataConfig as RayDataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from rayml._private.ray_session import ensure_ray, set_train_poll_interval
     from rayml.train._loop import train_loop_per_worker
+    from rayml.train._numerics import raise_if_diverged
     from rayml.train._tracking import MlflowReportCallback
 
     ensure_ray()
@@ -242,6 +254,7 @@ def fit(
             ),
             "driver_node_id": ray.get_runtime_context().get_node_id(),  # see rayml.train._tracking
             "factory_path": import_path(spec.factory) if spec.factory else [],  # workers import the module from here
+            "report_divergence": True,  # a NaN loss ends the run without retries; raised below (rayml.train._numerics)
         },
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
@@ -260,7 +273,9 @@ def fit(
         # every worker validates on the whole validation set: identical metrics, identical early-stopping decisions
         dataset_config=RayDataConfig(datasets_to_split=["train"]),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    raise_if_diverged(getattr(result, "return_value", None))  # Train v2's Result (mypy sees v1's, without it)
+    return result
 
 
 def load_state_dict_from_checkpoint(checkpoint) -> dict[str, Any]:
@@ -337,11 +352,13 @@ def train(config: ConfigLike = None, *, overrides: Overrides = None, registry: R
     Raises:
         ConfigError, DataError: bad config or data (nothing is trained).
         TrainingError: training failed after its retries; re-running the same command resumes from the last checkpoint.
+            Or it diverged (a NaN or infinite loss): the message names the epoch and batch; nothing is registered.
 
     Example:
         >>> result = train("jobs/configs/train.yaml", overrides={"train.epochs": 3})
         >>> result.model_version.ref
         'sales-model:1'
+        >>> train("jobs/configs/train.yaml", overrides={"train.in_process": True})  # no Ray: breakpoints work
     """
     cfg = resolve_config(TrainJobConfig, config, overrides)
     problems = model_type_problems(cfg.model, cfg.train)
@@ -403,7 +420,12 @@ def _fit_and_register(
 ) -> TrainResult:
     """Train (from the run's last checkpoint, if any), log the best epoch, export and register it, finish the run."""
     run_id, run_name = str(run.run_id), run.name
-    result = fit(cfg, prepared, spec, run_name, storage_path, registry.tracking_uri, run_id)
+    if cfg.train.in_process:
+        from rayml.train._local import fit_in_process
+
+        result = fit_in_process(cfg, prepared, spec, run_name, storage_path, registry.tracking_uri, run_id)
+    else:
+        result = fit(cfg, prepared, spec, run_name, storage_path, registry.tracking_uri, run_id)
     state_dict, metrics, epochs_completed = _best_epoch(result, run_name)
     best_epoch = int(state_dict["epoch"])
     metrics["train_time_s"] = run.elapsed()
@@ -431,12 +453,17 @@ def _fit_and_register(
 def _register_and_finish(
     cfg: TrainJobConfig, registry: Registry, run: ResumableRun, out: TrainResult, model_dir: Path, tags: dict[str, str]
 ) -> TrainResult:
-    """Register the exported model directory (when the config says so), set the alias, finish the run."""
+    """Register the exported model directory (when the config says so) with the run's performance figures, set the
+    alias, finish the run."""
     run_id, run_name = str(run.run_id), run.name
     metrics, best_epoch = out.metrics, out.best_epoch
     out.model_dir = str(model_dir)
+    peak = peak_memory_bytes(registry, run_id, 1 if cfg.train.in_process else cfg.train.num_workers)
+    if peak is not None:
+        registry.log_metrics(run_id, {"peak_memory_bytes": peak})
     if cfg.registry.register_version:
-        info = registry.register(cfg.model.name, model_dir, run_id, tags, description=f"trained by run {run_name}")
+        perf = {"train_time_s": metrics["train_time_s"], "peak_memory_bytes": peak}
+        info = registry.register(cfg.model.name, model_dir, run_id, tags, description=f"trained by run {run_name}", perf=perf)
         if cfg.registry.alias:
             registry.set_alias(info.name, info.version, cfg.registry.alias)
             info = registry.get_version(info.name, info.version)
@@ -453,6 +480,13 @@ def _register_and_finish(
     return out
 
 
+def peak_memory_bytes(registry: Registry, run_id: str, workers: int) -> float | None:
+    """The largest resident memory any training worker reported (``worker<rank>_memory_rss_bytes``, sampled every epoch
+    or checkpoint by :class:`rayml.monitor.training.WorkerResources`); None when none was logged."""
+    values = [p.value for rank in range(workers) for p in registry.metric_history(run_id, f"worker{rank}_memory_rss_bytes")]
+    return max(values) if values else None
+
+
 def _fit_and_register_trees(
     cfg: TrainJobConfig, registry: Registry, prepared: PreparedData, run: ResumableRun, storage_path: str
 ) -> TrainResult:
@@ -460,7 +494,7 @@ def _fit_and_register_trees(
     from rayml.train._tree_fit import best_booster, check_gpu_build, export_tree_model_dir, fit_trees, tree_validation_metrics
 
     check_gpu_build(cfg)
-    if cfg.train.use_gpu:
+    if cfg.train.use_gpu and not cfg.train.in_process:
         from rayml._private.ray_session import ensure_ray
 
         ensure_ray()
@@ -471,8 +505,14 @@ def _fit_and_register_trees(
     # the distribution, and distributed LightGBM builds each feature's bins from one worker's rows (seen: val_rmse
     # 25 instead of 13 on the synthetic sales with 2 workers); a seeded shuffle makes every shard look alike
     shuffled = prepared.train.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
-    datasets = to_ray_datasets(replace(prepared, train=shuffled), cfg.train.num_workers)
-    booster, meta, _ = fit_trees(cfg, datasets, enc, run_name, storage_path, registry.tracking_uri, run_id)
+    if cfg.train.in_process:
+        from rayml.train._local import fit_trees_in_process
+
+        where = (run_name, storage_path, registry.tracking_uri, run_id)
+        booster, meta, _ = fit_trees_in_process(cfg, shuffled, prepared.validation, enc, *where)
+    else:
+        datasets = to_ray_datasets(replace(prepared, train=shuffled), cfg.train.num_workers)
+        booster, meta, _ = fit_trees(cfg, datasets, enc, run_name, storage_path, registry.tracking_uri, run_id)
     rounds = int(meta["epoch"])
     best_round = int(meta.get("best_round") or rounds)
     history = [float(v) for v in meta.get("history", [])]

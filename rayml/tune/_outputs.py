@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from rayml._private import fs
 from rayml.config import TrainJobConfig, TuneJobConfig
@@ -202,13 +205,26 @@ def register_best(registry: Registry, cfg: TuneJobConfig, result: TuneResult, gr
     result.model_dir = str(model_dir)
     if not cfg.registry.register_version:
         return
+    # the search's wall time is what this version took to make; the best trial's workers give the peak memory
+    perf = {"train_time_s": result.wall_time_s, "peak_memory_bytes": _peak_memory(grid, best)}
     info = registry.register(
-        cfg.model.name, model_dir, run_id, tags, description=f"best trial {best.trial_id} of search {result.name}"
+        cfg.model.name, model_dir, run_id, tags, description=f"best trial {best.trial_id} of search {result.name}", perf=perf
     )
     if cfg.registry.alias:
         registry.set_alias(info.name, info.version, cfg.registry.alias)
         info = registry.get_version(info.name, info.version)
     result.model_version = info
+
+
+def _peak_memory(grid: Any, best: TrialSummary) -> float | None:
+    """The largest ``worker<rank>_memory_rss_bytes`` the best trial reported (None when it reported none)."""
+    result = next((r for r in grid if trial_id_of(r) == best.trial_id), None)
+    df = getattr(result, "metrics_dataframe", None)
+    if df is None:
+        return None
+    columns = [c for c in df.columns if re.fullmatch(r"worker\d+_memory_rss_bytes", str(c))]
+    values = pd.to_numeric(df[columns].stack(), errors="coerce").dropna() if columns else pd.Series(dtype=float)
+    return float(values.max()) if len(values) else None
 
 
 def log_summary(registry: Registry, result: TuneResult) -> None:

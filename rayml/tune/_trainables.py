@@ -19,10 +19,12 @@ LightGBMTrainer per trial (:func:`rayml.train.fit_trees`). A restarted trial boo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,12 +35,33 @@ from torch import nn
 
 from rayml._private import fs
 from rayml.config import TrainJobConfig, TuneJobConfig
+from rayml.errors import TrainingDivergedError
 from rayml.models import ModelSpec
 from rayml.models.mlp import tensors
-from rayml.train import LoopSession, PreparedData, loop_config, run_loop, spec_for, train_loop_per_worker
+from rayml.train import (
+    LoopSession,
+    PreparedData,
+    loop_config,
+    raise_if_diverged,
+    run_loop,
+    spec_for,
+    train_loop_per_worker,
+)
 from rayml.tune._space import decode, trial_config
 
 logger = logging.getLogger("rayml.tune")
+
+
+@contextlib.contextmanager
+def _ends_if_diverged() -> Iterator[None]:
+    """A trial whose loss went NaN/inf ends where it diverged instead of failing: Tune would retry it
+    (``train.max_failures``, forever with -1) and it would diverge again from the same checkpoint. The epochs it
+    reported before stay in the search (each was checkpointed before the divergence); the rest of the search goes on."""
+    try:
+        yield
+    except TrainingDivergedError as e:
+        logger.warning("a trial diverged and ends here (not retried): %s", e.message)
+
 
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
 
@@ -117,7 +140,8 @@ def single_worker_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: 
     lc = loop_config(cfg, spec, setup.target, None, None)  # per-epoch MLflow logging is the driver callback's job
     lc["faults"] = setup.faults
     lc["factory_path"] = setup.factory_path
-    run_loop(lc, TuneSession(prepared.train, prepared.validation, use_gpu=setup.gpus_per_worker > 0))
+    with _ends_if_diverged():
+        run_loop(lc, TuneSession(prepared.train, prepared.validation, use_gpu=setup.gpus_per_worker > 0))
 
 
 def trainer_run_name(trial_id: str) -> str:
@@ -142,6 +166,7 @@ def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: Pr
     lc["faults"] = setup.faults
     lc["factory_path"] = setup.factory_path
     lc["run_dir"] = fs.join(setup.train_storage, run_name)
+    lc["report_divergence"] = True  # returned, not raised: Ray Train would restart the worker group on it
     resources = {"CPU": setup.cpus_per_worker}
     if setup.gpus_per_worker > 0:
         resources["GPU"] = setup.gpus_per_worker
@@ -167,7 +192,9 @@ def distributed_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: Pr
         datasets=to_ray_datasets(prepared, setup.workers),
         dataset_config=RayDataConfig(datasets_to_split=["train"]),
     )
-    trainer.fit()
+    result = trainer.fit()
+    with _ends_if_diverged():
+        raise_if_diverged(getattr(result, "return_value", None))  # Train v2's Result (mypy sees v1's, without it)
 
 
 # --- trees ---------------------------------------------------------------------------------------------------------------
@@ -215,20 +242,26 @@ def single_worker_tree_trial(config: dict[str, Any], *, setup: TrialSetup, prepa
     cfg = _tree_trial(setup, config)
     # per-round MLflow logging is the driver callback's job; no run directory: Tune keeps this trial's checkpoints
     loop = tree_loop_config(cfg, TreeEncoding.of(prepared.schema), None, None, "") | _tree_overrides(setup)
-    run_tree_loop(loop, TuneTreeSession(prepared.train, prepared.validation))
+    with _ends_if_diverged():
+        run_tree_loop(loop, TuneTreeSession(prepared.train, prepared.validation))
 
 
 def distributed_tree_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: PreparedData) -> None:
     """Tune function trainable: one trial = an XGBoostTrainer / LightGBMTrainer with ``setup.workers`` workers."""
+    cfg = _tree_trial(setup, config)
+    # a seeded shuffle makes every worker's shard look alike (as `rayml train` does for trees)
+    shuffled = prepared.train.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
+    with _ends_if_diverged():
+        _fit_tree_trial(cfg, setup, prepared, shuffled)
+
+
+def _fit_tree_trial(cfg: TrainJobConfig, setup: TrialSetup, prepared: PreparedData, shuffled: pd.DataFrame) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rayml.train import TreeEncoding, fit_trees
     from rayml.train.trainer import to_ray_datasets
 
-    cfg = _tree_trial(setup, config)
-    # a seeded shuffle makes every worker's shard look alike (as `rayml train` does for trees)
-    shuffled = prepared.train.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
     fit_trees(
         cfg,
         to_ray_datasets(replace(prepared, train=shuffled), setup.workers),

@@ -159,6 +159,21 @@ def test_a_failed_run_is_marked_in_mlflow_and_counted_for_prometheus(
     assert line is not None and float(line.rsplit(" ", 1)[1]) == 1.0
 
 
+def test_a_diverged_ray_run_fails_at_once_without_retries_and_registers_nothing(tmp_path: Path, tracking_uri: str) -> None:
+    # a NaN loss is deterministic: a retried worker group would diverge again from the same checkpoint
+    cfg = small_cfg(tmp_path, tracking_uri, "train.learning_rate=1e30", "train.max_failures=1", "model.name=diverging")
+    with pytest.raises(TrainingError) as e:
+        train(cfg)
+    msg = str(e.value)  # the worker's own words
+    assert "training diverged: the training loss is " in msg and " at epoch 1, batch " in msg
+    assert e.value.hint and "lower the learning rate (now 1e+30)" in e.value.hint
+    reg = Registry(tracking_uri)
+    (run,) = reg.client.search_runs([reg.experiment_id("rayml")])
+    assert run.info.status == "FAILED" and "training diverged" in run.data.tags["rayml.failure"]
+    assert [p.value for p in reg.metric_history(run.info.run_id, "resumed_from_epoch")] == [0.0]  # one attempt only
+    assert reg.list_models() == [] and not list((tmp_path / "runs").glob("*/checkpoint_*"))
+
+
 def test_bad_data_fails_before_any_run_is_created(tmp_path: Path, tracking_uri: str) -> None:
     import pandas as pd
 

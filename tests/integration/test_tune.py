@@ -136,3 +136,24 @@ def test_optuna_search_with_a_torch_trainer_per_trial(tmp_path: Path, tracking_u
     meta = Registry(tracking_uri).load(result.model_version.ref).meta
     assert meta["spec"]["hidden_sizes"] == result.best.params["model.hidden_sizes"]
     assert meta["tune"]["trial_id"] == result.best.trial_id
+
+
+def test_a_diverging_trial_ends_without_retries_and_the_search_goes_on(tmp_path: Path, tracking_uri: str) -> None:
+    # learning rate 1e30: the loss is inf/NaN within the first epoch. Retried, it would diverge again (forever here)
+    cfg = _cfg(
+        tmp_path,
+        tracking_uri,
+        {
+            "name": "diverge-it",
+            "metric": "val_rmse",
+            "scheduler": "fifo",
+            "search": "grid",
+            "max_concurrent_trials": 1,
+            "space": {"train.learning_rate": {"grid": [1e30, 0.01]}},
+        },
+        train={"epochs": 2, "max_failures": -1},
+    )
+    result = tune(cfg)
+    assert result.best.params["train.learning_rate"] == 0.01 and result.model_version is not None
+    diverged = [t for t in result.trials if t.params["train.learning_rate"] == 1e30]
+    assert len(diverged) == 1 and diverged[0].epochs_run == 0, [(t.params, t.status, t.epochs_run) for t in result.trials]
