@@ -3,7 +3,9 @@ gate, and live quality on ground-truth labels."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from rayml.config._base import _Section
 
@@ -35,6 +37,12 @@ class DriftConfig(_Section):
 class GateConfig(_Section):
     """The validation gate: a candidate version against the baseline alias on a fixed validation set."""
 
+    @field_validator("unimportant_features", "linear_baseline", "perf_regressions", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value: object) -> object:
+        # YAML reads a bare `off` (in a file or a --set) as false: it means the action `off`
+        return "off" if value is False else value
+
     max_regression: float = Field(
         default=0.02,
         ge=0.0,
@@ -52,7 +60,75 @@ class GateConfig(_Section):
     )
     min_segment_rows: int = Field(default=30, ge=1, description="Slices with fewer validation rows are not judged.")
     permutation_repeats: int = Field(default=2, ge=1, le=20, description="Shuffles per feature for permutation importance.")
-    seed: int = Field(default=0, description="Seed of the permutation shuffles.")
+    seed: int = Field(default=0, description="Seed of the permutation shuffles, the linear baseline's folds and its row sample.")
+    unimportant_features: Literal["warn", "fail", "off"] = Field(
+        default="warn",
+        description="What a feature whose permutation importance is not above noise does: `warn` (listed under the "
+        "report's warnings), `fail` the gate, or `off`. Noise = the standard error of the importance, from the loss "
+        "measured per block of validation rows and per shuffle.",
+    )
+    importance_sigmas: float = Field(
+        default=2.0, ge=0.0, description="A feature is above noise when its importance exceeds this many standard errors."
+    )
+    require_reproducible_lineage: bool | None = Field(
+        default=None,
+        description="Refuse a candidate whose `rayml.git_commit` tag is missing, `unknown` or ends with `-dirty` (not "
+        "rebuildable from its code). null = on when the gate judges a release against `production` (the pipeline's "
+        "gate, `rayml validate --release`), off otherwise; false for experiments from a dirty checkout.",
+    )
+    linear_baseline: Literal["fail", "warn", "off"] = Field(
+        default="fail",
+        description="A candidate that does not beat a linear baseline (ridge / logistic regression on its features, "
+        "5-fold cross-fitted on the validation rows): `fail` the gate, `warn`, or `off` (not fitted). Without "
+        "scikit-learn or with fewer than 20 rows the baseline is skipped with a warning.",
+    )
+    linear_tolerance: float = Field(
+        default=0.02,
+        ge=0.0,
+        description="How much worse than the linear baseline the candidate's primary metric may be, relative (0 = it "
+        "must beat it; 0.02 = less than 2% worse: a nonlinear model on a linear problem ties with it up to noise).",
+    )
+    group_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns of the validation data whose groups must be served alike (fairness / inclusion; need not "
+        "be model features): the primary metric per group value, judged by gate.max_group_gap. [] = none.",
+    )
+    max_group_gap: float = Field(
+        default=0.20,
+        ge=0.0,
+        description="Largest allowed gap between a group column's best and worst group (groups of at least "
+        "min_segment_rows rows): (best - worst) / |best| of the primary metric when higher is better (AUC, macro-F1), "
+        "(worst - best) / |best| when lower is (RMSE). 0.20: the worst group at most 20% worse than the best (the "
+        "four-fifths rule of thumb).",
+    )
+    perf_regressions: Literal["warn", "fail", "off"] = Field(
+        default="warn",
+        description="What a performance regression against the baseline does (latency and throughput probed side by "
+        "side in this process; training time and peak memory from the versions' rayml.perf.* tags): `warn`, `fail` "
+        "or `off` (not probed). Timing is noisy: warn by default.",
+    )
+    max_latency_regression: float = Field(
+        default=0.5, ge=0.0, description="Largest allowed relative rise of single-row latency (0.5 = 50% slower)."
+    )
+    max_throughput_regression: float = Field(
+        default=0.33,
+        ge=0.0,
+        le=1.0,
+        description="Largest allowed relative drop of batch throughput (0.33 = a third fewer rows/s).",
+    )
+    max_train_time_regression: float = Field(
+        default=1.0, ge=0.0, description="Largest allowed relative rise of training time (1.0 = twice as long)."
+    )
+    max_memory_regression: float = Field(
+        default=0.5, ge=0.0, description="Largest allowed relative rise of peak training memory (0.5 = 50% more)."
+    )
+    perf_probe_s: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=60.0,
+        description="About how long each model's latency and throughput are probed, in seconds (at least 5 single-row "
+        "calls and 3 batches each, whatever the time).",
+    )
 
 
 class QualityConfig(_Section):

@@ -30,13 +30,34 @@ def _holdout(df: pd.DataFrame, tmp_path: Path) -> Path:
     return path
 
 
-def test_gate_passes_a_good_candidate_and_explains(registry: Registry, sales: pd.DataFrame) -> None:
+def test_gate_passes_a_good_candidate_and_explains(registry: Registry, sales: pd.DataFrame, tmp_path: Path) -> None:
     register_quick(registry, "m", sales, epochs=60, alias="production")
     cand = register_quick(registry, "m", sales.iloc[: len(sales) - 10], epochs=80, seed=1)
-    report = run_gate(registry, "m", cand.version, sales, GateConfig(max_regression=0.10))
+    cfg = GateConfig(max_regression=0.10, group_columns=["region"], max_group_gap=1.0)
+    report = run_gate(registry, "m", cand.version, sales, cfg, report_dir=tmp_path / "gate")
     assert report.passed, report.failures
     assert report.baseline == 1 and report.primary_metric == "rmse"
     assert report.candidate_metrics["rmse"] < report.trivial_metrics["rmse"]
+    # a trained MLP beats ridge regression cross-fitted on the same rows by far
+    assert report.candidate_metrics["rmse"] < 0.8 * report.linear_metrics["rmse"] < report.trivial_metrics["rmse"]
+    assert report.linear == {
+        "kind": "ridge regression",
+        "rows": len(sales),
+        "folds": 5,
+        "regression": pytest.approx(report.candidate_metrics["rmse"] / report.linear_metrics["rmse"] - 1),
+    }
+    (groups,) = report.groups
+    assert groups["column"] == "region" and sum(g["rows"] for g in groups["groups"]) == len(sales)
+    assert {r["feature"] for r in report.feature_value} == set(report.feature_importance)
+    assert all(r["stderr"] > 0 and "size_share" in r for r in report.feature_value)
+    perf = report.performance  # probed side by side; training figures only when the versions were tagged with them
+    assert perf["candidate"]["latency_ms"] > 0 and perf["baseline"]["throughput_rows_s"] > 0
+    assert set(perf["regression"]) >= {"latency_ms", "throughput_rows_s"}
+    assert (tmp_path / "gate" / "gate_report.json").is_file() and (tmp_path / "gate" / "plots" / "groups_region.png").is_file()
+    assert [a.path for a in registry.client.list_artifacts(report.mlflow_run_id, "plots")] == ["plots/groups_region.png"]
+    assert {"linear_rmse", "perf_candidate_latency_ms", "group_gap_region"} <= set(
+        registry.client.get_run(report.mlflow_run_id).data.metrics
+    )
     assert max(report.feature_importance, key=report.feature_importance.get) in {"price", "promo", "category", "temperature"}
     assert "data_fingerprint" in report.changes  # trained on different rows
     assert {s["segment"] for s in report.slices} == set(sales["store_id"])  # sliced by the model's segment column
@@ -89,12 +110,23 @@ def test_gate_refuses_wild_and_nan_candidates(registry: Registry, sales: pd.Data
             str(data),
             "--max-regression",
             "0.5",
+            "--report",
+            str(tmp_path / "report"),
             "--set",
             f"registry.tracking_uri={uri}",
+            "--set",
+            "gate.group_columns=[region]",
+            "--set",
+            "gate.max_group_gap=1.0",
         ],
+        terminal_width=200,
     )
     assert ok.exit_code == 0, ok.output
     assert "Next: rayml models alias m 1 production" in ok.output
+    for section in ("linear (ridge regression)", "Groups by region", "Feature value", "Performance", "lineage: commit"):
+        assert section in ok.output, section
+    assert f"Report: {tmp_path / 'report' / 'gate_report.json'} and 1 plot(s)" in ok.output
+    assert (tmp_path / "report" / "plots" / "groups_region.png").is_file()
 
 
 def test_a_regressing_slice_fails_the_gate() -> None:
