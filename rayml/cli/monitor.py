@@ -1,4 +1,4 @@
-"""`rayml monitor drift` and `rayml monitor quality`."""
+"""`rayml monitor drift`, `rayml monitor quality` and `rayml monitor staleness`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from rayml.cli._common import ConfigOpt, SetOpt, VerboseOpt, console, load, tabl
 from rayml.cli._output import start_output
 from rayml.config import MonitorJobConfig
 
-app = typer.Typer(help="Drift, data quality and live model quality.", no_args_is_help=True)
+app = typer.Typer(help="Drift, data quality, live model quality and staleness.", no_args_is_help=True)
 
 EXIT_DRIFT = 2
 EXIT_GAP = 2
+EXIT_STALE = 2
 
 
 @app.command("drift")
@@ -191,6 +192,111 @@ def quality(
         )
     elif not report:
         console.print(f"Next: rayml monitor quality --model {model} --report quality-report   (HTML and plots)")
+
+
+@app.command("staleness")
+def staleness(
+    model: Annotated[str, typer.Option("--model", "-m", help="The registered model's name.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Labelled Parquet/CSV file, directory, glob or URI (input columns and the target); default: the newest "
+            "labelled captures (staleness.max_rows of them).",
+        ),
+    ] = None,
+    versions: Annotated[
+        int | None, typer.Option("--versions", "-n", help="How many newest versions to score (default staleness.versions).")
+    ] = None,
+    max_degradation: Annotated[
+        float | None,
+        typer.Option("--max-degradation", help="Tolerated relative degradation, e.g. 0.05 (default staleness.max_degradation)."),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", "-r", help="Directory for staleness.json, .html, .png and the alert rule (.rules.yml)."),
+    ] = None,
+    destination: Annotated[
+        str | None,
+        typer.Option(
+            "--destination",
+            help="Without --data: where the captures and labels are (default quality.destination, else $RAYML_HOME/captures).",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Staleness measured: score the model's newest versions on the newest labelled data, show quality against age,
+    fit the degradation per day of age and derive the max age at which it reaches the tolerated degradation (the
+    threshold for the RaymlModelStale alert, printed as a rule).
+
+    Exit code 2 when the newest version is already older than that max age (time to retrain), 0 otherwise.
+    """
+    from rayml._private import constants
+    from rayml.config import DataConfig
+    from rayml.data import load_table
+    from rayml.feedback import local_destination
+    from rayml.monitor import labelled_captures, measure_staleness, write_staleness_report
+    from rayml.registry import Registry, validate_name
+
+    overrides = list(set_ or [])
+    overrides += [f"staleness.versions={versions}"] if versions is not None else []
+    overrides += [f"staleness.max_degradation={max_degradation}"] if max_degradation is not None else []
+    cfg = load(MonitorJobConfig, config, overrides)
+    validate_name(model)
+    start_output("monitor-staleness", verbose)
+    registry = Registry(cfg.registry.tracking_uri)
+    if data:
+        frame, source = load_table(DataConfig(source=data)), data
+    else:
+        dest = local_destination(destination or cfg.quality.destination or constants.default_capture_dir())
+        known = registry.versions(model)  # an unknown model fails here, naming the registered ones
+        target = (registry.load(known[-1].ref).model_dir.target if known else None) or "label"
+        frame, source = labelled_captures(dest, model, target, max_rows=cfg.staleness.max_rows)
+    s = cfg.staleness
+    result = measure_staleness(registry, model, frame, versions=s.versions, max_degradation=s.max_degradation, source=source)
+    metric = result.primary_metric
+    rows = [
+        [
+            f"v{v.version}" + (" (reference)" if v.version == result.reference else ""),
+            v.created.replace("T", " ").removesuffix("+00:00"),
+            _duration(v.age_days * 86400.0),
+            v.rows if v.skipped is None else "-",
+            _fmt(v.primary),
+            "-" if v.degradation is None else f"{v.degradation:+.1%}",
+            v.skipped or "",
+        ]
+        for v in result.versions
+    ]
+    console.print(
+        table(
+            f"Staleness of {model} on {source} ({result.rows} labelled rows)",
+            ["version", "created (UTC)", "age", "rows", metric, "degradation", "skipped"],
+            rows,
+        )
+    )
+    if result.degradation_per_day is not None:
+        console.print(f"Trend: {metric} degrades {result.degradation_per_day:+.2%} per day of age (least squares)")
+    rule = result.alert_rule()
+    if result.recommended_max_age_days is not None and rule:
+        console.print(
+            f"Recommended max age: {result.recommended_max_age_days:.3g} days (degradation reaches "
+            f"{result.max_degradation:.1%}); the newest version is {_fmt(result.newest_age_days)} days old"
+        )
+        console.print("RaymlModelStale with this threshold (Prometheus rule):")
+        console.print(rule.rstrip(), markup=False)
+    else:
+        console.print(f"No max age derived: {result.reason}")
+    if report:
+        paths = write_staleness_report(result, report)
+        console.print(f"Report: {paths['html']}" + (f"; rule file: {paths['rules']}" if "rules" in paths else ""))
+    if result.stale:
+        console.print(f"Stale: retrain (e.g. rayml pipeline run --config jobs/configs/pipeline.yaml --set model.name={model})")
+        raise typer.Exit(EXIT_STALE)
+    if not report:
+        console.print(f"Next: rayml monitor staleness --model {model} --report staleness-report   (HTML, plot, rule file)")
 
 
 def _fmt(x: float | None) -> str:

@@ -48,6 +48,13 @@ def _summary(name: str, out: dict[str, Any]) -> str:
     if name == "promote":
         how = {"rollout": "by rollout", "alias": "by alias (serving not up)", "none": ""}.get(out.get("mode", ""), "")
         return f"{out.get('outcome', '')} {how}".strip() + (f": {out['reason']}" if out.get("reason") else "")
+    if name == "staleness":
+        if out.get("status") == "error":
+            return f"not measured: {out.get('error')}"
+        per_day, max_age = out.get("degradation_per_day"), out.get("recommended_max_age_days")
+        trend = f", {out.get('primary_metric')} {per_day:+.2%}/day" if per_day is not None else ""
+        age = f", max age {max_age:.1f} days" if max_age is not None else ""
+        return f"{out.get('status')}{trend}{age}"
     return ""
 
 

@@ -7,8 +7,9 @@ One module per area: :mod:`~rayml.config.data`, :mod:`~rayml.config.train` (mode
 :mod:`~rayml.config.registry`, :mod:`~rayml.config.tune` (with the checks of a search in
 :mod:`~rayml.config.search_space`), :mod:`~rayml.config.manymodels`, :mod:`~rayml.config.batch`,
 :mod:`~rayml.config.monitor` (drift and gate), :mod:`~rayml.config.serve` (serve and rollout),
-:mod:`~rayml.config.pipeline`; :mod:`~rayml.config.jobs` puts sections together into one model per command, and
-:mod:`~rayml.config.loader` reads YAML and ``--set`` overrides into one. Import from ``rayml.config``.
+:mod:`~rayml.config.pipeline`, :mod:`~rayml.config.staleness`; :mod:`~rayml.config.jobs` puts sections together
+into one model per command, and :mod:`~rayml.config.loader` reads YAML and ``--set`` overrides into one. Import
+from ``rayml.config``.
 
 Example:
     >>> cfg = load_config(TrainJobConfig, "jobs/configs/train.yaml", ["train.epochs=3"])
@@ -49,6 +50,7 @@ from rayml.config.serve import (
     ServedVersion,
     ShadowSettings,
 )
+from rayml.config.staleness import StalenessConfig
 from rayml.config.train import (
     MODEL_TYPES,
     LightGBMSettings,
@@ -109,6 +111,7 @@ __all__ = [
     "ServedModelConfig",
     "ServedVersion",
     "ShadowSettings",
+    "StalenessConfig",
     "SyntheticConfig",
     "synthetic_roles",
     "TrainConfig",

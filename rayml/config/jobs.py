@@ -21,6 +21,7 @@ from rayml.config.pipeline import PipelineConfig
 from rayml.config.registry import RegistryConfig
 from rayml.config.search_space import search_space_problems
 from rayml.config.serve import RolloutConfig, ServeConfig
+from rayml.config.staleness import StalenessConfig
 from rayml.config.train import ModelConfig, TrainConfig, _changed, model_type_problems
 from rayml.config.tune import _MAXIMISED_METRICS, _RANGE_TYPES, _VALUE_TYPES, TuneConfig
 from rayml.errors import ConfigError
@@ -82,6 +83,11 @@ class TuneJobConfig(TrainJobConfig):
 
     @model_validator(mode="after")
     def _valid_search(self) -> TuneJobConfig:
+        if self.train.in_process:
+            raise ValueError(
+                "train.in_process is true, but a search runs its trials as Ray Tune trials; debug one configuration "
+                "with `rayml train --in-process` (the same training loop) and leave train.in_process false here"
+            )
         problems = search_space_problems(self)
         if problems:
             lines = "\n".join(f"  - {p}" for p in problems)
@@ -135,12 +141,15 @@ class TuneJobConfig(TrainJobConfig):
 
 
 class MonitorJobConfig(_Section):
-    """`rayml monitor drift` and `rayml monitor quality`."""
+    """`rayml monitor drift`, `rayml monitor quality` and `rayml monitor staleness`."""
 
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow tracking and registry.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift thresholds.")
     quality: QualityConfig = Field(
         default_factory=QualityConfig, description="Live quality: where captures and labels are, and its thresholds."
+    )
+    staleness: StalenessConfig = Field(
+        default_factory=StalenessConfig, description="Quality against model age: versions scored, tolerated degradation."
     )
 
 
@@ -178,6 +187,11 @@ class ManyModelsJobConfig(TrainJobConfig):
     def _has_segments(self) -> ManyModelsJobConfig:
         if not self.data.segment:
             raise ValueError("data.segment is empty; many models needs the segment column(s), e.g. data.segment=[store_id]")
+        if self.train.in_process:
+            raise ValueError(
+                "train.in_process is true, but many models trains its segments in parallel Ray tasks; debug one "
+                "segment's model with `rayml train --in-process` on that segment's rows, and leave it false here"
+            )
         if self.model.factory is not None:
             raise ValueError(
                 f"model.factory ({self.model.factory!r}) is for `rayml train` / `rayml tune`; many models trains rayml's "
@@ -274,6 +288,9 @@ class PipelineJobConfig(TrainJobConfig):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The Serve application to roll out through.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Canary steps and checks of the rollout.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Stages, state and promotion.")
+    staleness: StalenessConfig = Field(
+        default_factory=StalenessConfig, description="The staleness stage: versions scored, tolerated degradation."
+    )
 
     @model_validator(mode="after")
     def _pipeline_owns_production(self) -> PipelineJobConfig:

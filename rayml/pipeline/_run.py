@@ -145,6 +145,7 @@ def _run_leased(
         state = PipelineState.new(name, run_id, STAGE_NAMES, identity=identity)
         logger.info("pipeline %s: new run %s in %s", name, run_id, run_dir)
     else:
+        with_current_stages(state)
         logger.info("pipeline %s: resuming run %s at stage %s", name, run_id, state.next_stage or "(complete)")
     resumed_at = state.next_stage
     state.mlflow_run_id = _open_mlflow_run(registry, cfg, state)
@@ -167,6 +168,14 @@ def _run_leased(
     finally:
         _close_mlflow_run(registry, state, store)
     return PipelineResult(state=state, run_dir=run_dir, resumed_at=resumed_at)
+
+
+def with_current_stages(state: PipelineState) -> PipelineState:
+    """Give a run recorded before a stage existed (e.g. ``staleness``) that stage, pending, in its place, so old state
+    files stay readable and resumable; records of stages that no longer exist are kept at the end."""
+    known = {s.name: s for s in state.stages}
+    state.stages = [known.pop(n) if n in known else StageRecord(n) for n in STAGE_NAMES] + list(known.values())
+    return state
 
 
 def _open_mlflow_run(registry: Registry, cfg: PipelineJobConfig, state: PipelineState) -> str:

@@ -1,5 +1,6 @@
-"""The five stages of continuous training. Each takes the :class:`StageContext` and returns its outputs (JSON-able,
-recorded in the run's state file); a stage that must stop the pipeline raises.
+"""The stages of continuous training. Each takes the :class:`StageContext` and returns its outputs (JSON-able,
+recorded in the run's state file); a stage that must stop the pipeline raises. The five that release a candidate are
+followed by ``staleness``, which only records (quality against model age) and never fails the run.
 
 Only the last stage (``promote``) can move ``production``: through a rollout when serving is up (the rollout
 controller promotes or rolls back), or by moving the alias itself. A failure anywhere before it leaves production
@@ -8,7 +9,6 @@ as it was.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -23,6 +23,7 @@ import pandas as pd
 from rayml._private import fs
 from rayml.config import DataConfig, PipelineJobConfig, ServeJobConfig
 from rayml.data import load_table, validate
+from rayml.data.schema import schema_changes
 from rayml.errors import ConfigError, DataValidationError, ModelNotFoundError
 from rayml.gate import run_gate
 from rayml.pipeline._state import PipelineState, StageFailed
@@ -32,7 +33,8 @@ from rayml.train import PreparedData
 logger = logging.getLogger("rayml.pipeline")
 
 VALIDATE, TRAIN, GATE, REGISTER, PROMOTE = "validate_data", "train", "gate", "register", "promote"
-STAGE_NAMES = (VALIDATE, TRAIN, GATE, REGISTER, PROMOTE)
+STALENESS = "staleness"
+STAGE_NAMES = (VALIDATE, TRAIN, GATE, REGISTER, PROMOTE, STALENESS)
 DRIFT_DIR, GATE_REPORT = "drift", "gate_report.json"
 
 
@@ -99,11 +101,13 @@ def _local_dir(ctx: StageContext, name: str) -> Path:
 def validate_data(ctx: StageContext) -> dict[str, Any]:
     """Check the new data against the production model's schema, and its drift from production's training data.
 
-    The new data was already checked on its own (columns, types, missing values) when the run was identified. With
-    a production model: every production feature must be present with the right type and the target labelled, or
-    the stage fails (a user error: exit 2). Drift (PSI / JS / L-inf per feature, prediction and label drift) is
-    written to ``<run>/drift/`` (drift.json, drift.html, PNGs); an alert fails the stage only with
-    ``pipeline.block_on_drift``. Without a production model (a first run) there is nothing to compare with.
+    The new data was already checked on its own (columns, types, missing values, the feature policy) when the run
+    was identified. With a production model: every production feature must be present with the right type and the
+    target labelled, or the stage fails (a user error: exit 2). How the features the candidate will be trained on
+    differ from production's is recorded as ``schema_changes`` (:func:`rayml.data.schema.schema_changes`: features
+    added, removed, and whose kind changed between numeric and categorical). Drift (PSI / JS / L-inf per feature,
+    prediction and label drift) is written to ``<run>/drift/`` (drift.json, drift.html, PNGs); an alert fails the
+    stage only with ``pipeline.block_on_drift``. Without a production model (a first run) there is nothing to compare with.
     """
     from rayml.monitor import drift_of_frame, global_reference, predict_frame, write_report
 
@@ -129,9 +133,12 @@ def validate_data(ctx: StageContext) -> dict[str, Any]:
         missing = [c for c in prod.model_dir.input_names if c not in df.columns]
         if missing:
             raise DataValidationError([f"missing column(s) {missing}"], hint="the production model takes them", source=source)
-    old = set(prod_schema.feature_names if prod_schema is not None else prod.model_dir.input_names)
-    new = set(p.schema.feature_names)
-    out["schema_changes"] = {"added": sorted(new - old), "removed": sorted(old - new)}
+    # an imported model records no schema: its inputs' types say which are categories
+    old = prod_schema.kinds if prod_schema is not None else {t.name: _input_kind(t.datatype) for t in prod.model_dir.inputs}
+    changes = schema_changes(old, p.schema.kinds)
+    out["schema_changes"] = changes
+    if any(changes.values()):
+        logger.info("the new data changes %s's features (vs %s, production): %s", ctx.model, prod.info.ref, changes)
     reference = global_reference(prod)
     result = drift_of_frame(reference, df, predict_frame(prod, df), prod.model_dir.target, ctx.cfg.drift)
     local = _local_dir(ctx, DRIFT_DIR)
@@ -148,6 +155,10 @@ def validate_data(ctx: StageContext) -> dict[str, Any]:
                 outputs=out,
             )
     return out
+
+
+def _input_kind(datatype: str) -> str:
+    return "categorical" if datatype == "BYTES" else "numeric"
 
 
 # --- 2. train or tune ------------------------------------------------------------------------------------------------
@@ -186,14 +197,14 @@ def gate(ctx: StageContext) -> dict[str, Any]:
     """Judge the candidate against ``production`` on fixed labelled data (``pipeline.gate_data``, else the new data's
     held-out split) with :func:`rayml.gate.run_gate`. A first model has no baseline: it must still beat a trivial
     model and output finite numbers. A refusal fails the stage; re-running re-judges the same version (e.g. with new
-    ``gate.*`` settings) without training again."""
+    ``gate.*`` settings) without training again. It judges a release: the gate's null options take their release
+    defaults (``gate.require_reproducible_lineage``: the candidate must come from a clean commit)."""
     version = int(ctx.out(TRAIN)["version"])
     source = ctx.cfg.pipeline.gate_data
     data = load_table(DataConfig(source=source)) if source else ctx.prepared.validation
-    report = run_gate(ctx.registry, ctx.model, version, data, ctx.cfg.gate)
     local = _local_dir(ctx, "gate")
-    local.mkdir(parents=True, exist_ok=True)
-    (local / GATE_REPORT).write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    # the report folder gets gate_report.json (GATE_REPORT) and the group plots
+    report = run_gate(ctx.registry, ctx.model, version, data, ctx.cfg.gate, release=True, report_dir=local)
     path = _publish(local, fs.join(ctx.run_dir, "gate")) if "://" in ctx.run_dir else str(local / GATE_REPORT)
     out = {
         "passed": report.passed,
@@ -207,6 +218,7 @@ def gate(ctx: StageContext) -> dict[str, Any]:
         "regression": report.regression,
         "max_regression": ctx.cfg.gate.max_regression,
         "failures": report.failures,
+        "warnings": report.warnings,
         "report": path,
         "mlflow_run_id": report.mlflow_run_id,
     }
@@ -333,12 +345,69 @@ def _roll_out(ctx: StageContext, version: int, base: dict[str, Any]) -> dict[str
     return out
 
 
+# --- 6. staleness (record only) -------------------------------------------------------------------------------------
+def staleness(ctx: StageContext) -> dict[str, Any]:
+    """Measure staleness on this run's data: the model's newest ``staleness.versions`` versions (the candidate among
+    them) scored on the held-out split of the new data (:func:`rayml.monitor.measure_staleness`), the degradation per
+    day of age and the recommended max age; the report goes under ``<run>/staleness/`` and the numbers to the run's
+    MLflow run. Record only: any error is logged and recorded in the outputs (``status: error``), never raised, so
+    it cannot fail a run whose candidate is already released.
+    """
+    from rayml.monitor import measure_staleness, write_staleness_report
+
+    cfg = ctx.cfg.staleness
+    try:
+        report = measure_staleness(
+            ctx.registry,
+            ctx.model,
+            ctx.prepared.validation,
+            versions=cfg.versions,
+            max_degradation=cfg.max_degradation,
+            source=f"validation split of {ctx.prepared.source}",
+        )
+        local = _local_dir(ctx, STALENESS)
+        paths = write_staleness_report(report, local)
+        path = _publish(local, fs.join(ctx.run_dir, STALENESS)) if "://" in ctx.run_dir else str(paths["html"])
+        if ctx.state.mlflow_run_id:
+            metrics = {
+                "staleness_degradation_per_day": report.degradation_per_day,
+                "staleness_recommended_max_age_days": report.recommended_max_age_days,
+            }
+            ctx.registry.log_metrics(ctx.state.mlflow_run_id, {k: v for k, v in metrics.items() if v is not None})
+    except Exception as e:  # record only: a measurement problem must never fail the pipeline
+        message = getattr(e, "message", None) or str(e)
+        logger.warning("stage %s: could not measure the staleness of %s: %s", STALENESS, ctx.model, message)
+        return {"status": "error", "error": f"{type(e).__name__}: {message}"[:2000]}
+    return {
+        "status": report.status,
+        "reason": report.reason,
+        "primary_metric": report.primary_metric,
+        "reference": report.reference,
+        "versions": [
+            {
+                "version": v.version,
+                "age_days": v.age_days,
+                "primary": v.primary,
+                "degradation": v.degradation,
+                "skipped": v.skipped,
+            }
+            for v in report.versions
+        ],
+        "degradation_per_day": report.degradation_per_day,
+        "max_degradation": report.max_degradation,
+        "recommended_max_age_days": report.recommended_max_age_days,
+        "stale": report.stale,
+        "report": path,
+    }
+
+
 STAGES: tuple[tuple[str, Callable[[StageContext], dict[str, Any]]], ...] = (
     (VALIDATE, validate_data),
     (TRAIN, train_candidate),
     (GATE, gate),
     (REGISTER, register),
     (PROMOTE, promote),
+    (STALENESS, staleness),
 )
 
 
