@@ -20,6 +20,7 @@ from rayml.cli import (
     pipeline as pipeline_cmd,
     quickstart as quickstart_cmd,
     rollout as rollout_cmd,
+    scorecard as scorecard_cmd,
     serve as serve_cmd,
     train as train_cmd,
     tune as tune_cmd,
@@ -50,6 +51,7 @@ app.command("tune")(tune_cmd.tune)
 app.command("batch")(batch_cmd.batch)
 app.command("validate")(validate_cmd.validate)
 app.command("quickstart")(quickstart_cmd.quickstart)
+app.command("scorecard")(scorecard_cmd.scorecard)
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
-"""`rayml tune` survives its driver being killed: `--resume` keeps finished trials and continues unfinished ones.
+"""A search survives its driver being killed: resuming keeps finished trials and continues unfinished ones.
 
-The search runs as a real subprocess with its own RAYML_HOME (its own local Ray and MLflow). It is SIGKILLed once the
-experiment state on disk shows a finished trial while another trial has checkpoints but has not finished.
+The search runs as the tune stage of `rayml pipeline run` (continuous training with a `tune:` section), in a real
+subprocess with its own RAYML_HOME (its own local Ray and MLflow). It is SIGKILLed once the experiment state on disk
+shows a finished trial while another trial has checkpoints but has not finished. `rayml tune` then refuses to start
+the same search over without `--resume`, and the same pipeline command resumes it, gates the best trial and promotes
+it: one test for the search's resume, the CLI's refusal and the pipeline's tune path end to end.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ tune:
   space:
     train.learning_rate: {{grid: [0.02, 0.01, 0.005]}}
 """
+# the same search as the tune stage of continuous training: `rayml pipeline run --config pipeline.yaml`
+PIPELINE = f"""{CONFIG}gate:
+  segment_columns: []
+  permutation_repeats: 1
+  require_reproducible_lineage: false   # the suite may run from a checkout with uncommitted changes
+pipeline:
+  rollout: never
+"""
 
 
 def _saved_trials(exp: Path) -> dict[str, tuple[str, int]]:
@@ -70,7 +81,7 @@ def _rows(result_json: Path) -> list[dict]:
 def _run(args: list[str], env: dict[str, str], log: Path, timeout: float) -> subprocess.CompletedProcess:
     with log.open("w") as out:
         return subprocess.run(
-            [sys.executable, "-m", "rayml.cli.main", "tune", *args],
+            [sys.executable, "-m", "rayml.cli.main", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -78,10 +89,13 @@ def _run(args: list[str], env: dict[str, str], log: Path, timeout: float) -> sub
         )
 
 
-def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+def test_killed_pipeline_search_resumes_without_rerunning_finished_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
-    config = tmp_path / "tune.yaml"
-    config.write_text(CONFIG)
+    config, search = tmp_path / "pipeline.yaml", tmp_path / "tune.yaml"
+    config.write_text(PIPELINE)
+    search.write_text(CONFIG)
     env = {
         **os.environ,
         "RAYML_HOME": str(home),
@@ -94,7 +108,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path)
 
     with log1.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rayml.cli.main", "tune", "--config", str(config)],
+            [sys.executable, "-m", "rayml.cli.main", "pipeline", "run", "--config", str(config)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -126,16 +140,24 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path)
     assert proc.returncode == -signal.SIGKILL
 
     # without --resume the existing search is refused, with a hint
-    refused = _run(["--config", str(config)], env, tmp_path / "refused.log", timeout=120)
+    refused = _run(["tune", "--config", str(search)], env, tmp_path / "refused.log", timeout=120)
     text = (tmp_path / "refused.log").read_text()
     assert refused.returncode == 2, text
     assert "already exists" in text and "--resume" in text and "tune.name" in text
 
     log2 = tmp_path / "resumed.log"
-    resumed = _run(["--config", str(config), "--resume"], env, log2, timeout=240)
-    text = log2.read_text()
+    # the same pipeline command resumes at its tune stage, then gates, registers and promotes the best trial
+    resumed = _run(["pipeline", "run", "--config", str(config)], env, log2, timeout=240)
+    text = " ".join(log2.read_text().split())
     assert resumed.returncode == 0, text[-4000:]
-    assert "resumed" in text and "Registered model: resume-model version 1" in text
+    assert "resume-model v1 is in production" in text, text[-4000:]
+    from rayml.config import PipelineJobConfig, load_config
+    from rayml.pipeline import DONE, load_run
+
+    monkeypatch.setenv("RAYML_HOME", str(home))  # where the subprocess kept its pipeline state
+    state, _ = load_run(load_config(PipelineJobConfig, config, []))
+    assert state.status == DONE and state.stage("train").attempts == 2, state
+    assert state.stage("train").outputs["search"] == NAME and state.stage("gate").outputs["passed"] is True
 
     # finished trials were not re-run: their result rows are byte-for-byte what they were at the kill
     for trial_id, before in finished.items():
