@@ -45,6 +45,7 @@ logger = logging.getLogger("rayml.monitor")
 
 DAY_S = 86400.0
 OK, NO_DEGRADATION, INSUFFICIENT = "ok", "no_degradation", "insufficient_versions"
+MIN_SPAN_DAYS = 1.0 / 24  # the oldest scored version must be at least this much older than the reference
 CAPTURES = "captures"  # the captures folder of a capture destination (rayml.feedback's layout)
 _HOUR_RE = re.compile(r"/hour=(\d{4}-\d{2}-\d{2}T\d{2})/")
 
@@ -310,6 +311,13 @@ def _fit(report: StalenessReport, created_ms: dict[int, int]) -> None:
         s.degradation = _relative(ref_value, s.primary, report.higher_is_better)
         s.older_days = (created_ms[ref.version] - created_ms[s.version]) / (DAY_S * 1000.0)
     points = [(s.older_days, s.degradation) for s in scored[:-1] if s.older_days is not None and s.degradation is not None]
+    span = max((a for a, _ in points), default=0.0)
+    if 0 < span < MIN_SPAN_DAYS:  # versions minutes apart: a "per day" trend from them is noise blown up
+        report.reason = (
+            f"the scored versions span only {span * DAY_S:.0f} s of age; a trend per day needs versions at least "
+            f"{MIN_SPAN_DAYS * 24:.0f} hour(s) apart (measure again when older versions exist)"
+        )
+        return
     slope = fit_degradation([a for a, _ in points], [d for _, d in points])
     report.degradation_per_day = slope
     report.recommended_max_age_days = recommended_max_age(slope, report.max_degradation)

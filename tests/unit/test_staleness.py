@@ -278,3 +278,12 @@ def test_a_run_recorded_before_the_staleness_stage_resumes_there() -> None:
     state = with_current_stages(old)
     assert [s.name for s in state.stages] == list(STAGE_NAMES) and state.stages[-1].status == PENDING
     assert state.next_stage == "staleness" and state.stage("train").status == DONE
+
+
+def test_versions_minutes_apart_give_no_trend_per_day(registry: Registry, tracking_uri: str) -> None:
+    # ten minutes between a much worse and the newest version: a slope per day from that would be huge and meaningless
+    _register_aging(registry, tracking_uri, [(1.5, 10 / 1440), (1.0, 0.0)])
+    report = measure_staleness(registry, MODEL, _labelled(registry, 2), versions=2, now=NOW)
+    assert report.versions[0].degradation is not None and report.versions[0].degradation > 0.1
+    assert report.status == "insufficient_versions" and report.degradation_per_day is None
+    assert report.recommended_max_age_days is None and "span only 600 s" in report.reason, report.reason
