@@ -48,6 +48,7 @@ PIPELINE = f"""{CONFIG}gate:
   segment_columns: []
   permutation_repeats: 1
   require_reproducible_lineage: false   # the suite may run from a checkout with uncommitted changes
+  linear_baseline: warn   # a 4-epoch search on 400 rows is about resuming, not about beating ridge
 pipeline:
   rollout: never
 """
