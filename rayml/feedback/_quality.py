@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayml._private.jsonable import json_ready
 from rayml.errors import ConfigError, DataError
 from rayml.feedback._bootstrap import encode_rows, metrics_with_intervals
 from rayml.feedback._join import TASK_COLUMNS, join_labels
@@ -180,7 +181,7 @@ def quality_report(
     statuses = {v["status"] for v in out}
     report["status"] = GAP if GAP in statuses else OK if OK in statuses else INSUFFICIENT_LABELS
     report["gap_versions"] = [v["version"] for v in out if v["status"] == GAP]
-    return _json_ready(report)
+    return json_ready(report)
 
 
 def _check_settings(task: str | None, confidence: float, max_gap: float, min_labels: int, samples: int, max_rows: int) -> None:
@@ -385,16 +386,3 @@ def _delay_summary(delays: np.ndarray) -> dict[str, Any]:
         "p90": float(np.percentile(delays, 90)) if len(delays) else None,
         "histogram": {"bins": list(DELAY_BINS), "counts": [int(c) for c in counts]},
     }
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN and infinities become None (strict JSON), numpy scalars plain Python."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

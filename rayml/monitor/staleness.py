@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from rayml._private.jsonable import json_ready
 from rayml.errors import ConfigError, DataError, ModelNotFoundError, RaymlError
 from rayml.models.metrics import primary_metric, task_metrics
 
@@ -117,7 +118,7 @@ class StalenessReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN and infinities become None)."""
-        return _json_ready({**asdict(self), "stale": self.stale, "alert_rule": self.alert_rule()})
+        return json_ready({**asdict(self), "stale": self.stale, "alert_rule": self.alert_rule()})
 
 
 def measure_staleness(
@@ -481,15 +482,3 @@ def _plot(report: StalenessReport, path: Path) -> None:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -41,7 +41,12 @@ from rayml.train.trainer import (
 )
 
 if TYPE_CHECKING:
-    from rayml.train._loop import LoopSession as LoopSession, run_loop as run_loop, train_loop_per_worker as train_loop_per_worker
+    from rayml.train._loop import (
+        InMemorySession as InMemorySession,
+        LoopSession as LoopSession,
+        run_loop as run_loop,
+        train_loop_per_worker as train_loop_per_worker,
+    )
     from rayml.train._tree_fit import (
         best_booster as best_booster,
         boost_in_process as boost_in_process,
@@ -57,7 +62,7 @@ if TYPE_CHECKING:
         run_tree_loop as run_tree_loop,
     )
 
-_LAZY = {name: "rayml.train._loop" for name in ("LoopSession", "run_loop", "train_loop_per_worker")}
+_LAZY = {name: "rayml.train._loop" for name in ("InMemorySession", "LoopSession", "run_loop", "train_loop_per_worker")}
 # trees: shared with many models (per-segment boosters); they import ONNX and the boosters' packages on first use
 _LAZY |= {
     name: "rayml.train._tree_fit"

@@ -27,14 +27,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import torch
-from torch import nn
 
 from rayml._private import fs
 from rayml.config import TrainJobConfig
 from rayml.models import ModelSpec
-from rayml.models.mlp import tensors
 from rayml.train._checkpoints import META_FILE
-from rayml.train._loop import LoopSession
+from rayml.train._loop import InMemorySession
 
 logger = logging.getLogger("rayml.train")
 
@@ -125,16 +123,15 @@ class LocalCheckpoints:
         )
 
 
-class InProcessSession(LoopSession):
+class InProcessSession(InMemorySession):
     """The MLP loop in this process: in-memory frames, rank 0 of one, checkpoints persisted by :class:`LocalCheckpoints`.
 
     A non-finite loss raises at once (:meth:`LoopSession.fail`): the debugger stops at the batch that diverged.
     """
 
     def __init__(self, train: pd.DataFrame, validation: pd.DataFrame, checkpoints: LocalCheckpoints, use_gpu: bool) -> None:
-        self.rank = 0
-        self._train, self._validation, self.checkpoints = train, validation, checkpoints
-        self._device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        super().__init__(train, validation, use_gpu)
+        self.checkpoints = checkpoints
         self.last_metrics: dict[str, Any] | None = None
 
     def get_checkpoint(self) -> Any:
@@ -146,23 +143,6 @@ class InProcessSession(LoopSession):
         self.last_metrics = dict(metrics)
         if checkpoint is not None:
             self.checkpoints.persist(checkpoint.path, int(metrics["epoch"]), metrics)
-
-    def validation_frame(self) -> pd.DataFrame:
-        return self._validation
-
-    def train_frame(self) -> pd.DataFrame:
-        return self._train
-
-    def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int):
-        order = np.random.default_rng(seed).permutation(len(self._train))
-        for i in range(0, len(order), batch_size):
-            yield tensors(self._train.iloc[order[i : i + batch_size]], spec, target)
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        return model.to(self._device)
-
-    def device(self) -> torch.device:
-        return self._device
 
 
 def _warn_ignored(cfg: TrainJobConfig) -> None:

@@ -110,6 +110,35 @@ class LoopSession(abc.ABC):
         raise error
 
 
+class InMemorySession(LoopSession):
+    """Frames held in this process (a Tune trial's, an in-process run's): shuffled mini-batches per seed, one device.
+
+    Subclasses say where checkpoints come from and go (:meth:`get_checkpoint`, :meth:`report`).
+    """
+
+    def __init__(self, train: pd.DataFrame, validation: pd.DataFrame, use_gpu: bool) -> None:
+        self.rank = 0
+        self._train, self._validation = train, validation
+        self._device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+    def validation_frame(self) -> pd.DataFrame:
+        return self._validation
+
+    def train_frame(self) -> pd.DataFrame:
+        return self._train
+
+    def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int):
+        order = np.random.default_rng(seed).permutation(len(self._train))
+        for i in range(0, len(order), batch_size):
+            yield tensors(self._train.iloc[order[i : i + batch_size]], spec, target)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self._device)
+
+    def device(self) -> torch.device:
+        return self._device
+
+
 class RayTrainSession(LoopSession):
     """Inside a Ray Train worker: dataset shards, ``ray.train.report`` / ``get_checkpoint``, DDP.
 

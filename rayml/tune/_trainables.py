@@ -28,18 +28,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from rayml._private import fs
 from rayml.config import TrainJobConfig, TuneJobConfig
 from rayml.errors import TrainingDivergedError
 from rayml.models import ModelSpec
-from rayml.models.mlp import tensors
 from rayml.train import (
-    LoopSession,
+    InMemorySession,
     PreparedData,
     loop_config,
     raise_if_diverged,
@@ -88,7 +84,7 @@ def build_trial(setup: TrialSetup, prepared: PreparedData, config: dict[str, Any
     return cfg, spec_for(cfg, prepared)
 
 
-class TuneSession(LoopSession):
+class TuneSession(InMemorySession):
     """The loop inside a single-worker Tune trial: in-memory frames, ``ray.tune.report`` / ``ray.tune.get_checkpoint``.
 
     Each report also carries ``resumed_from_epoch`` (the epoch this attempt started after; 0 = from scratch), so a
@@ -96,10 +92,7 @@ class TuneSession(LoopSession):
     """
 
     def __init__(self, train: pd.DataFrame, validation: pd.DataFrame, use_gpu: bool) -> None:
-        self.rank = 0
-        self._train = train
-        self._validation = validation
-        self._device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        super().__init__(train, validation, use_gpu)
         self._start_epoch: int | None = None
 
     def get_checkpoint(self) -> Any:
@@ -115,23 +108,6 @@ class TuneSession(LoopSession):
         # the loop builds a ray.train.Checkpoint; Tune wants its own class (same directory, persisted during report)
         ckpt = ray.tune.Checkpoint.from_directory(checkpoint.path) if checkpoint is not None else None
         ray.tune.report({**metrics, RESUMED_FROM_EPOCH: self._start_epoch}, checkpoint=ckpt)
-
-    def validation_frame(self) -> pd.DataFrame:
-        return self._validation
-
-    def train_frame(self) -> pd.DataFrame:
-        return self._train
-
-    def train_batches(self, spec: ModelSpec, target: str, batch_size: int, seed: int):
-        order = np.random.default_rng(seed).permutation(len(self._train))
-        for i in range(0, len(order), batch_size):
-            yield tensors(self._train.iloc[order[i : i + batch_size]], spec, target)
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        return model.to(self._device)
-
-    def device(self) -> torch.device:
-        return self._device
 
 
 def single_worker_trial(config: dict[str, Any], *, setup: TrialSetup, prepared: PreparedData) -> None:
