@@ -5,8 +5,6 @@ with a fake serving (tests/unit/test_pipeline_state.py)."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +27,7 @@ from rayml.pipeline import (
 from rayml.registry import Registry
 from rayml.testing import sales_columns
 from rayml.train import prepare_data
+from tests.inprocess_cli import run_cli
 from tests.quickmodels import register_quick
 
 MODEL = "pipe-model"
@@ -66,25 +65,6 @@ def _sets(tmp_path: Path, data: Path, uri: str, *extra: str) -> list[str]:
     ]
 
 
-def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """`rayml ...` in this process (the session's Ray), through the real entry point and its exit-code mapping."""
-    from rayml.cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["rayml", *args])
-    # the CLI points the `rayml` logger at this (captured) stderr; later tests must not log into the closed stream
-    log = logging.getLogger("rayml")
-    monkeypatch.setattr(log, "handlers", list(log.handlers))
-    monkeypatch.setattr(log, "propagate", log.propagate)
-    monkeypatch.setattr(log, "level", log.level)
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())  # rich wraps at 80 columns here
-
-
 def _production(registry: Registry) -> int | None:
     try:
         return registry.resolve(f"{MODEL}@production").version
@@ -107,7 +87,7 @@ def test_crash_and_gate_failure_leave_production_and_reruns_resume_where_they_st
 
     # 1. training crashes (after epoch 1's checkpoint; train.max_failures=0): exit 1, production untouched
     monkeypatch.setenv("RAYML_FAULT_INJECT", "raise@epoch=2")
-    code, out = _cli(args, monkeypatch, capsys)
+    code, out = run_cli(args, monkeypatch, capsys)
     assert code == 1 and "injected failure" in out and "Next (resume): rayml pipeline run" in out, out
     state, run_dir = load_run(cfg)
     assert [s.status for s in state.stages] == [DONE, FAILED, PENDING, PENDING, PENDING, PENDING]
@@ -118,7 +98,7 @@ def test_crash_and_gate_failure_leave_production_and_reruns_resume_where_they_st
 
     # 2. the same command resumes training from its checkpoint; the weaker candidate fails the strict gate
     monkeypatch.delenv("RAYML_FAULT_INJECT")
-    code, out = _cli(args, monkeypatch, capsys)
+    code, out = run_cli(args, monkeypatch, capsys)
     assert code == 1 and "the gate refused" in out, out
     state, _ = load_run(cfg)
     assert [s.status for s in state.stages] == [DONE, DONE, FAILED, PENDING, PENDING, PENDING]
@@ -134,7 +114,7 @@ def test_crash_and_gate_failure_leave_production_and_reruns_resume_where_they_st
 
     # 3. a looser gate: the run resumes at the gate and judges the same candidate; nothing is trained again
     # (the 2-epoch candidate does not beat ridge regression either: that check only warns now)
-    code, out = _cli([*args, "--set", "gate.max_regression=10", "--set", "gate.linear_baseline=warn"], monkeypatch, capsys)
+    code, out = run_cli([*args, "--set", "gate.max_regression=10", "--set", "gate.linear_baseline=warn"], monkeypatch, capsys)
     assert code == 0, out
     assert f"{MODEL} v{candidate} is in production" in out
     state, _ = load_run(cfg)
@@ -155,11 +135,11 @@ def test_crash_and_gate_failure_leave_production_and_reruns_resume_where_they_st
     run = registry.client.get_run(state.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["rayml.stage.promote"] == DONE
     assert len(registry.client.get_metric_history(state.mlflow_run_id, "gate_duration_s")) == 2
-    code, out = _cli(["pipeline", "status", *[a for s in sets for a in ("--set", s)]], monkeypatch, capsys)
+    code, out = run_cli(["pipeline", "status", *[a for s in sets for a in ("--set", s)]], monkeypatch, capsys)
     assert code == 0 and f"run {state.run_id} (done)" in out and "duration_s" in out
 
     # 4. a complete run does nothing again
-    code, out = _cli(args, monkeypatch, capsys)
+    code, out = run_cli(args, monkeypatch, capsys)
     assert code == 0 and "had already finished" in out and load_run(cfg)[0].stage("train").attempts == 2
 
 
@@ -190,13 +170,13 @@ def test_bad_config_and_data_exit_2_with_a_hint(
         ("registry.alias=production", "the pipeline moves aliases itself"),
         ("pipeline.gate_dta=x", "allowed here"),
     ]:
-        code, out = _cli([*base, "--set", bad], monkeypatch, capsys)
+        code, out = run_cli([*base, "--set", bad], monkeypatch, capsys)
         assert code == 2 and says in out and "Hint:" in out, out
 
     # new data without a column production needs: refused before any training
     no_price = _data(sales.drop(columns=["price"]), tmp_path, "no_price.parquet")
     sets = _sets(tmp_path, no_price, registry.tracking_uri)
-    code, out = _cli(["pipeline", "run", *[a for s in sets for a in ("--set", s)]], monkeypatch, capsys)
+    code, out = run_cli(["pipeline", "run", *[a for s in sets for a in ("--set", s)]], monkeypatch, capsys)
     assert code == 2 and "missing column(s) ['price']" in out and "Hint:" in out, out
     state, _ = load_run(load_config(PipelineJobConfig, None, sets))
     assert state.stage("validate_data").status == FAILED and state.stage("train").status == PENDING

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import sqlite3
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from rayml.feedback import CAPTURE_SCHEMA, capture_dir, validate_labels, write_l
 from rayml.monitor import fit_degradation, measure_staleness, recommended_max_age, write_staleness_report
 from rayml.registry import Registry
 from rayml.testing import register_tiny_model, sample_frame
+from tests.inprocess_cli import run_cli
 
 MODEL = "aging"
 DAY_MS = 86_400_000
@@ -177,24 +176,6 @@ def _capture(dest: str, version: int, hour: str, frame: pd.DataFrame, ids: list[
     pq.write_table(table, folder / f"part-{version}-{route}.parquet")
 
 
-def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """`rayml ...` in this process, through the real entry point and its exit-code mapping."""
-    from rayml.cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["rayml", *args])
-    log = logging.getLogger("rayml")  # the CLI points it at this (captured) stderr; later tests must not log there
-    monkeypatch.setattr(log, "handlers", list(log.handlers))
-    monkeypatch.setattr(log, "propagate", log.propagate)
-    monkeypatch.setattr(log, "level", log.level)
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())
-
-
 def test_cli_scores_every_version_on_the_newest_labelled_captures(
     registry: Registry, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -216,7 +197,7 @@ def test_cli_scores_every_version_on_the_newest_labelled_captures(
     write_labels(dest, MODEL, labels.table)
 
     base = ["monitor", "staleness", "--model", MODEL, "--destination", dest, "--set", f"registry.tracking_uri={tracking_uri}"]
-    code, out = _cli([*base, "--max-degradation", "1000", "--report", str(tmp_path / "rep")], monkeypatch, capsys)
+    code, out = run_cli([*base, "--max-degradation", "1000", "--report", str(tmp_path / "rep")], monkeypatch, capsys)
     assert code == 0, out
     assert f"{len(df)} newest labelled captured rows" in out and "(reference)" in out, out
     assert "Recommended max age:" in out and "RaymlModelStale" in out and f'model="{MODEL}"' in out
@@ -226,11 +207,11 @@ def test_cli_scores_every_version_on_the_newest_labelled_captures(
     assert (tmp_path / "rep" / "staleness.rules.yml").is_file() and (tmp_path / "rep" / "staleness.html").is_file()
 
     # a tolerance the trend passes within hours: the newest version is already stale -> exit 2 for pipelines
-    code, out = _cli([*base, "--max-degradation", "0.0001", "--versions", "2"], monkeypatch, capsys)
+    code, out = run_cli([*base, "--max-degradation", "0.0001", "--versions", "2"], monkeypatch, capsys)
     assert code == 2 and "Stale: retrain" in out, out
 
     # read newest hour first: the newer half alone is enough for max_rows=100
-    code, out = _cli([*base, "--set", "staleness.max_rows=100", "--max-degradation", "1000"], monkeypatch, capsys)
+    code, out = run_cli([*base, "--set", "staleness.max_rows=100", "--max-degradation", "1000"], monkeypatch, capsys)
     hour = newer.replace("T", " ")
     span = f"({hour}:00 to {hour}:00 UTC)"
     assert code == 0 and f"100 newest labelled captured rows under {dest} {span}" in out, out
@@ -238,7 +219,7 @@ def test_cli_scores_every_version_on_the_newest_labelled_captures(
     # with --data, captures are not needed; the data must hold the target
     path = tmp_path / "holdout.parquet"
     df.drop(columns=["sales"]).to_parquet(path)
-    code, out = _cli([*base[:4], "--data", str(path), "--set", f"registry.tracking_uri={tracking_uri}"], monkeypatch, capsys)
+    code, out = run_cli([*base[:4], "--data", str(path), "--set", f"registry.tracking_uri={tracking_uri}"], monkeypatch, capsys)
     assert code == 2 and "no target column 'sales'" in out and "Hint:" in out, out
 
 
