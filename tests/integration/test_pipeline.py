@@ -129,7 +129,9 @@ def test_crash_and_gate_failure_leave_production_and_reruns_resume_where_they_st
     # the record-only last stage scored production and the candidate on the run's held-out data
     staleness = state.stage("staleness").outputs
     assert [v["version"] for v in staleness["versions"]] == [prod.version, candidate] and staleness["reference"] == candidate
-    assert staleness["status"] in ("ok", "no_degradation") and Path(staleness["report"]).is_file(), staleness
+    # both versions were scored, but they are seconds apart: too short a span for a trend per day
+    assert all(v["primary"] is not None for v in staleness["versions"]) and Path(staleness["report"]).is_file()
+    assert staleness["status"] == "insufficient_versions" and "span only" in staleness["reason"], staleness
 
     # one MLflow run for the pipeline run, with every stage attempt's duration
     run = registry.client.get_run(state.mlflow_run_id)
